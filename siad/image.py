@@ -1,0 +1,193 @@
+"""Image input and output: the one place where pictures become encoder inputs and maps go back.
+
+- `load_rgb()` turns a path, a PIL image of any mode or a numpy array (H x W, H x W x 1/3/4; uint8,
+  uint16, integers, bool or float) into an RGB uint8 array, downscaled first when it is larger than
+  a bound, and remembers the original size.
+- `resize_for_encoder()` makes the encoder's square input (bicubic; "squash" or ImageBind's
+  "center_crop"), `normalize()` turns a batch of them into a tensor with the CLIP mean and std.
+- `map_to_original()` brings an anomaly map back to the original height and width.
+
+Bad input raises `ValueError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for resizing: `rgb` (H' x W' x 3 uint8, H' x W' <= the bound) and the
+    `original_size` (H, W) of the input it came from."""
+
+    rgb: np.ndarray
+    original_size: tuple[int, int]
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{os.fspath(source)}'"
+    return type(source).__name__
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Integer or float intensities to uint8: floats in [0, 1] are scaled by 255, anything else is
+    stretched from its own minimum to its maximum (16-bit scans use a part of their range)."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == bool:
+        return values.astype(np.uint8) * 255
+    data = values.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        raise ValueError("the image holds NaN or infinite pixel values")
+    if np.issubdtype(values.dtype, np.floating) and data.min() >= 0.0 and data.max() <= 1.0:
+        return np.round(data * 255.0).astype(np.uint8)
+    low, high = float(data.min()), float(data.max())
+    if high <= low:
+        return np.zeros(data.shape, dtype=np.uint8)
+    return np.round((data - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.size == 0:
+        raise ValueError(f"the image array is empty (shape {array.shape})")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        gray = _scale_to_uint8(array)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise ValueError(f"unsupported array dtype {array.dtype}")
+        rgb = _scale_to_uint8(array[:, :, :3])
+        if array.shape[2] == 4:
+            alpha = _scale_to_uint8(array[:, :, 3]).astype(np.float32)[:, :, None] / 255.0
+            rgb = np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)  # over white
+        return np.ascontiguousarray(rgb)
+    raise ValueError(f"an image array must be H x W, H x W x 1, H x W x 3 or H x W x 4; got shape {array.shape}")
+
+
+def _downscale_array(array: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = array.shape[:2]
+    if max(height, width) <= max_side:
+        return array
+    step = int(np.ceil(max(height, width) / max_side))
+    return array[::step, ::step]  # strided view: bounded memory before any conversion
+
+
+def _pil_to_rgb(image: Image.Image, max_side: int) -> np.ndarray:
+    if image.width == 0 or image.height == 0:
+        raise ValueError("the image is empty (0 pixels)")
+    if image.format == "JPEG":
+        image.draft("RGB", (max_side, max_side))  # decode a JPEG at a reduced size directly
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image)
+        if array.dtype.byteorder not in ("=", "|"):
+            array = array.astype(array.dtype.newbyteorder("="))
+        return _array_to_rgb(_downscale_array(array, max_side))
+    if max(image.size) > max_side:
+        image = image.copy() if image.mode == "P" else image
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "1":
+        image = image.convert("L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load_rgb(source: ImageInput, max_side: int = 2048) -> LoadedImage:
+    """Read `source` (path, PIL image or numpy array) as RGB uint8, at most `max_side` pixels a side."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"no image file at {_describe(source)}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as opened:
+                    opened = ImageOps.exif_transpose(opened) if opened.format == "JPEG" else opened
+                    size = (opened.height, opened.width)
+                    rgb = _pil_to_rgb(opened, max_side)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as error:
+            raise ValueError(f"{_describe(source)} is not an image file that can be read: {error}") from error
+        return LoadedImage(rgb=rgb, original_size=size)
+    if isinstance(source, Image.Image):
+        size = (source.height, source.width)
+        try:
+            rgb = _pil_to_rgb(source, max_side)
+        except OSError as error:
+            raise ValueError(f"the PIL image cannot be decoded: {error}") from error
+        return LoadedImage(rgb=rgb, original_size=size)
+    if isinstance(source, np.ndarray):
+        if source.size == 0:
+            raise ValueError(f"the image array is empty (shape {source.shape})")
+        size = (int(source.shape[0]), int(source.shape[1])) if source.ndim >= 2 else (0, 0)
+        return LoadedImage(rgb=_array_to_rgb(_downscale_array(source, max_side)), original_size=size)
+    raise ValueError(f"an image must be a file path, a PIL image or a numpy array, not {type(source).__name__}")
+
+
+def resize_for_encoder(rgb: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """Bicubic resize of an RGB uint8 image to `size` x `size`.
+
+    mode "squash": the whole image is resized (every pixel is seen; the map maps back exactly);
+    "center_crop": ImageBind's preprocessing, shorter side to `size`, then the centre crop.
+    """
+    image = Image.fromarray(rgb)
+    if mode == "squash":
+        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    if mode != "center_crop":
+        raise ValueError(f"resize mode must be 'squash' or 'center_crop', got {mode!r}")
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def normalize(batch: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """B x S x S x 3 uint8 (numpy) or B x 3 x S x S uint8 (tensor) -> B x 3 x S x S float32, normalised."""
+    tensor = torch.as_tensor(batch)
+    if tensor.ndim != 4:
+        raise ValueError(f"expected a batch of images (4 dims), got shape {tuple(tensor.shape)}")
+    if tensor.shape[-1] == 3 and tensor.shape[1] != 3:
+        tensor = tensor.permute(0, 3, 1, 2)
+    tensor = tensor.float() / 255.0
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+def map_to_original(anomaly_map: torch.Tensor, original_size: tuple[int, int], mode: str = "squash") -> np.ndarray:
+    """An S x S anomaly map (tensor) -> H x W float32 numpy array at the original size.
+
+    "squash": bilinear resize; "center_crop": the map covers the centre crop only, the rest of the
+    image (never seen by the encoder) is 0.
+    """
+    height, width = original_size
+    source = anomaly_map.detach().float()[None, None]
+    if mode == "squash":
+        out = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False)
+        return out[0, 0].clamp_(0.0, 1.0).cpu().numpy()
+    side = min(height, width)
+    out = F.interpolate(source, size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    full = torch.zeros((height, width), dtype=torch.float32)
+    top, left = (height - side) // 2, (width - side) // 2
+    full[top:top + side, left:left + side] = out.clamp(0.0, 1.0)
+    return full.numpy()
