@@ -206,6 +206,8 @@ class SIADConfig:
         if self.stage_phrases is None and self.num_stages != 4:
             fail("stage_phrases", f"the paper's stage phrase cases have 4 stages; with "
                                   f"{self.num_stages} stages give stage_phrases explicitly")
+        if self.num_prompt_vectors > 48:
+            fail("num_prompt_vectors", "at most 48, so that a stage prompt fits the 77-token text context")
         if not 0.0 <= self.adapter_lambda <= 1.0:
             fail("adapter_lambda", "must lie in [0, 1]")
         if not 0.0 <= self.lora_dropout < 1.0:

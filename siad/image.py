@@ -89,17 +89,17 @@ def _downscale_array(array: np.ndarray, max_side: int) -> np.ndarray:
 def _pil_to_rgb(image: Image.Image, max_side: int) -> np.ndarray:
     if image.width == 0 or image.height == 0:
         raise ValueError("the image is empty (0 pixels)")
-    if image.format == "JPEG":
-        image.draft("RGB", (max_side, max_side))  # decode a JPEG at a reduced size directly
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image)
         if array.dtype.byteorder not in ("=", "|"):
             array = array.astype(array.dtype.newbyteorder("="))
         return _array_to_rgb(_downscale_array(array, max_side))
-    if max(image.size) > max_side:
-        image = image.copy() if image.mode == "P" else image
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    if max(image.size) > max_side:  # a new image: the caller's image is never changed
+        scale = max_side / max(image.size)
+        new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        resample = Image.Resampling.NEAREST if mode in ("P", "1") else Image.Resampling.BILINEAR
+        image = image.resize(new_size, resample, reducing_gap=2.0)
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode == "1":
@@ -121,8 +121,13 @@ def load_rgb(source: ImageInput, max_side: int = 2048) -> LoadedImage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as opened:
-                    opened = ImageOps.exif_transpose(opened) if opened.format == "JPEG" else opened
                     size = (opened.height, opened.width)
+                    if opened.format == "JPEG":
+                        # decode at a reduced size directly, then apply the EXIF orientation
+                        opened.draft("RGB", (max_side, max_side))
+                        if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                            size = size[::-1]
+                        opened = ImageOps.exif_transpose(opened)
                     rgb = _pil_to_rgb(opened, max_side)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as error:
             raise ValueError(f"{_describe(source)} is not an image file that can be read: {error}") from error

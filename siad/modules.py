@@ -1,0 +1,289 @@
+"""The trainable modules of SIAD-LLM, named as in the paper.
+
+Notation: B images, K stages, N = G x G patch tokens (G = 16 for ViT-H/14 at 224 px), Dv the
+vision width, D the joint embedding width, Dt the text width, H the LLM width, S the image size.
+
+- `StageProjection`: S_k = Linear_k(P_k), one per stage, into the joint space.
+- `Adapter` (eq. 5-6): S^_k = lam * norm(LeakyReLU(Linear(S_k))) + (1 - lam) * norm(S_k).
+- `StageEnhancementModule` (SEM, eq. 7): S_emd_k = S^_k + Conv3x3(Proj(S*)), S* = S^_K.
+- `StagePromptLearner` (eq. 3-4, appendix D): the stage prompts and the compositional ensemble.
+- `AnomalyMapHead`: the one and only place that turns features and text into anomaly maps.
+- `PatchEnhancementModule` (PEM, eq. 8-11): the stage maps as K grouped tokens for the LLM.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from siad.config import SIADConfig
+from siad.encoders import ImageBindEncoder, ImageBindTokenizer, pad_token_ids
+from siad.prompts import STATE_SUFFIXES, STATES, ensemble_sentences, prompt_class_name
+
+
+class StageProjection(nn.Module):
+    """One Linear per stage: K x (B x N x Dv) -> K x (B x N x D)."""
+
+    def __init__(self, num_stages: int, vision_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList(nn.Linear(vision_dim, embed_dim) for _ in range(num_stages))
+
+    def forward(self, stage_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [linear(tokens) for linear, tokens in zip(self.linears, stage_tokens, strict=True)]
+
+
+class Adapter(nn.Module):
+    """Eq. 5-6 for every stage: K x (B x N x D) -> K x (B x N x D).
+
+    S'_k = L2norm(LeakyReLU(Linear_k(S_k))); S^_k = lam * S'_k + (1 - lam) * L2norm(S_k).
+    """
+
+    def __init__(self, num_stages: int, embed_dim: int, lam: float) -> None:
+        super().__init__()
+        self.lam = lam
+        self.linears = nn.ModuleList(nn.Linear(embed_dim, embed_dim) for _ in range(num_stages))
+        self.activation = nn.LeakyReLU()
+
+    def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for linear, s in zip(self.linears, stages, strict=True):
+            adapted = F.normalize(self.activation(linear(s)), dim=-1)
+            out.append(self.lam * adapted + (1.0 - self.lam) * F.normalize(s, dim=-1))
+        return out
+
+
+class StageEnhancementModule(nn.Module):
+    """SEM, eq. 7: K x (B x N x D) -> K x (B x N x D).
+
+    S* = the last stage S^_K on its G x G grid; for stage k, Proj_k = 1x1 conv then bilinear resize
+    to stage k's grid, Conv_k = 3x3 conv (zero-initialised, so training starts from S^_k).
+    """
+
+    def __init__(self, num_stages: int, embed_dim: int) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Conv2d(embed_dim, embed_dim, 1) for _ in range(num_stages))
+        self.convs = nn.ModuleList(nn.Conv2d(embed_dim, embed_dim, 3, padding=1) for _ in range(num_stages))
+        for conv in self.convs:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    @staticmethod
+    def _to_grid(tokens: torch.Tensor) -> torch.Tensor:
+        batch, count, dim = tokens.shape
+        side = math.isqrt(count)
+        return tokens.transpose(1, 2).reshape(batch, dim, side, side)
+
+    def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+        last = self._to_grid(stages[-1])  # B x D x G x G
+        out = []
+        for projection, conv, s in zip(self.projections, self.convs, stages, strict=True):
+            side = math.isqrt(s.shape[1])
+            context = projection(last)
+            if context.shape[-1] != side:
+                context = F.interpolate(context, size=(side, side), mode="bilinear", align_corners=False)
+            context = conv(context).flatten(2).transpose(1, 2)  # B x N x D
+            out.append(s + context)
+        return out
+
+
+class StagePromptLearner(nn.Module):
+    """The stage prompts of eq. 3-4 with the compositional ensemble of appendix D.
+
+    g_{k,s} = [stage phrase k][E learnable vectors: V (normal) / W (abnormal)][class][state words];
+    the vectors replace placeholder tokens at the text trunk's token-embedding level.
+    The frozen ensemble e_s = norm(mean of norm(T(sentence))) is cached per class.
+
+    `forward(encoder, tokenizer, class_names)` -> C x K x 2 x D text features (channel 0 normal,
+    1 abnormal), for the C given class names:
+    - mode "sum" (default): t_{k,s} = norm(norm(T(g_{k,s})) + e_s);
+    - mode "concat": t_{k,s} = norm(mean_j norm(T(g_{k,s} + sentence_{s,j})));
+    - use_stage_prompts=False (ablation "w/o SP"): t_{k,s} = e_s, no learnable vectors.
+    """
+
+    def __init__(self, config: SIADConfig) -> None:
+        super().__init__()
+        self.num_vectors = config.num_prompt_vectors
+        self.stage_phrases = config.resolved_stage_phrases
+        self.mode = config.stage_prompt_mode
+        self.use_stage_prompts = config.use_stage_prompts
+        if self.use_stage_prompts:
+            self.normal_vectors = nn.Parameter(torch.randn(self.num_vectors, config.text_embed_dim) * 0.02)
+            self.abnormal_vectors = nn.Parameter(torch.randn(self.num_vectors, config.text_embed_dim) * 0.02)
+        self._ensemble_cache: dict[tuple, torch.Tensor] = {}
+
+    def clear_cache(self) -> None:
+        self._ensemble_cache.clear()
+
+    # ------------------------------------------------------------------ ensemble
+    def ensemble_features(self, encoder: ImageBindEncoder, tokenizer: ImageBindTokenizer,
+                          class_name: str) -> torch.Tensor:
+        """2 x D: e_normal, e_abnormal for one class (frozen; cached while the encoder is unchanged)."""
+        weight = encoder.modality_preprocessors["text"].token_embedding.weight
+        key = (class_name, weight.device, weight.dtype, _version(encoder))
+        cached = self._ensemble_cache.get(key)
+        if cached is not None:
+            return cached
+        with torch.no_grad():
+            rows = []
+            for state in STATES:
+                ids = tokenizer.batch(ensemble_sentences(class_name, state)).to(weight.device)
+                features = encoder.encode_text(ids)  # J x D, normalised
+                rows.append(F.normalize(features.mean(dim=0), dim=-1))
+            value = torch.stack(rows)
+        self._ensemble_cache = {k: v for k, v in self._ensemble_cache.items() if k[1:] == key[1:]}
+        self._ensemble_cache[key] = value
+        return value
+
+    # ------------------------------------------------------------------ stage prompts
+    def _stage_prompt_ids(self, tokenizer: ImageBindTokenizer, class_name: str, stage: int, state: str,
+                          tail: list[int] | None = None) -> tuple[list[int], list[bool]]:
+        phrase = tokenizer.encode(self.stage_phrases[stage])
+        placeholders = [tokenizer.placeholder_id] * self.num_vectors
+        name = tokenizer.encode(prompt_class_name(class_name))
+        suffix = tokenizer.encode(STATE_SUFFIXES[state])
+        pieces = [phrase, placeholders, name, suffix] + ([tail] if tail else [])
+        ids = tokenizer.pack(pieces, shrink=2 if not tail else 4)
+        start = 1 + len(phrase)
+        learnable = [start <= i < start + self.num_vectors for i in range(len(ids))]
+        return ids, learnable
+
+    def forward(self, encoder: ImageBindEncoder, tokenizer: ImageBindTokenizer,
+                class_names: list[str]) -> torch.Tensor:
+        num_stages = len(self.stage_phrases)
+        ensembles = torch.stack([self.ensemble_features(encoder, tokenizer, c) for c in class_names])  # C x 2 x D
+        if not self.use_stage_prompts:
+            return ensembles[:, None].expand(-1, num_stages, -1, -1)
+        device = ensembles.device
+        sequences: list[list[int]] = []
+        masks: list[list[bool]] = []
+        groups: list[int] = []  # (class, stage, state) of each prompt, as one index
+        for c_index, class_name in enumerate(class_names):
+            for stage in range(num_stages):
+                for s_index, state in enumerate(STATES):
+                    tails = ([tokenizer.encode(t) for t in ensemble_sentences(class_name, state)]
+                             if self.mode == "concat" else [None])
+                    for tail in tails:
+                        ids, learnable = self._stage_prompt_ids(tokenizer, class_name, stage, state, tail)
+                        sequences.append(ids)
+                        masks.append(learnable)
+                        groups.append((c_index * num_stages + stage) * 2 + s_index)
+        token_ids = pad_token_ids(sequences).to(device)
+        learnable_mask = torch.zeros(token_ids.shape, dtype=torch.bool, device=device)
+        for row, m in enumerate(masks):
+            learnable_mask[row, : len(m)] = torch.tensor(m, device=device)
+        group_index = torch.tensor(groups, device=device)
+        vectors = torch.stack([self.normal_vectors, self.abnormal_vectors])  # 2 x E x Dt
+        rows, cols = learnable_mask.nonzero(as_tuple=True)  # E positions per row, in order
+        order = torch.arange(self.num_vectors, device=device).repeat(len(sequences))
+        learnable = torch.zeros(*token_ids.shape, vectors.shape[-1], dtype=vectors.dtype, device=device)
+        learnable = learnable.index_put((rows, cols), vectors[group_index[rows] % 2, order])
+        features = encoder.encode_text(token_ids, learnable, learnable_mask)  # R x D
+        num_groups = len(class_names) * num_stages * 2
+        summed = torch.zeros(num_groups, features.shape[-1], dtype=features.dtype, device=device)
+        summed = summed.index_add(0, group_index, features)
+        counts = torch.bincount(group_index, minlength=num_groups).to(features.dtype)
+        stage_features = (summed / counts[:, None]).view(len(class_names), num_stages, 2, -1)
+        if self.mode == "concat":
+            return F.normalize(stage_features, dim=-1)
+        return F.normalize(stage_features + ensembles[:, None].to(stage_features.dtype), dim=-1)
+
+
+def _version(module: nn.Module) -> tuple[int, ...]:
+    """Version counters of a module's parameters: they change on every in-place update
+    (optimizer steps, `load_state_dict`), so a cache keyed by them is never stale."""
+    return tuple(p._version for p in module.parameters())
+
+
+def parameter_version(module: nn.Module) -> tuple[int, ...]:
+    return _version(module)
+
+
+class AnomalyMapHead(nn.Module):
+    """The one and only place that turns features and text into anomaly maps.
+
+    features: K x (B x N x D); text: B x K x 2 x D (normalised; channel 1 is abnormal).
+    logits_k = scale * norm(features_k) @ text_k^T on the G x G grid, bilinear upsampling to S x S
+    (align_corners=True), softmax over the two states.
+    Returns B x K x S x S: the abnormal probability of each stage (M_k[:, 1]).
+    """
+
+    def __init__(self, image_size: int, logit_scale: float) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.logit_scale = logit_scale
+
+    def forward(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        maps = []
+        for k, f in enumerate(features):
+            batch, count, _ = f.shape
+            side = math.isqrt(count)
+            logits = self.logit_scale * torch.einsum("bnd,bsd->bsn", F.normalize(f, dim=-1), text[:, k].to(f.dtype))
+            logits = logits.reshape(batch, 2, side, side).float()
+            logits = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=True)
+            maps.append(logits.softmax(dim=1)[:, 1])
+        return torch.stack(maps, dim=1)
+
+    @staticmethod
+    def combine(stage_maps: torch.Tensor) -> torch.Tensor:
+        """B x K x S x S -> the final map M = mean over stages, B x S x S."""
+        return stage_maps.mean(dim=1)
+
+    @staticmethod
+    def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Gaussian smoothing of B x S x S maps (kernel truncated at 4 sigma, reflected borders);
+        sigma <= 0 returns the maps unchanged."""
+        if sigma <= 0:
+            return maps
+        radius = max(1, int(4.0 * sigma + 0.5))
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).to(maps.dtype)
+        x = maps[:, None]
+        pad = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+        if pad < radius:
+            kernel = kernel[radius - pad: radius + pad + 1]
+            kernel = kernel / kernel.sum()
+        x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), kernel.view(1, 1, -1, 1))
+        return x[:, 0]
+
+    @staticmethod
+    def score(maps: torch.Tensor) -> torch.Tensor:
+        """The image score of B x S x S maps: their maximum, B values in [0, 1]."""
+        return maps.flatten(1).max(dim=1).values
+
+
+class PatchEnhancementModule(nn.Module):
+    """PEM, eq. 8-11: B x C x S x S stage maps -> B x Kg x H tokens for the LLM.
+
+    The maps are cut into P x P patches (N = (S/P)^2 patches of P*P*C values), LayerNorm, an MLP to
+    the LLM width H, then the (S/P) x (S/P) patch grid is split into a g x g grid of groups
+    (Kg = g^2 = 9 by default, matching the 3 x 3 position words) and each group is averaged.
+    """
+
+    def __init__(self, num_channels: int, image_size: int, patch_size: int, num_groups: int,
+                 out_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        in_dim = patch_size * patch_size * num_channels
+        self.norm = nn.LayerNorm(in_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        per_side = image_size // patch_size
+        groups_side = math.isqrt(num_groups)
+        edges = [round(i * per_side / groups_side) for i in range(groups_side + 1)]
+        averaging = torch.zeros(num_groups, per_side * per_side)
+        for gy in range(groups_side):
+            for gx in range(groups_side):
+                cells = [y * per_side + x for y in range(edges[gy], edges[gy + 1])
+                         for x in range(edges[gx], edges[gx + 1])]
+                averaging[gy * groups_side + gx, cells] = 1.0 / len(cells)
+        self.register_buffer("group_averaging", averaging, persistent=False)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        patches = F.unfold(maps, kernel_size=self.patch_size, stride=self.patch_size)  # B x (P*P*C) x N
+        tokens = self.mlp(self.norm(patches.transpose(1, 2)))  # B x N x H
+        return torch.einsum("gn,bnh->bgh", self.group_averaging.to(tokens.dtype), tokens)
