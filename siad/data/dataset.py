@@ -1,0 +1,147 @@
+"""The training data of eq. 1: normal images, each paired with a pseudo-anomalous copy.
+
+`PseudoAnomalyDataset(samples)` keeps the normal samples (paths only; images are decoded and
+resized when an item is asked for, with `siad.image.load_rgb` and `siad.image.resize_for_encoder`,
+the same path as inference). Item i is normal image i at the encoder resolution and its
+CutPaste + Poisson copy (`cutpaste_poisson`), made at that resolution so that the mask is exact.
+
+The pseudo-anomaly of item i at epoch e depends only on (seed, e, i): its generator is
+`numpy.random.default_rng([seed, e, i])`, which also picks the source patch's image (another normal
+image of the same class, or the image itself if the class has only one). Call `set_epoch(e)` before
+each epoch; with a `DataLoader`, do it before iterating (workers copy the dataset when an iteration
+starts, so `persistent_workers=True` would keep the old epoch).
+
+`collate_pairs(items)` makes the batch of eq. 1: the normal images first, then their
+pseudo-anomalies (B = 2 x items).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from siad.data.cutpaste import cutpaste_poisson
+from siad.data.readers import Sample
+from siad.image import load_rgb, resize_for_encoder
+from siad.prompts import NORMAL_ANSWER, answer_text, describe
+
+
+class PseudoAnomalyDataset(Dataset):
+    """Normal images paired with pseudo-anomalies (eq. 1).
+
+    samples: `Sample`s; anomalous ones (label 1) are dropped, every class present must have at
+    least one normal image. image_size, resize_mode: the encoder input (`resize_for_encoder`).
+    seed: the base seed. dataset_name: for the class descriptions (`siad.prompts.describe`).
+    max_input_side: the decoding bound of `load_rgb`.
+
+    `dataset[i]` is a dict: "index", "image" (uint8 tensor 3 x S x S, the normal image),
+    "anomaly_image" (uint8 3 x S x S), "anomaly_mask" (float32 S x S in {0, 1}),
+    "anomaly_label" (int), "class_name", "description", "answer" (the pseudo-anomaly's target
+    answer), "blended" (bool: False when the generator fell back to a plain paste).
+    """
+
+    def __init__(self, samples: Iterable[Sample], image_size: int = 224, resize_mode: str = "squash",
+                 seed: int = 0, dataset_name: str | None = None, max_input_side: int = 2048) -> None:
+        all_samples = list(samples)
+        if not all_samples:
+            raise ValueError("PseudoAnomalyDataset: the sample list is empty")
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        if resize_mode not in ("squash", "center_crop"):
+            raise ValueError(f"resize_mode must be 'squash' or 'center_crop', got {resize_mode!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        classes = list(dict.fromkeys(s.class_name for s in all_samples))
+        normals = tuple(s for s in all_samples if s.label == 0)
+        without = [c for c in classes if not any(s.class_name == c for s in normals)]
+        if without:
+            raise ValueError(f"PseudoAnomalyDataset: class(es) {without} have no normal image; "
+                             f"training needs normal images of every class")
+        self.samples: tuple[Sample, ...] = normals
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.seed = seed
+        self.dataset_name = dataset_name
+        self.max_input_side = max_input_side
+        self.epoch = 0
+        by_class: dict[str, list[int]] = {}
+        for index, sample in enumerate(normals):
+            by_class.setdefault(sample.class_name, []).append(index)
+        self._by_class: dict[str, tuple[int, ...]] = {c: tuple(v) for c, v in by_class.items()}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the pseudo-anomalies of epoch `epoch` (a non-negative integer)."""
+        if not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        """The generator of item `index` at `epoch` (default: the current epoch)."""
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Normal image `index` at the encoder resolution: S x S x 3 uint8."""
+        rgb = load_rgb(self.samples[index].image_path, max_side=self.max_input_side).rgb
+        return resize_for_encoder(rgb, self.image_size, self.resize_mode)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} normal images")
+        index = index % len(self)
+        sample = self.samples[index]
+        rng = self.rng(index)
+        peers = self._by_class[sample.class_name]
+        if len(peers) > 1:
+            pick = int(rng.integers(0, len(peers) - 1))
+            others = [p for p in peers if p != index]
+            source_index = others[pick]
+        else:
+            source_index = index
+        image = self.load_image(index)
+        source = image if source_index == index else self.load_image(source_index)
+        pseudo = cutpaste_poisson(image, source, rng)
+        return {
+            "index": index,
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "anomaly_image": torch.from_numpy(np.ascontiguousarray(pseudo.image.transpose(2, 0, 1))),
+            "anomaly_mask": torch.from_numpy(pseudo.mask.astype(np.float32)),
+            "anomaly_label": int(pseudo.label),
+            "class_name": sample.class_name,
+            "description": describe(sample.class_name, self.dataset_name),
+            "answer": answer_text(pseudo.positions),
+            "blended": bool(pseudo.blended),
+        }
+
+
+def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The batch of eq. 1 from `PseudoAnomalyDataset` items: n normal images, then their n
+    pseudo-anomalies (B = 2n, item k's pseudo-anomaly at n + k).
+
+    "images": uint8 B x 3 x S x S (not normalised), "masks": float32 B x S x S in {0, 1} (zero for
+    the normal images), "labels": long B, "class_names", "descriptions", "answers": lists of B str.
+    """
+    if not items:
+        raise ValueError("collate_pairs: no items")
+    normals = [item["image"] for item in items]
+    anomalies = [item["anomaly_image"] for item in items]
+    sizes = {tuple(t.shape) for t in normals + anomalies}
+    if len(sizes) != 1:
+        raise ValueError(f"collate_pairs: items of different image sizes {sorted(sizes)}")
+    masks = torch.stack([item["anomaly_mask"] for item in items])
+    names = [item["class_name"] for item in items]
+    descriptions = [item["description"] for item in items]
+    return {
+        "images": torch.stack(normals + anomalies),
+        "masks": torch.cat([torch.zeros_like(masks), masks]),
+        "labels": torch.tensor([0] * len(items) + [int(item["anomaly_label"]) for item in items], dtype=torch.long),
+        "class_names": names + names,
+        "descriptions": descriptions + descriptions,
+        "answers": [NORMAL_ANSWER] * len(items) + [item["answer"] for item in items],
+    }

@@ -1,0 +1,158 @@
+"""The training dataset of eq. 1: pairs, collation, determinism per (seed, epoch, index), laziness."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import siad.data.dataset as dataset_module
+from siad.answers import answer_from_mask
+from siad.data import PseudoAnomalyDataset, Sample, collate_pairs, load_dataset
+from siad.image import load_rgb, resize_for_encoder
+from siad.prompts import NORMAL_ANSWER, describe
+
+SIZE = 48
+
+
+def save_texture(path: Path, seed: int, shape: tuple[int, ...]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pixels = cv2.GaussianBlur((rng.random(shape) * 255).astype(np.uint8), (5, 5), 1.5)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture()
+def samples(tmp_path: Path) -> list[Sample]:
+    """An MVTec-format tree: 'bottle' with 3 normal images of different sizes, 'tile' with one
+    grey normal image, and an anomalous test image (dropped by the dataset)."""
+    root = tmp_path / "mvtec"
+    for k, shape in enumerate([(40, 60, 3), (64, 64, 3), (50, 30, 3)]):
+        save_texture(root / "bottle" / "train" / "good" / f"{k:03d}.png", k, shape)
+    save_texture(root / "tile" / "train" / "good" / "000.png", 10, (56, 56))
+    save_texture(root / "bottle" / "test" / "broken_large" / "000.png", 20, (40, 60, 3))
+    mask_dir = root / "bottle" / "ground_truth" / "broken_large"
+    mask_dir.mkdir(parents=True)
+    Image.fromarray(np.full((40, 60), 255, np.uint8)).save(mask_dir / "000_mask.png")
+    train = load_dataset("mvtec", root, "train")
+    anomalous = [s for s in load_dataset("mvtec", root, "test", classes=["bottle"]) if s.label == 1]
+    return train + anomalous
+
+
+def items_equal(a: dict, b: dict) -> bool:
+    return (torch.equal(a["image"], b["image"]) and torch.equal(a["anomaly_image"], b["anomaly_image"])
+            and torch.equal(a["anomaly_mask"], b["anomaly_mask"]) and a["answer"] == b["answer"])
+
+
+def test_items_and_collate(samples: list[Sample]) -> None:
+    dataset = PseudoAnomalyDataset(samples, image_size=SIZE, dataset_name="mvtec")
+    assert len(dataset) == 4  # the anomalous sample is dropped
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = collate_pairs(items)
+    n = len(items)
+    assert batch["images"].shape == (2 * n, 3, SIZE, SIZE) and batch["images"].dtype == torch.uint8
+    assert batch["masks"].shape == (2 * n, SIZE, SIZE) and batch["masks"].dtype == torch.float32
+    assert set(torch.unique(batch["masks"]).tolist()) <= {0.0, 1.0}
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [0] * n + [1] * n
+    names = [s.class_name for s in dataset.samples]
+    assert batch["class_names"] == names + names
+    assert batch["descriptions"] == [describe(c, "mvtec") for c in names + names]
+    assert batch["descriptions"][0].startswith("This is a photo of a bottle")
+    # normal images first, exactly as the inference path decodes and resizes them
+    for k, sample in enumerate(dataset.samples):
+        expected = resize_for_encoder(load_rgb(sample.image_path).rgb, SIZE, "squash")
+        assert torch.equal(batch["images"][k], torch.from_numpy(expected.copy()).permute(2, 0, 1))
+        assert not batch["masks"][k].any()
+    # answers are those of the masks; pseudo-anomalies change only inside their mask
+    for k in range(2 * n):
+        assert batch["answers"][k] == answer_from_mask(batch["masks"][k].numpy())
+    assert batch["answers"][:n] == [NORMAL_ANSWER] * n
+    for k in range(n):
+        normal, pseudo, mask = batch["images"][k], batch["images"][n + k], batch["masks"][n + k].bool()
+        assert mask.any() and not torch.equal(normal, pseudo)
+        assert torch.equal(normal[:, ~mask], pseudo[:, ~mask])
+
+
+def test_determinism_per_seed_epoch_index(samples: list[Sample]) -> None:
+    first = PseudoAnomalyDataset(samples, image_size=SIZE, seed=3)
+    second = PseudoAnomalyDataset(list(samples), image_size=SIZE, seed=3)
+    order_a = [first[i] for i in range(len(first))]
+    order_b = [second[i] for i in reversed(range(len(second)))][::-1]  # fetch order does not matter
+    assert all(items_equal(a, b) for a, b in zip(order_a, order_b))
+    first.set_epoch(1)
+    epoch_1 = [first[i] for i in range(len(first))]
+    assert sum(not items_equal(a, b) for a, b in zip(order_a, epoch_1)) >= len(first) - 1
+    second.set_epoch(1)  # a resumed run at epoch 1 sees the same data
+    assert all(items_equal(a, second[i]) for i, a in enumerate(epoch_1))
+    first.set_epoch(0)
+    assert all(items_equal(a, first[i]) for i, a in enumerate(order_a))
+    other_seed = PseudoAnomalyDataset(samples, image_size=SIZE, seed=4)
+    assert any(not items_equal(a, other_seed[i]) for i, a in enumerate(order_a))
+    with pytest.raises(ValueError, match="epoch"):
+        first.set_epoch(-1)
+
+
+def test_source_from_same_class(samples: list[Sample], monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = PseudoAnomalyDataset(samples, image_size=SIZE)
+    loaded: list[int] = []
+    original = PseudoAnomalyDataset.load_image
+
+    def spy(self: PseudoAnomalyDataset, index: int) -> np.ndarray:
+        loaded.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(PseudoAnomalyDataset, "load_image", spy)
+    classes = [s.class_name for s in dataset.samples]
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            loaded.clear()
+            dataset[index]
+            assert loaded[0] == index
+            if classes.count(classes[index]) > 1:  # another image of the same class
+                assert len(loaded) == 2 and loaded[1] != index and classes[loaded[1]] == classes[index]
+            else:  # the only image of its class: the image itself, decoded once
+                assert loaded == [index]
+
+
+def test_lazy(samples: list[Sample], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    real = dataset_module.load_rgb
+    monkeypatch.setattr(dataset_module, "load_rgb", lambda *a, **k: calls.append(a) or real(*a, **k))
+    dataset = PseudoAnomalyDataset(samples, image_size=SIZE)
+    assert calls == []  # nothing decoded at construction
+    for value in vars(dataset).values():
+        assert not isinstance(value, (np.ndarray, torch.Tensor))
+    assert all(isinstance(s.image_path, Path) for s in dataset.samples)
+    assert len(pickle.dumps(dataset)) < 20_000  # paths, not pixels: cheap to send to workers
+    dataset[0]
+    assert 1 <= len(calls) <= 2
+
+
+def test_dataloader_and_center_crop(samples: list[Sample]) -> None:
+    dataset = PseudoAnomalyDataset(samples, image_size=32, resize_mode="center_crop", seed=1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False, collate_fn=collate_pairs)
+    batches = list(loader)
+    assert [b["images"].shape[0] for b in batches] == [6, 2]
+    assert batches[0]["images"].shape[1:] == (3, 32, 32)
+
+
+def test_errors(samples: list[Sample]) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        PseudoAnomalyDataset([])
+    only_anomalous = Sample(samples[-1].image_path, samples[-1].mask_path, "cable", "bent_wire", 1)
+    with pytest.raises(ValueError, match="cable"):
+        PseudoAnomalyDataset(samples + [only_anomalous])
+    with pytest.raises(ValueError, match="resize_mode"):
+        PseudoAnomalyDataset(samples, resize_mode="stretch")
+    with pytest.raises(ValueError, match="no items"):
+        collate_pairs([])
+    dataset = PseudoAnomalyDataset(samples, image_size=SIZE)
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
