@@ -84,7 +84,8 @@ class SIADConfig:
         llm_architecture: a transformers config dict; when given (and llm_name_or_path is None)
             the LLM is built with random weights from it, with SIAD's own small tokenizer.
         lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter (peft).
-        max_new_tokens, do_sample, temperature, top_p: generation (greedy by default).
+        max_new_tokens, min_new_tokens, do_sample, temperature, top_p: generation (greedy by
+            default; min_new_tokens > 0 ignores EOS and `###` before that many tokens, for benchmarks).
 
     Self-improvement (Algorithm 1):
         si_fusion: "add" (t' = norm(t + t_res)) or "replace" (t' = t_res).
@@ -138,6 +139,7 @@ class SIADConfig:
     lora_dropout: float = 0.1
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     max_new_tokens: int = 64
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -229,6 +231,8 @@ class SIADConfig:
             fail("lora_target_modules", "name at least one module")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             fail("image_std", "image_mean and image_std need 3 values, std positive")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            fail("min_new_tokens", f"must lie in [0, max_new_tokens={self.max_new_tokens}]")
         if self.temperature <= 0:
             fail("temperature", "must be positive")
         if not 0.0 < self.top_p <= 1.0:

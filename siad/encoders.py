@@ -221,6 +221,19 @@ def filter_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str,
     return {k: v for k, v in state_dict.items() if k.startswith(prefixes)}
 
 
+def safe_torch_load(path: Path, expected: str) -> object:
+    """`torch.load(weights_only=True)`, memory-mapped when the file allows it; any failure becomes
+    a ValueError naming the file and what was expected."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format file: mmap is impossible, read it whole
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors, zip errors, unsafe content, ...
+        raise ValueError(f"{path} cannot be read as {expected} with torch.load(weights_only=True): "
+                         f"{str(error).splitlines()[0]}") from error
+
+
 def load_official_checkpoint(encoder: ImageBindEncoder, path: str | Path) -> None:
     """Load the official `imagebind_huge.pth` layout (strict on the kept trunks).
 
@@ -229,12 +242,7 @@ def load_official_checkpoint(encoder: ImageBindEncoder, path: str | Path) -> Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ImageBind checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, zip errors, ...
-        raise ValueError(f"{path} is not a PyTorch checkpoint that can be loaded safely: {error}") from error
+    state = safe_torch_load(path, "an ImageBind checkpoint (imagebind_huge.pth)")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -215,6 +215,7 @@ class PromptBuilder:
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 64
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -265,6 +266,10 @@ def generate(llm: nn.Module, tokenizer: Any, inputs: LLMInputs, settings: Genera
     cache, logits = out.cache, out.logits[:, -1]
     with timed("llm_decode"):
         for step in range(settings.max_new_tokens):
+            early = step < settings.min_new_tokens
+            if early and eos is not None:
+                logits = logits.clone()
+                logits[:, eos] = float("-inf")
             tokens = _next_tokens(logits, settings, generator)
             for b in range(batch):
                 if finished[b]:
@@ -275,7 +280,7 @@ def generate(llm: nn.Module, tokenizer: Any, inputs: LLMInputs, settings: Genera
                     continue
                 produced[b].append(token)
                 texts[b] = tokenizer.decode(produced[b], skip_special_tokens=True)
-                if STOP_STRING in texts[b]:
+                if STOP_STRING in texts[b] and not early:
                     finished[b] = True
             if all(finished) or step == settings.max_new_tokens - 1:
                 break

@@ -178,11 +178,11 @@ class SIADModel(nn.Module):
         counters of the prompt vectors and the text encoder, so it is dropped whenever they change.
         """
         unique = list(dict.fromkeys(class_names))
-        with self._timed("text"):
-            if torch.is_grad_enabled() and any(p.requires_grad for p in self.prompt_learner.parameters()):
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.prompt_learner.parameters()):
+            with self._timed("class_text"):
                 features = self.prompt_learner(self.encoder, self.text_tokenizer, unique)
-            else:
-                features = torch.stack([self._cached_class_text(name) for name in unique])
+        else:
+            features = torch.stack([self._cached_class_text(name) for name in unique])
         index = torch.tensor([unique.index(name) for name in class_names], device=features.device)
         return features[index]
 
@@ -191,7 +191,7 @@ class SIADModel(nn.Module):
                parameter_version(self.encoder))
         cached = self._class_text_cache.get(key)
         if cached is None:
-            with torch.no_grad():
+            with self._timed("class_text"), torch.no_grad():
                 cached = self.prompt_learner(self.encoder, self.text_tokenizer, [class_name])[0]
             self._class_text_cache = {k: v for k, v in self._class_text_cache.items() if k[1:] == key[1:]}
             self._class_text_cache[key] = cached
@@ -224,10 +224,11 @@ class SIADModel(nn.Module):
         if turns is None:
             turns = [[(QUESTION, None)] for _ in descriptions]
         builder = PromptBuilder(self.llm_tokenizer, self.llm.get_input_embeddings())
-        with torch.no_grad():
+        with self._timed("llm_prompt"), torch.no_grad():
             inputs = builder.build(self._conversations(image_tokens, map_tokens, descriptions, turns), padding_side="left")
         config = self.config
-        settings = GenerationConfig(max_new_tokens=max_new_tokens or config.max_new_tokens,
+        limit = max_new_tokens or config.max_new_tokens
+        settings = GenerationConfig(max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit),
                                     do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p)
         with self._llm_eval():
             return generate(self.llm, self.llm_tokenizer, inputs, settings, timer=self.timer)
@@ -238,7 +239,7 @@ class SIADModel(nn.Module):
         R is cut (in BPE tokens) so that R plus the state words fit the text encoder's context.
         """
         tokenizer = self.text_tokenizer
-        with self._timed("text"), torch.no_grad():
+        with self._timed("response_text"), torch.no_grad():
             texts = []
             for response in responses:
                 for state in ("normal", "abnormal"):

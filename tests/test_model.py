@@ -1,0 +1,213 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from siad import SIADConfig, SIADModel
+from siad.prompts import NORMAL_ANSWER
+from tests.conftest import build_tiny
+
+
+def _batch(n_normal: int = 2) -> dict:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2 * n_normal, 3, 224, 224), dtype=torch.uint8, generator=g)
+    masks = torch.zeros(2 * n_normal, 224, 224)
+    masks[n_normal:, 60:100, 120:180] = 1.0
+    return {"images": images, "masks": masks, "labels": torch.tensor([0] * n_normal + [1] * n_normal),
+            "class_names": ["bottle", "wood"] * n_normal,
+            "descriptions": None,
+            "answers": [NORMAL_ANSWER] * n_normal + ["Yes, there is an anomaly in the image, at the top of the image."] * n_normal}
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (300, 200, 3), dtype=np.uint8), rng.integers(0, 255, (64, 96), dtype=np.uint8)]
+
+
+def test_forward_backward_and_frozen_parts(fresh_tiny_model):
+    model = fresh_tiny_model.train()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = dict(model.trainable_parameters())
+    assert any(n.startswith("encoder.") for n in frozen) and any("base_layer" in n for n in frozen)
+    assert not any(n.startswith("encoder.") for n in trainable)
+    expected_groups = ("stage_projection.", "adapter.", "sem.", "prompt_learner.", "pem.", "llama_proj.")
+    for group in expected_groups:
+        assert any(n.startswith(group) for n in trainable), group
+    assert all("lora_" in n for n in trainable if n.startswith("llm."))
+    out = model(_batch())
+    for part in (out.loss, out.focal, out.dice, out.lm):
+        assert torch.isfinite(part) and part.ndim == 0
+    assert torch.allclose(out.loss, out.focal + out.dice + out.lm)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, name
+    assert all(trainable[n].grad is not None for n in trainable)
+    optimizer = torch.optim.AdamW([p for p in trainable.values()], lr=1e-3)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+
+
+def test_a_few_steps_lower_the_loss():
+    model = build_tiny(0, si_train_response="target").train()
+    optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-3)
+    batch = _batch()
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        out = model(batch)
+        out.loss.backward()
+        optimizer.step()
+        losses.append(float(out.loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_detect_shapes_and_ranges(tiny_model):
+    results = tiny_model.detect(_images(), ["bottle", "unknown part"])
+    assert [r.anomaly_map.shape for r in results] == [(300, 200), (64, 96)]
+    for r in results:
+        for heat in (r.anomaly_map, r.initial_map):
+            assert heat.dtype == np.float32 and 0.0 <= heat.min() <= heat.max() <= 1.0
+        assert 0.0 <= r.score <= 1.0 and 0.0 <= r.initial_score <= 1.0
+        assert isinstance(r.answer, str) and isinstance(r.initial_answer, str)
+        assert r.is_anomalous == (r.score >= tiny_model.config.threshold)
+
+
+def test_chat_false_never_calls_the_llm(tiny_model, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the LLM was called")
+    monkeypatch.setattr(tiny_model.llm, "forward", boom)
+    results = tiny_model.detect(_images(), "bottle", chat=False)
+    assert all(r.answer is None and r.initial_answer is None for r in results)
+    assert all(np.array_equal(r.anomaly_map, r.initial_map) for r in results)
+
+
+def test_self_improve_false_is_pass_one(tiny_model):
+    images = _images()
+    full = tiny_model.detect(images, "bottle")
+    first = tiny_model.detect(images, "bottle", self_improve=False)
+    plain = tiny_model.detect(images, "bottle", chat=False)
+    for f, p, c in zip(full, first, plain):
+        assert np.array_equal(p.anomaly_map, f.initial_map) and p.score == f.initial_score
+        assert p.answer == p.initial_answer == f.initial_answer
+        assert np.array_equal(c.anomaly_map, f.initial_map)
+        assert not np.array_equal(f.anomaly_map, f.initial_map)  # pass 2 differs
+
+
+def test_pass_two_text_changes_with_the_response(tiny_model):
+    text = tiny_model.class_text_features(["bottle"])
+    a = tiny_model.refine_text(text, tiny_model.response_text_features(["No, there is no anomaly in the image."]))
+    b = tiny_model.refine_text(text, tiny_model.response_text_features(["Yes, at the top left of the image."]))
+    assert a.shape == text.shape == (1, 4, 2, 32)
+    assert not torch.allclose(a, b)
+    long = tiny_model.response_text_features(["word " * 500])
+    assert torch.isfinite(long).all()
+
+
+def test_vision_once_text_cached_and_response_capped(monkeypatch):
+    model = build_tiny(0, max_new_tokens=200).eval()
+    calls = {"vision": 0, "prompts": 0, "caps": []}
+    encode_image = model.encoder.encode_image
+    learner_forward = model.prompt_learner.forward
+    respond = model.respond
+
+    def count_vision(*a, **k):
+        calls["vision"] += 1
+        return encode_image(*a, **k)
+
+    def count_prompts(*a, **k):
+        calls["prompts"] += 1
+        return learner_forward(*a, **k)
+
+    def spy_respond(*a, max_new_tokens=None, **k):
+        calls["caps"].append(max_new_tokens)
+        return respond(*a, max_new_tokens=max_new_tokens, **k)
+
+    monkeypatch.setattr(model.encoder, "encode_image", count_vision)
+    monkeypatch.setattr(model.prompt_learner, "forward", count_prompts)
+    monkeypatch.setattr(model, "respond", spy_respond)
+    model.detect(_images(), "bottle")
+    assert calls["vision"] == 1  # one vision pass for both passes of both images
+    assert calls["prompts"] == 1  # one class
+    assert calls["caps"] == [77, None]  # pass 1 capped at the text encoder's context
+    model.detect(_images(), "bottle")
+    assert calls["prompts"] == 1  # cached
+    with torch.no_grad():
+        model.prompt_learner.normal_vectors.add_(0.1)  # prompt vectors change (as in training)
+    model.detect(_images(), "bottle", chat=False)
+    assert calls["prompts"] == 2  # cache dropped
+
+
+def test_switches_change_what_they_name():
+    plain = build_tiny(0)
+    assert plain.adapter is not None and plain.sem is not None and plain.pem is not None
+    assert build_tiny(0, use_adapter=False).adapter is None
+    assert build_tiny(0, use_sem=False).sem is None
+    no_pem = build_tiny(0, use_pem=False)
+    assert no_pem.pem is None and no_pem.map_tokens(torch.zeros(1, 4, 224, 224)) is None
+    no_sp = build_tiny(0, use_stage_prompts=False)
+    assert not [n for n, _ in no_sp.trainable_parameters() if n.startswith("prompt_learner.")]
+    no_si = build_tiny(0, use_self_improvement=False).eval()
+    r = no_si.detect(_images()[:1], "bottle")[0]
+    assert np.array_equal(r.anomaly_map, r.initial_map) and r.answer == r.initial_answer
+    no_sem = build_tiny(0, use_sem=False)
+    names_plain = {n for n, _ in plain.named_parameters()}
+    names_no_sem = {n for n, _ in no_sem.named_parameters()}
+    assert names_plain - names_no_sem == {n for n in names_plain if n.startswith("sem.")}
+
+
+def test_chat_answers_with_history(tiny_model):
+    image = _images()[0]
+    history = [{"role": "user", "content": "Is there any anomaly in the image?"},
+               {"role": "assistant", "content": "No, there is no anomaly in the image."}]
+    answer = tiny_model.chat(image, "bottle", history, "Where is it?")
+    assert isinstance(answer, str)
+    assert isinstance(tiny_model.chat(image, "bottle", [("Q?", "A.")], "And now?"), str)
+    assert isinstance(tiny_model.chat(image, "bottle", [], "Is there any anomaly in the image?"), str)
+    with pytest.raises(ValueError, match="message"):
+        tiny_model.chat(image, "bottle", [], "  ")
+
+
+@pytest.mark.parametrize("images, names, message", [
+    ([np.zeros((0, 4, 3), dtype=np.uint8)], ["bottle"], "empty"),
+    ([np.full((9, 9), np.nan)], ["bottle"], "NaN"),
+    ([np.zeros((9, 9), dtype=np.uint8)], [""], "class name"),
+    ([np.zeros((9, 9), dtype=np.uint8)], ["   "], "class name"),
+    ([np.zeros((9, 9), dtype=np.uint8)] * 3, ["a", "b"], "same length"),
+    ([], ["a"], "empty"),
+])
+def test_bad_input_is_a_value_error(tiny_model, images, names, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model.detect(images, names, chat=False)
+
+
+def test_not_an_image_file(tiny_model, tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(b"\x89PNG broken")
+    with pytest.raises(ValueError, match="not an image"):
+        tiny_model.detect([path], ["bottle"], chat=False)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"])
+def test_every_pil_mode_through_detect(tiny_model, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    image = {"I;16": lambda: Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30)),
+             "I": lambda: rgb.convert("L").convert("I"), "F": lambda: rgb.convert("F")}.get(mode, lambda: rgb.convert(mode))()
+    r = tiny_model.detect([image], ["bottle"], chat=False)[0]
+    assert r.anomaly_map.shape == (20, 30)
+
+
+def test_sizes_from_tiny_to_huge(tiny_model):
+    small = tiny_model.detect([np.zeros((8, 8, 3), dtype=np.uint8)], ["bottle"], chat=False)[0]
+    assert small.anomaly_map.shape == (8, 8)
+    big = tiny_model.detect([Image.new("RGB", (10000, 10000), (90, 90, 90))], ["bottle"], chat=False)[0]
+    assert big.anomaly_map.shape == (10000, 10000) and 0 <= big.score <= 1
+
+
+def test_bfloat16_model_detects():
+    model = SIADModel(SIADConfig.tiny(), dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    r = model.detect(_images()[:1], "bottle")[0]
+    assert r.anomaly_map.dtype == np.float32 and np.isfinite(r.anomaly_map).all()

@@ -1,0 +1,125 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from siad import SIADConfig
+from siad.encoders import ImageBindEncoder, ImageBindTokenizer
+from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, StageEnhancementModule,
+                          StagePromptLearner, StageProjection)
+from siad.prompts import ensemble_sentences
+
+
+def test_stage_projection_shapes():
+    proj = StageProjection(4, 48, 32)
+    out = proj([torch.randn(2, 256, 48) for _ in range(4)])
+    assert [o.shape for o in out] == [(2, 256, 32)] * 4
+
+
+def test_adapter_is_equation_6():
+    torch.manual_seed(0)
+    adapter = Adapter(2, 8, lam=0.1)
+    stages = [torch.randn(3, 5, 8), torch.randn(3, 5, 8)]
+    out = adapter(stages)
+    for k in range(2):
+        expected = 0.1 * F.normalize(F.leaky_relu(adapter.linears[k](stages[k])), dim=-1) \
+            + 0.9 * F.normalize(stages[k], dim=-1)
+        assert torch.allclose(out[k], expected, atol=1e-6)
+    assert torch.allclose(Adapter(1, 8, lam=0.0)([stages[0]])[0], F.normalize(stages[0], dim=-1))
+
+
+def test_sem_starts_as_identity_and_mixes_the_last_stage():
+    sem = StageEnhancementModule(4, 16)
+    stages = [torch.randn(2, 64, 16) for _ in range(4)]
+    out = sem(stages)
+    assert all(torch.equal(a, b) for a, b in zip(out, stages))  # zero-initialised last conv
+    torch.nn.init.normal_(sem.convs[0].weight)
+    changed = [s.clone() for s in stages]
+    changed[3] = changed[3] + 1.0  # only the last stage changes ...
+    assert not torch.allclose(sem(changed)[0], sem(stages)[0])  # ... and stage 1 sees it
+
+
+def test_pem_groups_are_a_3x3_grid():
+    torch.manual_seed(0)
+    pem = PatchEnhancementModule(num_channels=4, image_size=224, patch_size=16, num_groups=9, out_dim=24)
+    assert pem.group_averaging.shape == (9, 196)
+    assert torch.allclose(pem.group_averaging.sum(dim=1), torch.ones(9))
+    assert (pem.group_averaging > 0).sum(dim=0).eq(1).all()  # every patch in exactly one group
+    sizes = (pem.group_averaging > 0).sum(dim=1).view(3, 3)
+    assert sizes.tolist() == [[25, 20, 25], [20, 16, 20], [25, 20, 25]]  # 14 = 5 + 4 + 5
+    maps = torch.zeros(2, 4, 224, 224)
+    tokens_plain = pem(maps)
+    assert tokens_plain.shape == (2, 9, 24)
+    maps[:, :, 200:, 200:] = 1.0  # an anomaly at the bottom right changes only that group's token
+    tokens = pem(maps)
+    differs = (tokens - tokens_plain).abs().sum(dim=-1)[0] > 1e-6
+    assert differs.tolist() == [False] * 8 + [True]
+
+
+def test_map_head_gives_probabilities():
+    head = AnomalyMapHead(image_size=224, logit_scale=100.0)
+    features = [torch.randn(2, 256, 8) for _ in range(4)]
+    text = F.normalize(torch.randn(2, 4, 2, 8), dim=-1)
+    maps = head(features, text)
+    assert maps.shape == (2, 4, 224, 224) and maps.min() >= 0 and maps.max() <= 1
+    # a patch aligned with the abnormal text is abnormal
+    features = [text[:, k, 1][:, None].expand(2, 256, 8).clone() for k in range(4)]
+    assert head(features, text).min() > 0.5
+    final = head.combine(maps)
+    assert torch.allclose(final, maps.mean(dim=1))
+    assert torch.equal(head.score(final), final.flatten(1).max(dim=1).values)
+
+
+def test_smoothing_keeps_constants_and_lowers_peaks():
+    maps = torch.full((1, 224, 224), 0.3)
+    assert torch.allclose(AnomalyMapHead.smooth(maps, 4.0), maps, atol=1e-6)
+    maps[0, 100, 100] = 1.0
+    smooth = AnomalyMapHead.smooth(maps, 4.0)
+    assert smooth.shape == maps.shape and smooth.max() < 0.5
+    assert torch.equal(AnomalyMapHead.smooth(maps, 0.0), maps)
+    assert AnomalyMapHead.smooth(torch.rand(2, 8, 8), 4.0).shape == (2, 8, 8)  # kernel wider than the map
+
+
+@pytest.fixture(scope="module")
+def text_side():
+    torch.manual_seed(0)
+    return ImageBindEncoder(SIADConfig.tiny()).eval(), ImageBindTokenizer()
+
+
+@pytest.mark.parametrize("mode", ["sum", "concat"])
+def test_prompt_learner_shapes_and_gradients(text_side, mode):
+    encoder, tokenizer = text_side
+    learner = StagePromptLearner(SIADConfig.tiny(stage_prompt_mode=mode))
+    out = learner(encoder, tokenizer, ["bottle", "metal_nut"])
+    assert out.shape == (2, 4, 2, 32)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2, 4, 2), atol=1e-5)
+    out.sum().backward()
+    assert learner.normal_vectors.grad.abs().sum() > 0 and learner.abnormal_vectors.grad.abs().sum() > 0
+    assert not torch.allclose(out[0, 0], out[0, 3])  # stage phrases differ
+
+
+def test_ensemble_is_the_mean_of_normalised_sentences(text_side):
+    encoder, tokenizer = text_side
+    learner = StagePromptLearner(SIADConfig.tiny())
+    e = learner.ensemble_features(encoder, tokenizer, "bottle")
+    sentences = ensemble_sentences("bottle", "abnormal")
+    assert len(sentences) == 10 and len(ensemble_sentences("bottle", "normal")) == 14
+    expected = F.normalize(encoder.encode_text(tokenizer.batch(sentences)).mean(dim=0), dim=-1)
+    assert torch.allclose(e[1], expected, atol=1e-5)
+    assert learner.ensemble_features(encoder, tokenizer, "bottle") is e  # cached
+
+
+def test_without_stage_prompts_the_text_is_the_ensemble(text_side):
+    encoder, tokenizer = text_side
+    learner = StagePromptLearner(SIADConfig.tiny(use_stage_prompts=False))
+    assert not list(learner.parameters())
+    out = learner(encoder, tokenizer, ["wood"])
+    e = learner.ensemble_features(encoder, tokenizer, "wood")
+    for k in range(4):
+        assert torch.allclose(out[0, k], e)
+
+
+def test_long_class_names_are_truncated(text_side):
+    encoder, tokenizer = text_side
+    learner = StagePromptLearner(SIADConfig.tiny())
+    out = learner(encoder, tokenizer, ["part " * 200])
+    assert out.shape == (1, 4, 2, 32) and torch.isfinite(out).all()
