@@ -234,10 +234,13 @@ def safe_torch_load(path: Path, expected: str) -> object:
                          f"{str(error).splitlines()[0]}") from error
 
 
-def load_official_checkpoint(encoder: ImageBindEncoder, path: str | Path) -> None:
+def load_official_checkpoint(encoder: ImageBindEncoder, path: str | Path, dtype: torch.dtype | None = None,
+                             device: torch.device | str | None = None) -> None:
     """Load the official `imagebind_huge.pth` layout (strict on the kept trunks).
 
-    The file is read with `torch.load(weights_only=True)` (memory-mapped when possible).
+    The file is read with `torch.load(weights_only=True)` (memory-mapped when possible); tensors
+    are cast to `dtype` and moved to `device` one by one and assigned (the encoder may have been
+    built with empty weights).
     """
     path = Path(path)
     if not path.is_file():
@@ -263,4 +266,9 @@ def load_official_checkpoint(encoder: ImageBindEncoder, path: str | Path) -> Non
             f"{path}: shape mismatch for {len(wrong)} keys, e.g. {k}: checkpoint {tuple(kept[k].shape)} "
             f"vs model {tuple(own[k].shape)} (is the config the ImageBind-Huge preset?)"
         )
-    encoder.load_state_dict(kept, strict=True)
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return t.to(device) if device is not None else t
+
+    encoder.load_state_dict({k: convert(v) for k, v in kept.items()}, strict=True, assign=True)

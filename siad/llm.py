@@ -73,7 +73,8 @@ def build_siad_tokenizer(vocab_size: int, corpus: list[str] | None = None) -> An
 # ---------------------------------------------------------------------- loading
 def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", source: str | Path | None = None,
-                        local_files_only: bool = False, quantization: str | None = None) -> tuple[nn.Module, Any]:
+                        local_files_only: bool = False, quantization: str | None = None,
+                        cache_dir: str | Path | None = None) -> tuple[nn.Module, Any]:
     """The base causal LM and its tokenizer.
 
     source: overrides config.llm_name_or_path (e.g. a saved model's `llm/` folder). With neither,
@@ -91,7 +92,7 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
         model = model.to(device) if not _is_meta(model) else model
         tokenizer = build_siad_tokenizer(int(llm_config.vocab_size))
         return model, tokenizer
-    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_files_only)
+    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir)
     if quantization is not None:
         from transformers import BitsAndBytesConfig
 
@@ -102,7 +103,7 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
             bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
     kwargs["device_map"] = {"": str(torch.device(device))}
     model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only, cache_dir=cache_dir)
     return model, tokenizer
 
 
@@ -118,7 +119,8 @@ def add_lora(model: nn.Module, config: SIADConfig) -> nn.Module:
                       target_modules=list(config.lora_target_modules), bias="none", task_type="CAUSAL_LM")
     with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, lora)
+        # the adapter takes the base model's dtype (peft would otherwise upcast it to float32)
+        return get_peft_model(model, lora, autocast_adapter_dtype=False)
 
 
 # ---------------------------------------------------------------------- prompts

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 
 from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer, VisionFeatures
@@ -77,8 +79,13 @@ class _Pass:
     anomaly_map: torch.Tensor
 
 
-class SIADModel(nn.Module):
+class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
+                repo_url="https://github.com/siad-llm/siad-llm",
+                tags=["anomaly-detection", "zero-shot", "imagebind", "siad-llm"]):
     """SIAD-LLM. Build it from a `SIADConfig`; `dtype` and `device` apply to every part.
+
+    Saving and loading (a folder of parts, see `siad.hub`): `save_pretrained(dir)`,
+    `SIADModel.from_pretrained(folder_or_hub_id, dtype=..., device=...)`, `push_to_hub(repo_id)`.
 
     llm, llm_tokenizer: an already loaded base LM and its tokenizer (otherwise loaded or built
     from the config). The ImageBind encoder and the base LLM are frozen; trainable are the stage
@@ -110,8 +117,12 @@ class SIADModel(nn.Module):
         self.encoder.requires_grad_(False)
         self.timer: StageTimer | None = None
         self._class_text_cache: dict[tuple, torch.Tensor] = {}
-        if not any(p.is_meta for p in self.parameters()):
-            self.to(device=device, dtype=dtype)
+        # The LLM is already in its dtype (and keeps its float32 rotary buffers); the rest is cast.
+        for name, child in self.named_children():
+            if name != "llm" and not any(p.is_meta for p in child.parameters()):
+                child.to(device=device, dtype=dtype)
+        if not any(p.is_meta for p in self.llm.parameters()):
+            self.llm.to(device)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -142,6 +153,42 @@ class SIADModel(nn.Module):
             yield
         finally:
             self.llm.train(was_training)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory: str | Path, *, save_encoder: bool = True, card: str | None = None,
+                        dtype: torch.dtype | None = None, config: Any = None, repo_id: str | None = None,
+                        push_to_hub: bool = False, model_card_kwargs: dict | None = None,
+                        **push_to_hub_kwargs: Any) -> str | None:
+        """Save the model as a folder of parts (see `siad.hub`).
+
+        save_encoder=False leaves the ImageBind trunks out (config.encoder_checkpoint must then name
+        the official checkpoint); card: the README.md text (default: the rendered model card);
+        dtype: cast the saved weights (e.g. torch.bfloat16).
+        """
+        from siad.hub import save_model_folder
+
+        if config is not None and config != self.config:
+            raise ValueError("save_pretrained saves the model's own config; change model.config instead")
+        save_model_folder(self, save_directory, save_encoder=save_encoder, card=card, dtype=dtype)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
+        return None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", revision: str | None = None,
+                        cache_dir: str | Path | None = None, force_download: bool = False,
+                        local_files_only: bool = False, token: str | bool | None = None,
+                        llm_quantization: str | None = None) -> "SIADModel":
+        """Load a saved model from a local folder or a Hub id ("org/siad-llm"; from the cache when
+        offline), straight into `dtype` on `device`. The base LLM comes from the folder's `llm/` or
+        from the id in the config. llm_quantization: None, "8bit" or "4bit" (bitsandbytes, GPU)."""
+        from siad.hub import load_model_folder, resolve_model_folder
+
+        folder = resolve_model_folder(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+                                      force_download=force_download, local_files_only=local_files_only, token=token)
+        return load_model_folder(folder, dtype=dtype, device=device, cache_dir=cache_dir,
+                                 local_files_only=local_files_only, llm_quantization=llm_quantization)
 
     # ------------------------------------------------------------------ inputs
     def prepare_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[tuple[int, int]]]:

@@ -1,0 +1,284 @@
+"""Saving and loading SIAD-LLM as a folder of parts (diffusers-style), locally or on the Hub.
+
+A saved model folder:
+
+    config.json                   SIADConfig
+    model.safetensors             trainable parts and, by default, the ImageBind vision and text trunks
+    llm_adapter/                  the LoRA adapter in PEFT's format (adapter_config.json, adapter_model.safetensors)
+    llm/                          only when the base LLM is not an external one (built by SIAD, e.g. the
+                                  bundled mini model): its config, weights and tokenizer
+    README.md                     the model card
+
+The base LLM is otherwise named in the config (`llm_name_or_path`) and loaded from its own repo or path.
+Loading never builds a float32 copy first: the skeleton is built with empty weights and every
+tensor is read straight into the requested dtype (`read_safetensors`); expected keys that are
+missing and unknown keys that are present are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from siad.config import SIADConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from siad.model import SIADModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ADAPTER_DIR = "llm_adapter"
+LLM_DIR = "llm"
+CARD_NAME = "README.md"
+HUB_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME]
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+# ---------------------------------------------------------------------- safetensors streaming
+def safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file: name -> {dtype, shape, data_offsets} (and __metadata__)."""
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header of {length} bytes)")
+        try:
+            return json.loads(handle.read(length))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a safetensors file: {error}") from error
+
+
+def read_safetensors(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
+                     keys: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from a safetensors file one tensor at a time.
+
+    Each tensor is read straight from the file into its own buffer (no memory map, no second copy
+    of the file), then cast to `dtype` (floating tensors only) and moved to `device`. Peak memory is
+    the loaded tensors plus one tensor in flight.
+    """
+    header = safetensors_header(path)
+    start = 8 + struct.unpack("<Q", Path(path).open("rb").read(8))[0]
+    device = torch.device(device)
+    entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+    with open(path, "rb", buffering=0) as handle:
+        for name, info in entries:
+            if keys is not None and name not in keys:
+                continue
+            stored = _ST_DTYPES.get(info["dtype"])
+            if stored is None:
+                raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=stored)
+            view = tensor.view(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+            if view.numel() != end - begin:
+                raise ValueError(f"{path}: tensor {name} has {end - begin} bytes for shape {info['shape']}")
+            handle.seek(start + begin)
+            if view.numel():
+                got = handle.readinto(memoryview(view.numpy()))
+                if got != view.numel():
+                    raise ValueError(f"{path}: file ends inside tensor {name}")
+            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor = tensor.to(dtype)
+            if device.type != "cpu":
+                tensor = tensor.to(device)
+            yield name, tensor
+
+
+# ---------------------------------------------------------------------- saving
+def _render_card(model: "SIADModel", card: str | None) -> str:
+    if card is not None:
+        return card
+    from siad.model_card import render_model_card
+
+    return render_model_card(model.config)
+
+
+def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_encoder: bool = True,
+                      card: str | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write the folder described in this module's docstring. dtype: cast floating weights (e.g. bf16)."""
+    from safetensors.torch import save_file
+
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if not save_encoder and not config.encoder_checkpoint:
+        raise ValueError("save_encoder=False needs config.encoder_checkpoint (the official imagebind_huge.pth path) "
+                         "so that the encoder can be found again")
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return t.contiguous().cpu()
+
+    state = {k: cast(v) for k, v in model.state_dict().items()
+             if not k.startswith("llm.") and (save_encoder or not k.startswith("encoder."))}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "siad_encoder": str(save_encoder)})
+    (folder / CONFIG_NAME).write_text(config.to_json_string(), encoding="utf-8")
+    adapter_dir = folder / ADAPTER_DIR
+    adapter_dir.mkdir(exist_ok=True)
+    from peft import get_peft_model_state_dict
+
+    adapter_state = {k: cast(v) for k, v in get_peft_model_state_dict(model.llm).items()}
+    save_file(adapter_state, str(adapter_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    model.llm.peft_config["default"].save_pretrained(str(adapter_dir))
+    if config.llm_name_or_path is None:  # a base LLM built by SIAD: it travels with the model
+        base = model.llm.get_base_model()
+        llm_dir = folder / LLM_DIR
+        base_state = {k: cast(v) for k, v in base.state_dict().items()
+                      if "lora_" not in k and not _is_tied(base, k)}
+        llm_dir.mkdir(exist_ok=True)
+        base.config.save_pretrained(str(llm_dir))
+        save_file(_strip_base_layer(base_state), str(llm_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+        model.llm_tokenizer.save_pretrained(str(llm_dir))
+    (folder / CARD_NAME).write_text(_render_card(model, card), encoding="utf-8")
+    return folder
+
+
+def _strip_base_layer(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """peft wraps LoRA targets: `q_proj.base_layer.weight` is the base model's `q_proj.weight`."""
+    return {k.replace(".base_layer.", "."): v for k, v in state.items()}
+
+
+# ---------------------------------------------------------------------- loading
+def resolve_model_folder(model_id: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                         force_download: bool = False, local_files_only: bool = False,
+                         token: str | bool | None = None) -> Path:
+    """A local folder, or the snapshot of a Hub repo (downloaded, or from the cache when offline)."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a SIAD model folder: {CONFIG_NAME} is missing")
+        return path
+    text = str(model_id)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"no SIAD model folder at '{model_id}' (and it is not a Hub id 'org/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(str(model_id), revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                   local_files_only=local_files_only, token=token, allow_patterns=HUB_PATTERNS)
+    except Exception as error:  # offline without a cache, unknown repo, no network, ...
+        raise OSError(f"'{model_id}' is neither a local folder nor a SIAD model that can be fetched from the Hub or "
+                      f"found in its cache ({type(error).__name__}: {error}). Give a local folder, or download the "
+                      f"model first with `hf download {model_id}`.") from error
+    return Path(folder)
+
+
+def _check_keys(expected: set[str], found: set[str], where: str) -> None:
+    missing = sorted(expected - found)
+    unknown = sorted(found - expected)
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} expected weights: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unknown:
+            parts.append(f"{len(unknown)} unknown weights: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
+        raise ValueError(f"{where}: " + "; ".join(parts))
+
+
+def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
+                      local_files_only: bool = False, llm_quantization: str | None = None) -> "SIADModel":
+    """Build a `SIADModel` from a folder written by `save_model_folder`."""
+    from accelerate import init_empty_weights
+    from peft import set_peft_model_state_dict
+
+    from siad.encoders import load_official_checkpoint
+    from siad.llm import load_language_model
+    from siad.model import SIADModel
+
+    folder = Path(folder)
+    config = config if config is not None else SIADConfig.load(folder / CONFIG_NAME)
+    device = torch.device(device)
+    weights = folder / WEIGHTS_NAME
+    adapter_file = folder / ADAPTER_DIR / "adapter_model.safetensors"
+    for needed in (weights, adapter_file):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: {needed.name} is missing")
+    _check_adapter_config(folder / ADAPTER_DIR / "adapter_config.json", config)
+    llm_dir = folder / LLM_DIR
+    if llm_dir.is_dir():
+        llm, tokenizer = _load_bundled_llm(llm_dir, dtype, device)
+    else:
+        llm, tokenizer = load_language_model(config, dtype=dtype, device=device, local_files_only=local_files_only,
+                                             quantization=llm_quantization, cache_dir=cache_dir)
+    with init_empty_weights(include_buffers=False):
+        model = SIADModel(config, dtype=dtype, device=device, llm=llm, llm_tokenizer=tokenizer)
+    expected = {k for k in model.state_dict() if not k.startswith("llm.")}
+    header = safetensors_header(weights)
+    found = {k for k in header if k != "__metadata__"}
+    has_encoder = any(k.startswith("encoder.") for k in found)
+    if not has_encoder:
+        if not config.encoder_checkpoint:
+            raise ValueError(f"{weights} holds no encoder weights and config.encoder_checkpoint is not set")
+        expected = {k for k in expected if not k.startswith("encoder.")}
+    _check_keys(expected, found, str(weights))
+    state = dict(read_safetensors(weights, dtype=dtype, device=device))
+    model.load_state_dict(state, strict=False, assign=True)
+    del state
+    if not has_encoder:
+        load_official_checkpoint(model.encoder, config.encoder_checkpoint, dtype=dtype, device=device)
+    adapter = dict(read_safetensors(adapter_file, dtype=dtype, device=device))
+    _check_keys(_expected_adapter_keys(model), set(adapter), str(adapter_file))
+    result = set_peft_model_state_dict(model.llm, adapter, low_cpu_mem_usage=True)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{adapter_file}: unknown adapter weights {sorted(result.unexpected_keys)[:10]}")
+    model.to(device)  # non-persistent buffers were built on the CPU
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ValueError(f"{folder}: weights were never loaded for {meta[:10]}")
+    model.encoder.requires_grad_(False)
+    return model
+
+
+def _expected_adapter_keys(model: "SIADModel") -> set[str]:
+    from peft import get_peft_model_state_dict
+
+    return set(get_peft_model_state_dict(model.llm).keys())
+
+
+def _check_adapter_config(path: Path, config: SIADConfig) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    saved = (data.get("r"), data.get("lora_alpha"), sorted(data.get("target_modules") or []))
+    wanted = (config.lora_r, config.lora_alpha, sorted(config.lora_target_modules))
+    if saved != wanted:
+        raise ValueError(f"{path}: LoRA (r, alpha, targets) {saved} does not match the config {wanted}")
+
+
+def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+    """The base LLM saved inside the model folder, read tensor by tensor into the requested dtype."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    llm_config = AutoConfig.from_pretrained(str(llm_dir))
+    with init_empty_weights(include_buffers=False):
+        llm = AutoModelForCausalLM.from_config(llm_config, dtype=dtype)
+    weights = llm_dir / WEIGHTS_NAME
+    expected = set(llm.state_dict())
+    found = {k for k in safetensors_header(weights) if k != "__metadata__"}
+    tied = {k for k in expected - found if _is_tied(llm, k)}
+    _check_keys(expected - tied, found, str(weights))
+    llm.load_state_dict(dict(read_safetensors(weights, dtype=dtype, device=device)), strict=False, assign=True)
+    if tied:
+        llm.tie_weights()
+    llm.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
+    return llm, tokenizer
+
+
+def _is_tied(llm: Any, key: str) -> bool:
+    return key == "lm_head.weight" and bool(getattr(llm.config, "tie_word_embeddings", False))

@@ -1,0 +1,178 @@
+"""Saving, loading (local folder and offline Hub cache) and pushing, all offline."""
+
+import json
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from siad import SIADConfig, SIADModel
+from siad.llm import load_language_model
+
+IMAGES = [np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8),
+          np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _same_detection(a, b):
+    for x, y in zip(a, b):
+        assert np.array_equal(x.anomaly_map, y.anomaly_map) and np.array_equal(x.initial_map, y.initial_map)
+        assert x.score == y.score and x.initial_score == y.initial_score
+        assert x.answer == y.answer and x.initial_answer == y.initial_answer
+
+
+def _tiny(dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    model = SIADModel(SIADConfig.tiny(**overrides), dtype=dtype).eval()
+    with torch.no_grad():  # non-zero SEM and LoRA-B so that every part matters in the round trip
+        for p in model.sem.convs.parameters():
+            p.normal_(0, 0.01)
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model
+
+
+def test_round_trip_fp32_is_bit_identical(tmp_path):
+    model = _tiny()
+    model.save_pretrained(tmp_path / "m")
+    files = sorted(str(p.relative_to(tmp_path / "m")) for p in (tmp_path / "m").rglob("*") if p.is_file())
+    assert files == ["README.md", "config.json", "llm/config.json", "llm/model.safetensors", "llm/tokenizer.json",
+                     "llm/tokenizer_config.json", "llm_adapter/adapter_config.json",
+                     "llm_adapter/adapter_model.safetensors", "model.safetensors"]
+    loaded = SIADModel.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    _same_detection(model.detect(IMAGES, "bottle"), loaded.detect(IMAGES, "bottle"))
+    for (n, p), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n == n2 and torch.equal(p, p2), n
+
+
+def test_round_trip_bf16(tmp_path):
+    model = _tiny(torch.bfloat16)
+    model.save_pretrained(tmp_path / "m")
+    header = json.loads((tmp_path / "m" / "model.safetensors").read_bytes()[8:8 + int.from_bytes(
+        (tmp_path / "m" / "model.safetensors").read_bytes()[:8], "little")])
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
+    loaded = SIADModel.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    _same_detection(model.detect(IMAGES, "bottle"), loaded.detect(IMAGES, "bottle"))
+
+
+def test_save_as_bf16_from_fp32_and_load_in_fp32(tmp_path):
+    model = _tiny()
+    model.save_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    loaded = SIADModel.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    w = model.llama_proj.weight.to(torch.bfloat16).float()
+    assert torch.equal(loaded.llama_proj.weight, w)
+
+
+def _snapshot(cache: Path, repo_id: str, source: Path) -> Path:
+    """Lay `source` out as a Hub cache entry: models--org--name/snapshots/<40 hex>/..., refs/main."""
+    org, name = repo_id.split("/")
+    root = cache / f"models--{org}--{name}"
+    commit = (f"{abs(hash(repo_id)):x}" * 8)[:40]
+    shutil.copytree(source, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_from_pretrained_hub_id_offline_from_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # set by conftest before any import
+    cache = tmp_path / "hub"
+    # the base LLM lives in its own (cached) repo
+    base, tokenizer = load_language_model(SIADConfig.tiny())
+    base.save_pretrained(tmp_path / "llm_src")
+    tokenizer.save_pretrained(tmp_path / "llm_src")
+    _snapshot(cache, "org/tiny-llm", tmp_path / "llm_src")
+    torch.manual_seed(0)
+    config = SIADConfig.tiny(llm_name_or_path="org/tiny-llm")
+    model = SIADModel(config, llm=base, llm_tokenizer=tokenizer).eval()
+    model.save_pretrained(tmp_path / "siad_src")
+    assert not (tmp_path / "siad_src" / "llm").exists()  # the base LLM is referenced, not copied
+    _snapshot(cache, "org/siad-llm", tmp_path / "siad_src")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    loaded = SIADModel.from_pretrained("org/siad-llm", cache_dir=cache)
+    assert loaded.config.llm_name_or_path == "org/tiny-llm"
+    _same_detection(model.detect(IMAGES, "wood"), loaded.detect(IMAGES, "wood"))
+    with pytest.raises(OSError, match="org/absent"):
+        SIADModel.from_pretrained("org/absent", cache_dir=cache)
+
+
+def test_push_to_hub_uploads_the_folder(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create"] = (repo_id, kwargs.get("private"), self.token)
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        calls["upload"] = (repo_id, sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
+        return "https://example.invalid/commit"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    _tiny().push_to_hub("org/siad-llm", private=True, token="hf_test")
+    assert calls["create"] == ("org/siad-llm", True, "hf_test")
+    assert calls["upload"] == ("org/siad-llm", [
+        "README.md", "config.json", "llm/config.json", "llm/model.safetensors", "llm/tokenizer.json",
+        "llm/tokenizer_config.json", "llm_adapter/adapter_config.json", "llm_adapter/adapter_model.safetensors",
+        "model.safetensors"])
+
+
+def test_missing_and_unknown_weights_are_named(tmp_path):
+    _tiny().save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    state = load_file(path)
+    removed = "sem.convs.2.weight"
+    broken = {k: v for k, v in state.items() if k != removed}
+    save_file(broken, path)
+    with pytest.raises(ValueError, match=removed):
+        SIADModel.from_pretrained(tmp_path / "m")
+    state["mystery.weight"] = torch.zeros(3)
+    save_file(state, path)
+    with pytest.raises(ValueError, match="mystery.weight"):
+        SIADModel.from_pretrained(tmp_path / "m")
+
+
+def test_wrong_adapter_and_missing_files(tmp_path):
+    _tiny().save_pretrained(tmp_path / "m")
+    adapter_config = tmp_path / "m" / "llm_adapter" / "adapter_config.json"
+    data = json.loads(adapter_config.read_text())
+    data["r"] = 99
+    adapter_config.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="LoRA"):
+        SIADModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="no SIAD model folder"):
+        SIADModel.from_pretrained(tmp_path / "nowhere" / "deeper")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        SIADModel.from_pretrained(tmp_path / "empty")
+
+
+def test_model_card_parses(tmp_path):
+    from huggingface_hub import ModelCard
+
+    _tiny().save_pretrained(tmp_path / "m")
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    assert card.data.library_name == "siad-llm"
+    assert "anomaly-detection" in card.data.tags
