@@ -50,6 +50,7 @@ _ENUMS: dict[str, tuple[Any, ...]] = {
     "si_fusion": ("add", "replace"),
     "si_train_response": ("generated", "target"),
     "resize_mode": ("squash", "center_crop"),
+    "train_llm": ("lora", "full"),
 }
 
 
@@ -86,6 +87,12 @@ class SIADConfig:
         lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter (peft).
         max_new_tokens, min_new_tokens, do_sample, temperature, top_p: generation (greedy by
             default; min_new_tokens > 0 ignores EOS and `###` before that many tokens, for benchmarks).
+
+    What trains:
+        train_encoder: also train the ImageBind trunks (only for models without pretrained
+            weights, such as the bundled mini model; the paper keeps ImageBind frozen).
+        train_llm: "lora" (the paper: the base LLM frozen, LoRA trained) or "full" (every LLM
+            weight trains: for a small LM built from scratch).
 
     Self-improvement (Algorithm 1):
         si_fusion: "add" (t' = norm(t + t_res)) or "replace" (t' = t_res).
@@ -143,6 +150,10 @@ class SIADConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+
+    # --- what trains (the paper: the visual modules, prompt vectors, PEM, llama_proj, LoRA) ---
+    train_encoder: bool = False
+    train_llm: str = "lora"
 
     # --- self-improvement ----------------------------------------------------------
     si_fusion: str = "add"

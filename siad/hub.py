@@ -239,7 +239,7 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"{folder}: weights were never loaded for {meta[:10]}")
-    model.encoder.requires_grad_(False)
+    model.encoder.requires_grad_(config.train_encoder)
     return model
 
 

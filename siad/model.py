@@ -114,7 +114,9 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         self.pem = (PatchEnhancementModule(config.num_stages, config.image_size, config.pem_patch_size,
                                            config.pem_groups, hidden) if config.use_pem else None)
         self.llama_proj = nn.Linear(config.embed_dim, hidden)
-        self.encoder.requires_grad_(False)
+        self.encoder.requires_grad_(config.train_encoder)
+        if config.train_llm == "full":
+            self.llm.requires_grad_(True)
         self.timer: StageTimer | None = None
         self._class_text_cache: dict[tuple, torch.Tensor] = {}
         # The LLM is already in its dtype (and keeps its float32 rotary buffers); the rest is cast.
@@ -135,7 +137,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def train(self, mode: bool = True) -> "SIADModel":
         super().train(mode)
-        self.encoder.eval()  # frozen: always in inference mode
+        if not self.config.train_encoder:
+            self.encoder.eval()  # frozen: always in inference mode
         return self
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -207,8 +210,10 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     # ------------------------------------------------------------------ the pipeline
     def encode_images(self, pixels: torch.Tensor) -> VisionFeatures:
-        """The frozen vision trunk (B x 3 x S x S): stage tokens and image embedding (no gradient)."""
-        with self._timed("vision"), torch.no_grad():
+        """The vision trunk (B x 3 x S x S): stage tokens and image embedding (no gradient unless
+        the encoder trains)."""
+        grad = self.config.train_encoder and torch.is_grad_enabled()
+        with self._timed("vision"), torch.set_grad_enabled(grad):
             return self.encoder.encode_image(pixels)
 
     def visual_features(self, vision: VisionFeatures) -> list[torch.Tensor]:

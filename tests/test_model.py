@@ -211,3 +211,13 @@ def test_bfloat16_model_detects():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     r = model.detect(_images()[:1], "bottle")[0]
     assert r.anomaly_map.dtype == np.float32 and np.isfinite(r.anomaly_map).all()
+
+
+def test_training_switches_for_models_without_pretrained_weights():
+    model = build_tiny(0, train_encoder=True, train_llm="full", si_train_response="target").train()
+    names = {n for n, _ in model.trainable_parameters()}
+    assert any(n.startswith("encoder.modality_trunks.vision") for n in names)
+    assert any("base_layer" in n or "embed_tokens" in n for n in names)
+    model(_batch()).loss.backward()
+    grads = dict(model.named_parameters())
+    assert grads["encoder.modality_trunks.vision.blocks.0.mlp.fc1.weight"].grad.abs().sum() > 0
