@@ -66,6 +66,12 @@ class StageEnhancementModule(nn.Module):
         super().__init__()
         self.projections = nn.ModuleList(nn.Conv2d(embed_dim, embed_dim, 1) for _ in range(num_stages))
         self.convs = nn.ModuleList(nn.Conv2d(embed_dim, embed_dim, 3, padding=1) for _ in range(num_stages))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Default init for the projections; the last convs start at zero (training starts from S^_k)."""
+        for projection in self.projections:
+            projection.reset_parameters()
         for conv in self.convs:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -110,9 +116,16 @@ class StagePromptLearner(nn.Module):
         self.mode = config.stage_prompt_mode
         self.use_stage_prompts = config.use_stage_prompts
         if self.use_stage_prompts:
-            self.normal_vectors = nn.Parameter(torch.randn(self.num_vectors, config.text_embed_dim) * 0.02)
-            self.abnormal_vectors = nn.Parameter(torch.randn(self.num_vectors, config.text_embed_dim) * 0.02)
+            self.normal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
+            self.abnormal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
+            self.reset_parameters()
         self._ensemble_cache: dict[tuple, torch.Tensor] = {}
+
+    def reset_parameters(self) -> None:
+        """The learnable prompt vectors start as small random word embeddings (std 0.02)."""
+        if self.use_stage_prompts:
+            nn.init.normal_(self.normal_vectors, std=0.02)
+            nn.init.normal_(self.abnormal_vectors, std=0.02)
 
     def clear_cache(self) -> None:
         self._ensemble_cache.clear()
