@@ -1,0 +1,252 @@
+"""Decision thresholds: from normal images only (a false-alarm rate) or from labelled data (F1-max).
+
+The verdict of `SIADModel.detect` is `score >= config.threshold`. This module chooses that threshold
+and stores it in the model's config.json.
+
+Pure functions (tested on known score lists):
+
+- `threshold_for_fpr(normal_scores, fpr)`: the smallest threshold t such that at most `fpr` of the
+  normal scores are >= t. With the normal scores sorted in descending order d_1 >= ... >= d_n and
+  k = floor(fpr * n) (the number of false alarms allowed), t is the smallest float64 above
+  d_{k+1}: every score strictly above d_{k+1} (at most k of them) is flagged, d_{k+1} and below are
+  not. With k >= n every score may be flagged and t = min(normal scores). Ties can make the false
+  alarms on the calibration set fewer than k (never more). Unseen normal images exceed t at a rate
+  close to `fpr` (the empirical (1 - fpr) quantile), not exactly `fpr`.
+- `threshold_f1_max(labels, scores)`: the threshold (one of the scores) at which F1 of `score >= t`
+  is largest, and that F1 (equal to `siad.metrics.f1_max`); on a tie the largest such threshold
+  (fewer false alarms).
+
+Command line:
+
+    python -m siad.calibrate --model M --class NAME --normal DIR_OR_PATHS... [--fpr 0.01]
+    python -m siad.calibrate --model M --dataset NAME --root DIR [--split test] [--classes ...]
+
+The score used is the one the verdict uses at inference: the refined score S' of
+`detect(chat=True)` by default, or S with `--no-chat` (map only, no LLM; use this when the model
+will be run with chat=False). The threshold is written into the model folder's config.json (a local
+folder; `--out DIR` saves a calibrated copy instead, which a Hub id needs), or only printed with
+`--dry-run`. `--smooth-sigma S` calibrates with that Gaussian smoothing and stores it as well (the
+threshold belongs to the smoothing it was chosen with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["threshold_for_fpr", "threshold_f1_max", "write_threshold", "main"]
+
+
+def _scores_array(scores: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError(f"{what} are empty")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what} hold NaN or infinite values")
+    return values
+
+
+def threshold_for_fpr(normal_scores: Sequence[float] | np.ndarray, fpr: float) -> float:
+    """The smallest threshold such that at most `fpr` of `normal_scores` are >= it (see the module
+    docstring). fpr in [0, 1]; raises ValueError for empty or non-finite scores."""
+    if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.floating, np.integer)) or not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must be a number in [0, 1], got {fpr!r}")
+    descending = np.sort(_scores_array(normal_scores, "normal scores"))[::-1]
+    allowed = math.floor(float(fpr) * descending.size + 1e-9)  # false alarms allowed (1e-9: 0.1 * 10 is 1)
+    if allowed >= descending.size:
+        return float(descending[-1])
+    return float(np.nextafter(descending[allowed], np.inf))
+
+
+def threshold_f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) where F1 of the prediction `score >= threshold` is largest over every
+    distinct score; the largest such threshold on a tie. Needs at least one anomalous label."""
+    s = _scores_array(scores, "scores")
+    y = np.asarray(labels).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
+    y = y.astype(bool)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("F1 is undefined: there is no anomalous sample")
+    values = np.unique(s)  # ascending distinct thresholds
+    negatives, positives = np.sort(s[~y]), np.sort(s[y])
+    true_pos = positives.size - np.searchsorted(positives, values, side="left")  # positives >= t
+    false_pos = negatives.size - np.searchsorted(negatives, values, side="left")  # negatives >= t
+    f1 = 2.0 * true_pos / (true_pos + false_pos + n_pos)
+    best = int(np.flatnonzero(f1 == f1.max())[-1])  # the largest threshold among the best
+    return float(values[best]), float(f1[best])
+
+
+# ------------------------------------------------------------------------------- storing
+def _is_local_folder(spec: str) -> bool:
+    return Path(spec).expanduser().is_dir()
+
+
+def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
+    """Fail early (before any image is scored) when the threshold could not be stored."""
+    from siad.baseline import ZERO_SHOT_PREFIX
+
+    if dry_run:
+        return
+    if spec.startswith(ZERO_SHOT_PREFIX):
+        raise ValueError("the zero-shot baseline has no model folder to store a threshold in; use --dry-run")
+    if out is None and not _is_local_folder(spec):
+        raise ValueError(f"'{spec}' is not a local model folder: give --out DIR to save a calibrated copy "
+                         f"(or --dry-run to only print the threshold)")
+
+
+def write_threshold(folder: str | Path, threshold: float, smoothing_sigma: float | None = None) -> Path:
+    """Set `threshold` (and, if given, `score_smoothing_sigma`) in a model folder's config.json,
+    keeping every other field; the file is replaced atomically. Returns its path."""
+    from siad.config import SIADConfig
+    from siad.hub import CONFIG_NAME
+
+    path = Path(folder).expanduser() / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a SIAD model folder: {CONFIG_NAME} is missing")
+    changes: dict[str, Any] = {"threshold": float(threshold)}
+    if smoothing_sigma is not None:
+        changes["score_smoothing_sigma"] = float(smoothing_sigma)
+    config = SIADConfig.load(path).replace(**changes)
+    temporary = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
+    config.save(temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def _store(spec: str, detector: Any, threshold: float, sigma: float | None, out: Path | None) -> Path:
+    if out is not None:
+        detector.config = detector.config.replace(threshold=threshold)
+        detector.save_pretrained(out)
+        return out
+    return write_threshold(spec, threshold, sigma)
+
+
+# ------------------------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m siad.calibrate",
+        description="Choose the decision threshold of a SIAD model and store it in its config.json: from normal "
+                    "images only (--normal, a false-alarm rate) or from labelled data (--dataset, the F1-max "
+                    "threshold).",
+        epilog="Examples:\n"
+               "  python -m siad.calibrate --model runs/siad --class bottle --normal data/bottle/train/good --fpr 0.01\n"
+               "  python -m siad.calibrate --model runs/siad --dataset mvtec --root data/mvtec --classes bottle\n"
+               "  python -m siad.calibrate --model org/siad-llm --class pcb1 --normal imgs/ --out runs/calibrated",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="SIAD model folder, Hub id, or zero-shot:<encoder> (with --dry-run)")
+    source = parser.add_argument_group("normal images (false-alarm rate)")
+    source.add_argument("--normal", nargs="+", metavar="PATH", help="normal images: files and/or folders (searched recursively)")
+    source.add_argument("--class", dest="class_name", help="the class name of the --normal images")
+    source.add_argument("--fpr", type=float, default=0.01,
+                        help="false-alarm rate allowed on the normal images (default 0.01)")
+    labelled = parser.add_argument_group("labelled data (F1-max)")
+    labelled.add_argument("--dataset", help="dataset reader name (mvtec, visa, mpdd, btad, dtd, sdd, brainmri, headct, "
+                                            "br35h, mvtec_format, meta)")
+    labelled.add_argument("--root", type=Path, help="the dataset folder")
+    labelled.add_argument("--split", default="test", choices=["train", "test"], help="split (default test)")
+    labelled.add_argument("--classes", nargs="+", help="only these classes (default: all, pooled)")
+    parser.add_argument("--no-chat", action="store_true",
+                        help="calibrate the pass-1 score S of detect(chat=False) instead of the refined S'")
+    parser.add_argument("--smooth-sigma", type=float, default=None,
+                        help="Gaussian sigma before scoring; stored with the threshold (default: the model's own)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per detect call (default 8)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="save a calibrated copy of the model here instead of editing the model folder")
+    parser.add_argument("--dry-run", action="store_true", help="only print the threshold")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _score_all(detector: Any, images: list, class_names: list[str], chat: bool, batch_size: int,
+               progress: bool) -> list[float]:
+    results = detector.detect(images, class_names, chat=chat, self_improve=chat, batch_size=batch_size,
+                              progress=progress)
+    return [r.score for r in results]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring). Returns 0; errors exit with status 2."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    normal_mode = args.normal is not None
+    if normal_mode == (args.dataset is not None):
+        parser.error("give either --normal (with --class) or --dataset (with --root)")
+    if normal_mode and not args.class_name:
+        parser.error("--normal needs --class NAME")
+    if not normal_mode and args.root is None:
+        parser.error("--dataset needs --root DIR")
+    if not 0.0 <= args.fpr <= 1.0:
+        parser.error("--fpr must lie in [0, 1]")
+    if args.batch_size <= 0:
+        parser.error("--batch-size must be positive")
+    if args.smooth_sigma is not None and args.smooth_sigma < 0:
+        parser.error("--smooth-sigma must be >= 0")
+    try:
+        check_destination(args.model, args.out, args.dry_run)
+        return _run(args)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return 2  # not reached
+
+
+def _run(args: argparse.Namespace) -> int:
+    from siad.baseline import has_llm, load_detector, parse_dtype
+
+    chat = not args.no_chat
+    if args.normal:
+        from siad.predict import collect_images
+
+        paths, missing = collect_images(args.normal)
+        if missing:
+            raise FileNotFoundError(f"not found: {', '.join(str(p) for p in missing)}")
+        if not paths:
+            raise ValueError("no image files among --normal")
+    else:
+        from siad.data import load_dataset
+
+        samples = load_dataset(args.dataset, args.root, args.split, classes=args.classes)
+        if not samples:
+            raise ValueError(f"no images in the {args.split} split of {args.root}")
+    detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
+    chat = chat and has_llm(detector)
+    if args.smooth_sigma is not None:
+        detector.config = detector.config.replace(score_smoothing_sigma=args.smooth_sigma)
+    which = "S' (detect with chat and self-improvement)" if chat else "S (detect(chat=False), map only)"
+    if args.normal:
+        scores = _score_all(detector, list(paths), [args.class_name], chat, args.batch_size, not args.quiet)
+        threshold = threshold_for_fpr(scores, args.fpr)
+        if threshold > 1.0:
+            raise ValueError(f"the normal scores reach 1.0 (max {max(scores):.6g}): no threshold in [0, 1] keeps the "
+                             f"false-alarm rate at or below {args.fpr}; the model cannot separate these images")
+        flagged = sum(s >= threshold for s in scores)
+        print(f"threshold {threshold!r} from {len(scores)} normal images of '{args.class_name}' (score {which}): "
+              f"{flagged} of them ({flagged / len(scores):.4f}) are >= it; allowed false-alarm rate {args.fpr}")
+    else:
+        labels, scores = [], []
+        for name in dict.fromkeys(s.class_name for s in samples):
+            group = [s for s in samples if s.class_name == name]
+            scores += _score_all(detector, [s.image_path for s in group], [name], chat, args.batch_size, not args.quiet)
+            labels += [s.label for s in group]
+        threshold, f1 = threshold_f1_max(labels, scores)
+        print(f"threshold {threshold!r} from {len(scores)} labelled images of {args.dataset} ({args.split}; score "
+              f"{which}): F1 {f1:.4f} at this threshold")
+    if args.dry_run:
+        print("dry run: nothing stored")
+        return 0
+    where = _store(args.model, detector, threshold, args.smooth_sigma, args.out)
+    print(f"stored in {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

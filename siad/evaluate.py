@@ -1,0 +1,787 @@
+"""Evaluation like the paper's Table 1: per-class metrics and their mean, for both passes.
+
+    python -m siad.evaluate --model M --dataset NAME --root DIR --out DIR [--classes C ...]
+        [--smooth-sigma 4] [--eval-size 224] [--chat] [--no-self-improve] [--batch-size 8]
+        [--device cpu] [--dtype float32] [--qualitative 8] [--no-plots] [--quiet]
+    python -m siad.evaluate --protocol uzad --models mvtec=DIR1 visa=DIR2 br35h=DIR3 brainmri=DIR4 \\
+        --datasets visa=ROOT mvtec=ROOT headct=ROOT ... --out DIR
+
+Model (`--model`): a SIAD model folder or Hub id, or `zero-shot:<encoder>`, the WinCLIP-style
+reference of `siad.baseline` (ImageBind + prompt ensemble, no training): `zero-shot:<SIAD model
+folder or Hub id>` uses that model's ImageBind encoder, `zero-shot:<imagebind_huge.pth>` the
+official weights, `zero-shot:tiny` the tiny random preset.
+
+What is measured, per class of the test split (`load_dataset(NAME, ROOT, split)`), for each pass:
+
+- pass 1: the image score S and map M of `detect` (`initial_score`, `initial_map`), answer R;
+- pass 2 (self-improvement, Algorithm 1): S', M', R' (`score`, `anomaly_map`, `answer`).
+
+Metrics (`siad.metrics`): image AUROC, AP and F1-max from the image scores; pixel AUROC and
+AUPRO (FPR limit 0.3) from the maps, only for classes with masks ("-" otherwise, e.g. the medical
+sets); the mean over classes (of the classes where a metric is defined). With `--chat` also the
+answer accuracy: `answer_is_anomalous(answer)` against the label, an answer that says neither yes
+nor no counts as wrong (and is counted).
+
+Passes: without `--chat` no LLM runs (`detect(chat=False)`): maps and scores of pass 1 only, since
+self-improvement needs the LLM's answer R. `--chat` runs Algorithm 1 (both passes, both answers);
+`--chat --no-self-improve` gives pass 1 with R. The zero-shot baseline has no LLM: pass 1 only.
+
+Settings: `--smooth-sigma` is the Gaussian sigma applied to the 224 x 224 map before scoring and
+before the map goes back to the image size (the paper's protocol: 4; 0 switches it off); it is
+set in the detector's config for the run. Pixel metrics are computed at `--eval-size` x
+`--eval-size` (default 224): the map (at the image's original size) is resized bilinearly
+(antialiased when shrinking) and the mask with nearest neighbours; `--eval-size 0` uses each
+image's original resolution (exact, but memory grows with the pixels: about 5 bytes a pixel per pass).
+
+Output in `--out` (required; files of the same names are replaced):
+
+- `report.md`: the table (rows: classes and the mean; columns: the metrics of pass 1, then of pass
+  2, then answer accuracies), in percent with one decimal, "-" where undefined, the gain of
+  self-improvement on the mean, and notes;
+- `report.json`: every number (fractions in [0, 1], null where undefined), the command, model,
+  dataset, root, split and settings, per-class counts and answer statistics;
+- `report.csv`: one row per class and pass and a "mean" row per pass: dataset, class, pass,
+  n_images, n_normal, n_anomalous, image_auroc, pixel_auroc, aupro, image_ap, image_f1_max,
+  answer_accuracy, answers_neither (fractions, empty where undefined);
+- `scores.csv`: one row per image: path, class, defect_type, label, score_pass1, score_pass2,
+  answer_pass1, answer_pass2;
+- plots: `roc_<class>.png` (image-level ROC of each pass), `qualitative.png` (image, ground truth,
+  pass-1 map, pass-2 map for a few anomalous images, as in the paper's Fig. 4), `histograms.png`
+  (image scores of normal and anomalous images, per pass).
+
+`--protocol uzad` runs the paper's cross-dataset protocol: each test dataset is evaluated with the
+checkpoint trained on its source dataset (`UZAD_PROTOCOL`: MVTec -> VisA, MPDD, DTD, SDD, BTAD;
+VisA -> MVTec; Br35H -> BrainMRI, HeadCT; BrainMRI -> Br35H). `--models TRAIN=M ...` names the
+checkpoints by training set (only those needed by the datasets given), or `--model M` uses one
+model for every dataset (the zero-shot baseline). `--datasets NAME=ROOT ...` names the test sets.
+Each dataset gets its own report in `<out>/<NAME>/`, and `<out>/report.{md,json,csv}` gathers the
+mean rows (rows: datasets). Each checkpoint is loaded once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import math
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+PASSES: tuple[str, str] = ("pass1", "pass2")
+SCORE_SYMBOL = {"pass1": "S", "pass2": "S'"}
+MAP_SYMBOL = {"pass1": "M", "pass2": "M'"}
+ANSWER_SYMBOL = {"pass1": "R", "pass2": "R'"}
+METRICS: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "image_f1_max")
+PIXEL_METRICS = frozenset({"pixel_auroc", "aupro"})
+METRIC_TITLES = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "AUPRO", "image_ap": "AP",
+                 "image_f1_max": "F1-max"}
+AUPRO_FPR_LIMIT = 0.3
+CSV_COLUMNS: tuple[str, ...] = ("dataset", "class", "pass", "n_images", "n_normal", "n_anomalous", *METRICS,
+                                "answer_accuracy", "answers_neither")
+SCORE_COLUMNS: tuple[str, ...] = ("path", "class", "defect_type", "label", "score_pass1", "score_pass2",
+                                  "answer_pass1", "answer_pass2")
+
+# The paper's cross-dataset protocol: test dataset -> the training dataset of its checkpoint.
+UZAD_PROTOCOL: dict[str, str] = {
+    "visa": "mvtec", "mpdd": "mvtec", "dtd": "mvtec", "sdd": "mvtec", "btad": "mvtec",
+    "mvtec": "visa",
+    "brainmri": "br35h", "headct": "br35h",
+    "br35h": "brainmri",
+}
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class EvalSettings:
+    """How an evaluation runs (see the module docstring)."""
+
+    eval_size: int = 224
+    smooth_sigma: float | None = 4.0
+    chat: bool = False
+    self_improve: bool = True
+    batch_size: int = 8
+    split: str = "test"
+    qualitative: int = 8
+    progress: bool = True
+
+
+@dataclass
+class AnswerStats:
+    """Yes/no answers against the labels: `neither` answers (no yes, no no) count as wrong."""
+
+    total: int = 0
+    correct: int = 0
+    neither: int = 0
+
+    def add(self, answer: str | None, label: int) -> None:
+        from siad.prompts import answer_is_anomalous
+
+        verdict = answer_is_anomalous(answer or "")
+        self.total += 1
+        if verdict is None:
+            self.neither += 1
+        elif verdict == bool(label):
+            self.correct += 1
+
+    @property
+    def wrong(self) -> int:
+        return self.total - self.correct
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "correct": self.correct, "wrong": self.wrong, "neither": self.neither,
+                "total": self.total}
+
+
+@dataclass
+class ClassResult:
+    """The numbers of one class: counts, metrics[pass][metric] (None: undefined) and answers[pass]."""
+
+    name: str
+    n_images: int
+    n_normal: int
+    n_anomalous: int
+    has_masks: bool
+    metrics: dict[str, dict[str, float | None]]
+    answers: dict[str, AnswerStats] = field(default_factory=dict)
+
+
+@dataclass
+class ImageRecord:
+    """One test image: its label and, per pass, its score and answer."""
+
+    path: str
+    class_name: str
+    defect_type: str
+    label: int
+    scores: dict[str, float]
+    answers: dict[str, str | None]
+
+
+@dataclass
+class DatasetEvaluation:
+    """Everything one dataset's report holds."""
+
+    dataset: str
+    root: str
+    model: str
+    passes: tuple[str, ...]
+    chat: bool
+    settings: dict[str, Any]
+    classes: list[ClassResult]
+    mean: dict[str, dict[str, float | None]]
+    mean_answers: dict[str, dict[str, Any]]
+    records: list[ImageRecord]
+    qualitative: list[Any]
+    notes: list[str]
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------ helpers
+def resize_map(anomaly_map: np.ndarray, size: int) -> np.ndarray:
+    """An H x W float map -> size x size float32: bilinear (align_corners=False), antialiased when shrinking."""
+    import torch
+    import torch.nn.functional as F
+
+    source = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))[None, None]
+    if source.shape[-2:] == (size, size):
+        return source[0, 0].numpy().copy()
+    out = F.interpolate(source, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out[0, 0].numpy()
+
+
+def eval_mask(mask_path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    """The ground truth at `shape` (H, W): the mask file resized with nearest neighbours, or all
+    False for an image without a mask (a normal image)."""
+    from siad.data import load_mask, resize_mask
+
+    if mask_path is None:
+        return np.zeros(shape, dtype=bool)
+    mask = load_mask(mask_path)
+    return mask if mask.shape == tuple(shape) else resize_mask(mask, tuple(shape))
+
+
+def _defined(function: Any, *args: Any, **kwargs: Any) -> float | None:
+    """A metric's value, or None where it is undefined (one class only, no region, ...)."""
+    try:
+        return float(function(*args, **kwargs))
+    except ValueError:
+        return None
+
+
+def passes_for(detector: Any, settings: EvalSettings) -> tuple[str, ...]:
+    """The passes an evaluation reports: pass 2 only with the LLM and self-improvement."""
+    from siad.baseline import has_llm
+
+    if settings.chat and settings.self_improve and has_llm(detector) and detector.config.use_self_improvement:
+        return PASSES
+    return PASSES[:1]
+
+
+def safe_name(name: str) -> str:
+    """A class name as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, settings: EvalSettings,
+                     root: str = "", model: str = "") -> DatasetEvaluation:
+    """Run `detector` over `samples` (siad.data Samples) class by class and compute every number
+    of the report. Images go through `detect` in batches of `settings.batch_size`; the maps are
+    reduced to the evaluation size at once, so memory holds one batch at full size."""
+    from tqdm.auto import tqdm
+
+    from siad.baseline import has_llm
+
+    if not samples:
+        raise ValueError(f"no images in the {settings.split} split of {dataset}")
+    if settings.smooth_sigma is not None:
+        detector.config = detector.config.replace(score_smoothing_sigma=float(settings.smooth_sigma))
+    chat = settings.chat and has_llm(detector)
+    passes = passes_for(detector, settings)
+    names = list(dict.fromkeys(s.class_name for s in samples))
+    quota = max(1, math.ceil(settings.qualitative / len(names))) if settings.qualitative > 0 else 0
+    start = time.perf_counter()
+    classes: list[ClassResult] = []
+    records: list[ImageRecord] = []
+    qualitative: list[Any] = []
+    bar = tqdm(total=len(samples), desc=f"evaluate {dataset}", unit="img", disable=not settings.progress,
+               file=sys.stderr)
+    for name in names:
+        group = [s for s in samples if s.class_name == name]
+        bar.set_postfix_str(name)
+        take = min(quota, settings.qualitative - len(qualitative))
+        result, group_records, rows = _evaluate_class(detector, name, group, dataset, settings, passes, chat, take, bar)
+        classes.append(result)
+        records += group_records
+        qualitative += rows
+    bar.close()
+    mean, mean_answers = _means(classes, passes)
+    evaluation = DatasetEvaluation(
+        dataset=dataset, root=root, model=model, passes=passes, chat=chat,
+        settings=_settings_dict(detector, settings, chat), classes=classes, mean=mean,
+        mean_answers=mean_answers, records=records, qualitative=qualitative, notes=[],
+        seconds=time.perf_counter() - start)
+    evaluation.notes = _notes(detector, settings, evaluation)
+    return evaluation
+
+
+def _evaluate_class(detector: Any, name: str, samples: list[Any], dataset: str, settings: EvalSettings,
+                    passes: tuple[str, ...], chat: bool, qualitative_quota: int,
+                    bar: Any) -> tuple[ClassResult, list[ImageRecord], list[Any]]:
+    from siad.metrics import PixelMetricAccumulator, average_precision, f1_max, image_auroc
+    from siad.prompts import describe
+
+    has_masks = any(s.mask_path is not None for s in samples)
+    accumulators = {p: PixelMetricAccumulator() for p in passes} if has_masks else {}
+    answers = {p: AnswerStats() for p in passes} if chat else {}
+    description = describe(name, dataset)
+    shown = _pick_qualitative(samples, qualitative_quota)
+    records: list[ImageRecord] = []
+    rows: list[Any] = []
+    for begin in range(0, len(samples), settings.batch_size):
+        chunk = samples[begin:begin + settings.batch_size]
+        results = detector.detect([s.image_path for s in chunk], name, descriptions=description, chat=chat,
+                                  self_improve=settings.self_improve, batch_size=len(chunk))
+        for sample, result in zip(chunk, results):
+            maps = {"pass1": result.initial_map, "pass2": result.anomaly_map}
+            scores = {"pass1": float(result.initial_score), "pass2": float(result.score)}
+            texts = {"pass1": result.initial_answer, "pass2": result.answer}
+            if has_masks:
+                shape = (settings.eval_size,) * 2 if settings.eval_size else maps["pass1"].shape
+                mask = eval_mask(sample.mask_path, shape)
+                for p in passes:
+                    heat = resize_map(maps[p], settings.eval_size) if settings.eval_size else maps[p]
+                    accumulators[p].update(mask, heat)
+            for p in answers:
+                answers[p].add(texts[p], sample.label)
+            records.append(ImageRecord(
+                path=str(sample.image_path), class_name=name, defect_type=sample.defect_type, label=sample.label,
+                scores={p: scores[p] for p in passes}, answers={p: texts[p] for p in passes} if chat else {}))
+            if sample.image_path in shown:
+                rows.append(_qualitative_row(sample, {p: maps[p] for p in passes}, scores, settings))
+        bar.update(len(chunk))
+    labels = np.array([s.label for s in samples])
+    metrics: dict[str, dict[str, float | None]] = {}
+    for p in passes:
+        image_scores = np.array([r.scores[p] for r in records])
+        values: dict[str, float | None] = {
+            "image_auroc": _defined(image_auroc, labels, image_scores),
+            "pixel_auroc": _defined(accumulators[p].pixel_auroc) if has_masks else None,
+            "aupro": _defined(accumulators[p].aupro, fpr_limit=AUPRO_FPR_LIMIT) if has_masks else None,
+            "image_ap": _defined(average_precision, labels, image_scores),
+            "image_f1_max": _defined(f1_max, labels, image_scores),
+        }
+        metrics[p] = values
+    n_anomalous = int(labels.sum())
+    result = ClassResult(name=name, n_images=len(samples), n_normal=len(samples) - n_anomalous,
+                         n_anomalous=n_anomalous, has_masks=has_masks, metrics=metrics, answers=answers)
+    return result, records, rows
+
+
+def _pick_qualitative(samples: list[Any], count: int) -> set[Path]:
+    """Up to `count` anomalous images of a class for the qualitative grid, one defect type after
+    the other (the first image of each type, then the second, ...), so that the rows differ."""
+    by_type: dict[str, list[Any]] = {}
+    for sample in samples:
+        if sample.label == 1:
+            by_type.setdefault(sample.defect_type, []).append(sample)
+    picked: list[Path] = []
+    depth = 0
+    while len(picked) < count and any(depth < len(group) for group in by_type.values()):
+        picked += [group[depth].image_path for group in by_type.values() if depth < len(group)]
+        depth += 1
+    return set(picked[:count])
+
+
+def _qualitative_row(sample: Any, maps: dict[str, np.ndarray], scores: dict[str, float],
+                     settings: EvalSettings) -> Any:
+    from PIL import Image
+
+    from siad.image import load_rgb
+    from siad.visualize import QualitativeRow
+
+    size = settings.eval_size or 224
+    image = np.asarray(Image.fromarray(load_rgb(sample.image_path).rgb).resize((size, size), Image.Resampling.BILINEAR))
+    mask = eval_mask(sample.mask_path, (size, size)) if sample.mask_path is not None else None
+    caption = f"{sample.class_name} / {sample.defect_type}\n" + "  ".join(
+        f"{SCORE_SYMBOL[p]}={scores[p]:.3f}" for p in maps)
+    named = {f"pass {p[-1]} map ({MAP_SYMBOL[p]})": resize_map(m, size) for p, m in maps.items()}
+    return QualitativeRow(caption=caption, image=image, mask=mask, maps=named)
+
+
+def _means(classes: list[ClassResult], passes: tuple[str, ...]) -> tuple[dict, dict]:
+    mean: dict[str, dict[str, float | None]] = {}
+    mean_answers: dict[str, dict[str, Any]] = {}
+    for p in passes:
+        mean[p] = {}
+        for metric in METRICS:
+            values = [c.metrics[p][metric] for c in classes if c.metrics[p][metric] is not None]
+            mean[p][metric] = float(np.mean(values)) if values else None
+        stats = [c.answers[p] for c in classes if p in c.answers]
+        if stats:
+            accuracies = [s.accuracy for s in stats if s.accuracy is not None]
+            mean_answers[p] = {"accuracy": float(np.mean(accuracies)) if accuracies else None,
+                               "correct": sum(s.correct for s in stats), "wrong": sum(s.wrong for s in stats),
+                               "neither": sum(s.neither for s in stats), "total": sum(s.total for s in stats)}
+    return mean, mean_answers
+
+
+def _settings_dict(detector: Any, settings: EvalSettings, chat: bool) -> dict[str, Any]:
+    return {
+        "split": settings.split,
+        "eval_size": settings.eval_size,
+        "pixel_resolution": "original" if settings.eval_size == 0 else f"{settings.eval_size}x{settings.eval_size}",
+        "smooth_sigma": float(detector.config.score_smoothing_sigma),
+        "chat": chat,
+        "self_improve": settings.self_improve,
+        "batch_size": settings.batch_size,
+        "aupro_fpr_limit": AUPRO_FPR_LIMIT,
+        "threshold": float(detector.config.threshold),
+        "resize_mode": detector.config.resize_mode,
+    }
+
+
+def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation) -> list[str]:
+    from siad.baseline import has_llm
+
+    notes = []
+    if not has_llm(detector):
+        notes.append("Zero-shot baseline (ImageBind + prompt ensemble, no training, WinCLIP-style): no LLM, so pass 1 "
+                     "only and no answers.")
+    elif not settings.chat:
+        notes.append("Maps and scores only (no --chat): the LLM did not run, so there is no self-improvement pass "
+                     "(pass 2, S' and M', needs the LLM's answer R). Run with --chat for pass 2 and answer accuracy.")
+    elif not settings.self_improve:
+        notes.append("--no-self-improve: pass 1 only (S, M and the answer R).")
+    elif len(evaluation.passes) == 1:
+        notes.append("The model's config switches self-improvement off (use_self_improvement=false): pass 1 only.")
+    size = settings.eval_size
+    where = "each image's original resolution" if size == 0 else (
+        f"{size} x {size} (maps resized bilinearly, masks with nearest neighbours)")
+    if any(c.has_masks for c in evaluation.classes):
+        notes.append(f"Pixel metrics at {where}; AUPRO up to FPR {AUPRO_FPR_LIMIT}.")
+    notes.append(f"Gaussian smoothing sigma {evaluation.settings['smooth_sigma']:g} on the map before scoring.")
+    no_masks = [c.name for c in evaluation.classes if not c.has_masks]
+    if no_masks:
+        notes.append(f"No masks for {', '.join(no_masks)}: pixel metrics '-' (image metrics only).")
+    undefined = [c.name for c in evaluation.classes if c.metrics[evaluation.passes[0]]["image_auroc"] is None]
+    if undefined:
+        notes.append(f"Image AUROC undefined for {', '.join(undefined)} (one label only); the mean leaves them out.")
+    if evaluation.chat:
+        notes.append("Answer accuracy: the answer's yes/no (answer_is_anomalous) against the label; an answer that "
+                     "says neither counts as wrong.")
+    return notes
+
+
+# ------------------------------------------------------------------------------------ writing
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.1f}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _table_header(passes: tuple[str, ...], chat: bool, first: list[str]) -> list[str]:
+    header = list(first)
+    for p in passes:
+        for metric in METRICS:
+            symbol = MAP_SYMBOL[p] if metric in PIXEL_METRICS else SCORE_SYMBOL[p]
+            header.append(f"{METRIC_TITLES[metric]} ({symbol})")
+    if chat:
+        header += [f"acc. ({ANSWER_SYMBOL[p]})" for p in passes]
+    return header
+
+
+def _table_cells(metrics: dict[str, dict[str, float | None]], answers: dict[str, Any], passes: tuple[str, ...],
+                 chat: bool) -> list[str]:
+    cells = [_pct(metrics[p][m]) for p in passes for m in METRICS]
+    if chat:
+        for p in passes:
+            stats = answers.get(p)
+            accuracy = stats.accuracy if isinstance(stats, AnswerStats) else (stats or {}).get("accuracy")
+            cells.append(_pct(accuracy))
+    return cells
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _gain_line(mean: dict[str, dict[str, float | None]], passes: tuple[str, ...]) -> str | None:
+    if len(passes) < 2:
+        return None
+    parts = []
+    for metric in METRICS:
+        a, b = mean["pass1"][metric], mean["pass2"][metric]
+        if a is not None and b is not None:
+            parts.append(f"{METRIC_TITLES[metric]} {100.0 * (b - a):+.1f}")
+    return "Gain of self-improvement (pass 2 - pass 1, mean, points): " + (", ".join(parts) if parts else "-")
+
+
+def markdown_report(evaluation: DatasetEvaluation, command: str, plots: bool = True) -> str:
+    """The text of report.md (`plots`: whether the plot files are written beside it)."""
+    e = evaluation
+    lines = [f"# Evaluation: {e.dataset} ({e.settings['split']}) with {e.model}", "",
+             f"Command: `{command}`", "",
+             "Pass 1: S, M (and R); pass 2 (self-improvement): S', M' (and R'). Values in percent; '-': undefined.",
+             ""]
+    header = _table_header(e.passes, e.chat, ["class", "images"])
+    rows = [[c.name, str(c.n_images), *_table_cells(c.metrics, c.answers, e.passes, e.chat)] for c in e.classes]
+    rows.append(["**mean**", str(sum(c.n_images for c in e.classes)),
+                 *_table_cells(e.mean, e.mean_answers, e.passes, e.chat)])
+    lines += _markdown_table(header, rows) + [""]
+    gain = _gain_line(e.mean, e.passes)
+    if gain:
+        lines += [gain, ""]
+    if e.chat:
+        neither = ", ".join(f"{e.mean_answers[p]['neither']} ({ANSWER_SYMBOL[p]})" for p in e.passes
+                            if p in e.mean_answers)
+        lines += [f"Answers that say neither yes nor no (counted as wrong): {neither}.", ""]
+    lines += ["Notes:", ""] + [f"- {note}" for note in e.notes] + [""]
+    files = "report.json (every number, as fractions), report.csv, scores.csv"
+    if plots:
+        files += ", roc_<class>.png, histograms.png" + (", qualitative.png" if e.qualitative else "")
+    lines += [f"{len(e.records)} images in {e.seconds:.1f} s. Files: {files}.", ""]
+    return "\n".join(lines)
+
+
+def report_dict(evaluation: DatasetEvaluation, command: str) -> dict[str, Any]:
+    """The content of report.json."""
+    from siad import __version__
+
+    e = evaluation
+    return {
+        "command": command,
+        "siad_version": __version__,
+        "model": e.model,
+        "dataset": e.dataset,
+        "root": e.root,
+        "split": e.settings["split"],
+        "passes": list(e.passes),
+        "metrics": list(METRICS),
+        "settings": e.settings,
+        "classes": {c.name: {"n_images": c.n_images, "n_normal": c.n_normal, "n_anomalous": c.n_anomalous,
+                             "has_masks": c.has_masks, **{p: c.metrics[p] for p in e.passes},
+                             "answers": {p: s.as_dict() for p, s in c.answers.items()}}
+                    for c in e.classes},
+        "mean": {"n_images": sum(c.n_images for c in e.classes), **{p: e.mean[p] for p in e.passes},
+                 "answers": e.mean_answers},
+        "notes": e.notes,
+        "seconds": e.seconds,
+    }
+
+
+def csv_rows(evaluation: DatasetEvaluation) -> list[dict[str, str]]:
+    """The rows of report.csv (see the module docstring)."""
+    e = evaluation
+    rows = []
+    entries = [(c.name, c.n_images, c.n_normal, c.n_anomalous, c.metrics,
+                {p: s.as_dict() for p, s in c.answers.items()}) for c in e.classes]
+    entries.append(("mean", sum(c.n_images for c in e.classes), sum(c.n_normal for c in e.classes),
+                    sum(c.n_anomalous for c in e.classes), e.mean, e.mean_answers))
+    for name, n, n_normal, n_anomalous, metrics, answers in entries:
+        for p in e.passes:
+            row = {"dataset": e.dataset, "class": name, "pass": p, "n_images": n, "n_normal": n_normal,
+                   "n_anomalous": n_anomalous, **{m: metrics[p][m] for m in METRICS},
+                   "answer_accuracy": answers.get(p, {}).get("accuracy"), "answers_neither": answers.get(p, {}).get("neither")}
+            rows.append({k: _cell(v) for k, v in row.items()})
+    return rows
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_report(evaluation: DatasetEvaluation, out: Path, command: str, plots: bool = True) -> list[Path]:
+    """Write report.md/.json/.csv, scores.csv and the plots into `out` (created). Returns the paths."""
+    from siad.visualize import plot_histograms, plot_qualitative, plot_roc
+
+    e = evaluation
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.md", out / "report.json"]
+    written[0].write_text(markdown_report(e, command, plots), encoding="utf-8")
+    written[1].write_text(json.dumps(report_dict(e, command), indent=2) + "\n", encoding="utf-8")
+    written.append(_write_csv(out / "report.csv", CSV_COLUMNS, csv_rows(e)))
+    score_rows = [{"path": r.path, "class": r.class_name, "defect_type": r.defect_type, "label": r.label,
+                   **{f"score_{p}": r.scores.get(p) for p in PASSES}, **{f"answer_{p}": r.answers.get(p) for p in PASSES}}
+                  for r in e.records]
+    written.append(_write_csv(out / "scores.csv", SCORE_COLUMNS, [{k: _cell(v) for k, v in row.items()}
+                                                                   for row in score_rows]))
+    if not plots:
+        return written
+    for c in e.classes:
+        group = [r for r in e.records if r.class_name == c.name]
+        labels = [r.label for r in group]
+        curves = {f"pass {p[-1]} ({SCORE_SYMBOL[p]})": (labels, [r.scores[p] for r in group]) for p in e.passes}
+        written.append(plot_roc(out / f"roc_{safe_name(c.name)}.png", f"{e.dataset} / {c.name}", curves))
+    labels = [r.label for r in e.records]
+    groups = {f"pass {p[-1]} ({SCORE_SYMBOL[p]})": (labels, [r.scores[p] for r in e.records]) for p in e.passes}
+    written.append(plot_histograms(out / "histograms.png", groups))
+    if e.qualitative:
+        written.append(plot_qualitative(out / "qualitative.png", e.qualitative))
+    return written
+
+
+def write_summary(evaluations: list[DatasetEvaluation], out: Path, command: str) -> list[Path]:
+    """The protocol summary in `out`: report.md/.json/.csv with the mean row of every dataset."""
+    out.mkdir(parents=True, exist_ok=True)
+    chat = any(e.chat for e in evaluations)
+    passes = PASSES if any(len(e.passes) == 2 for e in evaluations) else PASSES[:1]
+    header = _table_header(passes, chat, ["dataset", "model", "images"])
+    rows = []
+    for e in evaluations:
+        mean = {p: e.mean.get(p, {m: None for m in METRICS}) for p in passes}
+        rows.append([e.dataset, e.model, str(len(e.records)), *_table_cells(mean, e.mean_answers, passes, chat)])
+    lines = ["# Evaluation: UZAD cross-dataset protocol", "", f"Command: `{command}`", "",
+             "Mean over the classes of each test dataset; each dataset is evaluated with the checkpoint trained on "
+             "its source dataset. Values in percent; '-': undefined. Per-dataset reports: `<dataset>/report.md`.", ""]
+    lines += _markdown_table(header, rows) + [""]
+    md = out / "report.md"
+    md.write_text("\n".join(lines), encoding="utf-8")
+    data = {"command": command, "protocol": "uzad", "mapping": UZAD_PROTOCOL,
+            "datasets": {e.dataset: {"model": e.model, "root": e.root, "report": f"{e.dataset}/report.json",
+                                     "passes": list(e.passes), "n_images": len(e.records),
+                                     **{p: e.mean[p] for p in e.passes}, "answers": e.mean_answers}
+                         for e in evaluations}}
+    js = out / "report.json"
+    js.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    csv_all = [row for e in evaluations for row in csv_rows(e) if row["class"] == "mean"]
+    return [md, js, _write_csv(out / "report.csv", CSV_COLUMNS, csv_all)]
+
+
+# ------------------------------------------------------------------------------------ command line
+def _pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    """["KEY=VALUE", ...] -> {key (lower case): value}."""
+    pairs: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{option} takes NAME=VALUE items, got {item!r}")
+        key = key.strip().lower()
+        if key in pairs:
+            raise ValueError(f"{option}: {key} given twice")
+        pairs[key] = value.strip()
+    return pairs
+
+
+@dataclass(frozen=True)
+class Job:
+    """One dataset to evaluate with one model."""
+
+    dataset: str
+    root: Path
+    model: str
+
+
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    """The (dataset, root, model) runs the arguments ask for; ValueError for inconsistent arguments."""
+    if args.protocol is None:
+        if args.models or args.datasets:
+            raise ValueError("--models and --datasets belong to --protocol uzad; use --model and --dataset/--root")
+        if not (args.model and args.dataset and args.root):
+            raise ValueError("give --model, --dataset and --root (or --protocol uzad)")
+        return [Job(args.dataset.lower(), Path(args.root), args.model)]
+    if args.dataset or args.root:
+        raise ValueError("--protocol uzad takes --datasets NAME=ROOT ..., not --dataset/--root")
+    if args.classes:
+        raise ValueError("--classes applies to one dataset; it cannot be combined with --protocol uzad")
+    if bool(args.model) == bool(args.models):
+        raise ValueError("--protocol uzad needs either --models TRAIN=M ... (the checkpoints by training set) or "
+                         "--model M (one model for every dataset, e.g. the zero-shot baseline)")
+    datasets = _pairs(args.datasets, "--datasets")
+    if not datasets:
+        raise ValueError("--protocol uzad needs --datasets NAME=ROOT ...")
+    unknown = [d for d in datasets if d not in UZAD_PROTOCOL]
+    if unknown:
+        raise ValueError(f"--datasets: {unknown} not in the UZAD protocol; expected some of {sorted(UZAD_PROTOCOL)}")
+    if args.model:
+        return [Job(d, Path(root), args.model) for d, root in datasets.items()]
+    models = _pairs(args.models, "--models")
+    sources = sorted(set(UZAD_PROTOCOL.values()))
+    bad = [m for m in models if m not in sources]
+    if bad:
+        raise ValueError(f"--models: {bad} are not training sets of the protocol; expected some of {sources}")
+    needed = {d: UZAD_PROTOCOL[d] for d in datasets}
+    missing = sorted({train for train in needed.values() if train not in models})
+    if missing:
+        wanted = ", ".join(f"{d} (trained on {t})" for d, t in needed.items() if t in missing)
+        raise ValueError(f"--models lacks the checkpoint(s) {missing}, needed for {wanted}")
+    return [Job(d, Path(root), models[needed[d]]) for d, root in datasets.items()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m siad.evaluate",
+        description="Per-class image/pixel AUROC, AUPRO, AP and F1-max (and answer accuracy) of a SIAD model or the "
+                    "zero-shot baseline, for both passes of self-improvement, like the paper's Table 1.",
+        epilog="Examples:\n"
+               "  python -m siad.evaluate --model runs/siad --dataset mvtec --root data/mvtec --chat --out runs/eval\n"
+               "  python -m siad.evaluate --model zero-shot:runs/siad --dataset visa --root data/visa --out runs/zs\n"
+               "  python -m siad.evaluate --protocol uzad --models mvtec=runs/m visa=runs/v br35h=runs/b brainmri=runs/r \\\n"
+               "      --datasets visa=data/visa mvtec=data/mvtec headct=data/headct --chat --out runs/uzad\n"
+               "See the module docstring (python -c 'import siad.evaluate; help(siad.evaluate)') for the file formats.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="SIAD model folder or Hub id, or zero-shot:<SIAD folder | Hub id | "
+                                        "imagebind_huge.pth | tiny> (the untrained reference)")
+    parser.add_argument("--dataset", help="dataset reader: mvtec, visa, mpdd, btad, dtd, sdd, brainmri, headct, br35h, "
+                                          "mvtec_format, meta")
+    parser.add_argument("--root", type=Path, help="the dataset folder, as distributed")
+    parser.add_argument("--classes", nargs="+", help="only these classes (default: all)")
+    parser.add_argument("--split", default="test", choices=["train", "test"], help="split (default test)")
+    parser.add_argument("--protocol", choices=["uzad"], default=None,
+                        help="uzad: the paper's cross-dataset protocol over --datasets with --models")
+    parser.add_argument("--models", nargs="+", metavar="TRAIN=MODEL",
+                        help="with --protocol uzad: checkpoints by training set (mvtec, visa, br35h, brainmri)")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME=ROOT", help="with --protocol uzad: the test datasets")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the report and plots (created)")
+    parser.add_argument("--smooth-sigma", type=float, default=4.0,
+                        help="Gaussian sigma on the map before scoring (default 4, the paper's protocol; 0: off)")
+    parser.add_argument("--eval-size", type=int, default=224,
+                        help="side of the maps and masks for pixel metrics (default 224; 0: original resolution)")
+    parser.add_argument("--chat", action="store_true",
+                        help="run the LLM: answers R and R', self-improvement (pass 2) and answer accuracy")
+    parser.add_argument("--no-self-improve", action="store_true", help="with --chat: pass 1 only")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per detect call (default 8)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--qualitative", type=int, default=8, help="rows of qualitative.png (default 8; 0: none)")
+    parser.add_argument("--no-plots", action="store_true", help="write the reports only")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where raw KolektorSDD is tiled (default: <out>/cache)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring). Returns 0; errors exit with status 2."""
+    parser = _parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
+    if args.batch_size <= 0:
+        parser.error("--batch-size must be positive")
+    if args.eval_size < 0:
+        parser.error("--eval-size must be >= 0")
+    if args.smooth_sigma < 0:
+        parser.error("--smooth-sigma must be >= 0")
+    if args.qualitative < 0:
+        parser.error("--qualitative must be >= 0")
+    try:
+        jobs = plan_jobs(args)
+    except ValueError as error:
+        parser.error(str(error))
+    command = "python -m siad.evaluate " + shlex.join(arguments)
+    settings = EvalSettings(eval_size=args.eval_size, smooth_sigma=args.smooth_sigma, chat=args.chat,
+                            self_improve=not args.no_self_improve, batch_size=args.batch_size, split=args.split,
+                            qualitative=args.qualitative, progress=not args.quiet)
+    try:
+        evaluations = run_jobs(jobs, settings, args, command)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    for e in evaluations:
+        values = ", ".join(f"{METRIC_TITLES[m]} {_pct(e.mean[p][m])}" for p in e.passes for m in ("image_auroc",
+                                                                                                   "pixel_auroc"))
+        print(f"{e.dataset}: {len(e.records)} images, mean {values} ({', '.join(e.passes)})")
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def run_jobs(jobs: list[Job], settings: EvalSettings, args: argparse.Namespace, command: str) -> list[DatasetEvaluation]:
+    """Read every dataset first (a wrong root fails before any model loads), then evaluate them
+    grouped by model, loading each model once, and write the reports."""
+    from siad.baseline import detector_name, load_detector, parse_dtype
+    from siad.data import load_dataset
+
+    cache_dir = args.cache_dir or args.out / "cache"
+    samples = {job.dataset: load_dataset(job.dataset, job.root, settings.split, cache_dir=cache_dir,
+                                         classes=args.classes) for job in jobs}
+    for job in jobs:
+        if not samples[job.dataset]:
+            raise ValueError(f"no images in the {settings.split} split of {job.dataset} at {job.root}")
+    single = len(jobs) == 1 and args.protocol is None
+    done: dict[str, DatasetEvaluation] = {}
+    for spec in dict.fromkeys(job.model for job in jobs):
+        detector = load_detector(spec, dtype=parse_dtype(args.dtype), device=args.device)
+        for job in (j for j in jobs if j.model == spec):
+            evaluation = evaluate_samples(detector, samples[job.dataset], dataset=job.dataset, settings=settings,
+                                          root=str(job.root), model=detector_name(detector, spec))
+            write_report(evaluation, args.out if single else args.out / job.dataset, command, plots=not args.no_plots)
+            done[job.dataset] = evaluation
+        del detector
+        _release_memory()
+    evaluations = [done[job.dataset] for job in jobs]
+    if not single:
+        write_summary(evaluations, args.out, command)
+    return evaluations
+
+
+def _release_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

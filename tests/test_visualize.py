@@ -1,0 +1,102 @@
+"""siad.visualize: the jet overlay, ROC points and the evaluation plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from PIL import Image
+from sklearn.metrics import roc_curve as sk_roc_curve
+
+from siad import visualize as vis
+
+
+def test_colorize_is_matplotlibs_jet_on_an_absolute_scale():
+    values = np.array([[0.0, 0.25, 0.5, 1.0], [1.7, -3.0, 0.75, 0.999]], dtype=np.float32)
+    colours = vis.colorize(values)
+    assert colours.shape == (2, 4, 3) and colours.dtype == np.uint8
+    jet = colormaps["jet"]
+    for value, colour in zip(np.clip(values, 0, 1).ravel(), colours.reshape(-1, 3)):
+        expected = np.round(np.array(jet(int(round(value * 255)))[:3]) * 255)
+        assert np.array_equal(colour, expected)
+    assert tuple(colours[0, 0]) == (0, 0, 128) and tuple(colours[0, 3]) == (128, 0, 0)  # dark blue .. dark red
+
+
+def test_overlay_blends_with_alpha():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    heat = rng.random((20, 30)).astype(np.float32)
+    assert np.array_equal(vis.overlay(image, heat, alpha=0.0), image)
+    assert np.array_equal(vis.overlay(image, heat, alpha=1.0), vis.colorize(heat))
+    half = vis.overlay(image, heat)  # alpha 0.5 by default
+    expected = np.round(0.5 * image.astype(np.float32) + 0.5 * vis.colorize(heat).astype(np.float32))
+    assert half.dtype == np.uint8 and np.array_equal(half, expected.astype(np.uint8))
+
+
+def test_overlay_resizes_the_map_and_takes_grey_images():
+    grey = np.full((40, 60), 100, dtype=np.uint8)
+    out = vis.overlay(grey, np.ones((10, 15), dtype=np.float32))
+    assert out.shape == (40, 60, 3)
+    assert np.array_equal(out[0, 0], np.round(0.5 * 100 + 0.5 * vis.colorize(np.ones((1, 1)))[0, 0]).astype(np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(30, 200), (300, 40), (2000, 1500)])
+def test_overlay_with_scale_is_an_rgb_picture(shape):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    picture = vis.overlay_with_scale(image, rng.random(shape), title="widget: score 0.912")
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    assert 150 <= max(picture.shape[:2]) <= 1100 and picture.std() > 0
+    ratio = picture.shape[1] / picture.shape[0]  # a wide image gives a wide picture, a tall one a tall one
+    if shape[1] > 2 * shape[0]:
+        assert ratio > 1.0
+    if shape[0] > 2 * shape[1]:
+        assert ratio < 1.0
+
+
+@pytest.mark.parametrize("image, heat, message", [
+    (np.zeros((4, 4, 3), np.float32), np.zeros((4, 4)), "uint8"),
+    (np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 1)), "H x W"),
+    (np.zeros((4, 4, 3), np.uint8), np.full((4, 4), np.nan), "NaN"),
+])
+def test_overlay_refuses_bad_input(image, heat, message):
+    with pytest.raises(ValueError, match=message):
+        vis.overlay(image, heat)
+    with pytest.raises(ValueError, match="alpha"):
+        vis.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4)), alpha=1.5)
+
+
+def test_roc_curve_matches_scikit_learn():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.integers(0, 2, 40)
+        labels[:2] = (0, 1)
+        scores = np.round(rng.random(40), 1)  # many ties
+        curve = vis.roc_curve(labels, scores)
+        fpr, tpr, _ = sk_roc_curve(labels, scores, drop_intermediate=False)
+        assert np.allclose(curve.fpr, fpr) and np.allclose(curve.tpr, tpr)
+    with pytest.raises(ValueError, match="both"):
+        vis.roc_curve([1, 1], [0.2, 0.3])
+
+
+def test_plots_are_written(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = [0, 0, 1, 1, 1]
+    scores = [0.1, 0.5, 0.4, 0.8, 0.9]
+    paths = [
+        vis.plot_roc(tmp_path / "roc.png", "widget", {"pass 1": (labels, scores), "pass 2": (labels, scores[::-1]),
+                                                      "one class": ([1, 1], [0.3, 0.4])}),
+        vis.plot_roc(tmp_path / "undefined.png", "all normal", {"pass 1": ([0, 0], [0.1, 0.2])}),
+        vis.plot_histograms(tmp_path / "hist.png", {"pass 1 (S)": (labels, scores), "flat": (labels, [0.5] * 5)}),
+        vis.plot_qualitative(tmp_path / "grid.png", [
+            vis.QualitativeRow("a / scratch", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                               rng.random((32, 32)) > 0.8, {"M": rng.random((32, 32)), "M'": rng.random((32, 32))}),
+            vis.QualitativeRow("b / yes", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), None,
+                               {"M": rng.random((32, 32))}),
+        ]),
+    ]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+    with pytest.raises(ValueError):
+        vis.plot_qualitative(tmp_path / "none.png", [])
