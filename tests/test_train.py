@@ -1,0 +1,287 @@
+"""train/train.py: a 3-step tiny run, exact resumption after an interruption, and bad settings that
+fail before any model is built. Everything offline, on the CPU, in temporary folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from siad import training as T
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train" / "train.py"
+CLASSES = ("bottle", "widget")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    """train/train.py as a module (it is a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("siad_train_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_images(folder: Path, count: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:64, 0:64]
+    for i in range(count):
+        base = np.stack([x * 3 + rng.integers(0, 60), y * 3 + rng.integers(0, 60), (x + y) * 2], -1)
+        image = (base + rng.normal(0, 8, (64, 64, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """An MVTec-format folder: 2 classes x 4 normal training images."""
+    root = tmp_path_factory.mktemp("data") / "set"
+    for k, name in enumerate(CLASSES):
+        _write_images(root / name / "train" / "good", 4, seed=k)
+    return root
+
+
+def _config(tmp: Path, data_root: Path, out: str = "run", **sections) -> Path:
+    """A YAML file for the tiny preset (LoRA dropout on, so that the RNG state matters)."""
+    settings = {
+        "model": {"preset": "tiny", "lora_dropout": 0.1},
+        "data": {"name": "mvtec_format", "root": str(data_root), "seed": 0},
+        "train": {"batch_size": 2, "max_steps": 3, "lr": "1e-3", "ckpt_every": 1, "keep_last": 2, "log_every": 1,
+                  "seed": 0},
+        "output": {"dir": str(tmp / out), "log_with": None},
+    }
+    for section, values in sections.items():
+        settings[section].update(values)
+    import yaml
+
+    path = tmp / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def pushed() -> list:
+    return []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_root, train_script, pushed) -> Path:
+    """A 3-step run from start to end (with TensorBoard logging and a mocked upload)."""
+    tmp = tmp_path_factory.mktemp("a")
+
+    def fake_push(model, repo_id, **kwargs):
+        pushed.append((repo_id, {k: v.detach().clone() for k, v in model.trainable_parameters()}))
+        return f"https://huggingface.co/{repo_id}"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("siad.model.SIADModel.push_to_hub", fake_push)
+        config = _config(tmp, data_root, output={"log_with": "tensorboard"})
+        assert train_script.main(["--config", str(config), "--push-to-hub", "org/siad-test"]) == 0
+    return tmp / "run"
+
+
+def _trainable(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / T.WEIGHTS_FILE))
+
+
+def test_three_steps_lower_the_loss_and_write_checkpoints(uninterrupted, pushed):
+    rows = T.read_log(uninterrupted / "log.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(r["loss"] == pytest.approx(r["focal"] + r["dice"] + r["lm"], rel=1e-4) for r in rows)
+    assert [s for s, _ in T.list_checkpoints(uninterrupted)] == [2, 3]  # keep_last=2
+    last = uninterrupted / "checkpoints" / "step-000003"
+    assert sorted(p.name for p in last.iterdir()) == ["optimizer.pt", "state.json", "trainable.safetensors",
+                                                      "training_state-rank0.pt"]
+    state = json.loads((last / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["offset"]) == (3, 0, 3)
+    assert not any(p.name.startswith(".tmp-") for p in (uninterrupted / "checkpoints").iterdir())
+    final = uninterrupted / "final"
+    for name in ("config.json", "model.safetensors", "llm_adapter/adapter_model.safetensors", "README.md"):
+        assert (final / name).is_file(), name
+    assert list((uninterrupted / "tensorboard").rglob("events.out.tfevents.*"))
+    # the final model holds the trained weights
+    from siad import SIADModel
+
+    model = SIADModel.from_pretrained(final)
+    trained = _trainable(last)
+    params = dict(model.named_parameters())
+    for name, value in trained.items():
+        assert torch.equal(params[name], value), name
+    # --push-to-hub uploaded the trained model
+    assert [repo for repo, _ in pushed] == ["org/siad-test"]
+    assert all(torch.equal(pushed[0][1][name], value) for name, value in trained.items())
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_root, train_script, uninterrupted,
+                                                                 capsys):
+    config = _config(tmp_path, data_root)
+
+    def stop_after_two(step: int) -> None:
+        if step == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_script.main(["--config", str(config)], on_step=stop_after_two)
+    run = tmp_path / "run"
+    assert [s for s, _ in T.list_checkpoints(run)] == [1, 2] and not (run / "final").exists()
+    # a run killed while writing step 3's checkpoint leaves a partial folder behind
+    partial = run / "checkpoints" / ".tmp-step-000003"
+    partial.mkdir()
+    (partial / T.WEIGHTS_FILE).write_bytes(b"garbage")
+    # without --resume the old run is not overwritten
+    with pytest.raises(SystemExit, match="already holds a training run"):
+        train_script.main(["--config", str(config)])
+    capsys.readouterr()
+    assert train_script.main(["--config", str(config), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and "step-000002 (step 2, epoch 0)" in printed
+    assert not partial.exists()
+    ours, theirs = _trainable(run / "checkpoints" / "step-000003"), _trainable(uninterrupted / "checkpoints" / "step-000003")
+    assert ours.keys() == theirs.keys() and len(ours) > 10
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    for part in ("model.safetensors", "llm_adapter/adapter_model.safetensors"):
+        a, b = load_file(str(run / "final" / part)), load_file(str(uninterrupted / "final" / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    ours_log, theirs_log = T.read_log(run / "log.csv"), T.read_log(uninterrupted / "log.csv")
+    assert [(r["step"], r["loss"], r["lm"]) for r in ours_log] == [(r["step"], r["loss"], r["lm"]) for r in theirs_log]
+    # the optimizer state goes on too (same Adam moments at the end)
+    opt_a = torch.load(run / "checkpoints" / "step-000003" / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(uninterrupted / "checkpoints" / "step-000003" / "optimizer.pt", weights_only=True)
+    for k, state in opt_a["state"].items():
+        assert all(torch.equal(state[n], opt_b["state"][k][n]) for n in state)
+
+
+def test_resume_refuses_changed_settings(tmp_path, data_root, train_script, uninterrupted):
+    config = _config(tmp_path, data_root, train={"lr": 5e-4})
+    with pytest.raises(SystemExit, match=r"settings differ .*train\.lr"):
+        train_script.main(["--config", str(config), f"output.dir={uninterrupted}", "--resume"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad settings fail before any model is built
+
+
+@pytest.fixture
+def no_model(monkeypatch, train_script):
+    """Building a model fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr(train_script, "build_model", refuse)
+    monkeypatch.setattr("siad.model.SIADModel.__init__", refuse)
+
+
+def _bad_cases(tmp: Path, data_root: Path) -> dict[str, tuple[list[str], str]]:
+    empty_class = tmp / "with_empty"
+    _write_images(empty_class / "bottle" / "train" / "good", 2, seed=0)
+    (empty_class / "widget" / "train" / "good").mkdir(parents=True)
+    blocker = tmp / "a_file"
+    blocker.write_text("not a folder")
+    base = _config(tmp, data_root, out="bad")
+    yaml_typo = tmp / "typo.yaml"
+    yaml_typo.write_text(base.read_text() + "extra_section: {x: 1}\n")
+    yaml_key = tmp / "key.yaml"
+    yaml_key.write_text(base.read_text().replace("batch_size:", "batch_sise:"))
+    return {
+        "unknown yaml key": ([str(yaml_key)], r"unknown key 'train\.batch_sise'"),
+        "unknown section": ([str(yaml_typo)], r"unknown section 'extra_section'"),
+        "unknown override": ([str(base), "model.use_semm=false"], r"unknown key 'model\.use_semm'"),
+        "bad model field": ([str(base), "model.adapter_lambda=2"], r"adapter_lambda"),
+        "bad value": ([str(base), "train.lr=fast"], r"train\.lr='fast': must be a number"),
+        "missing root": ([str(base), f"data.root={tmp / 'nowhere'}"], r"data\.root: .*nowhere does not exist"),
+        "class without normals": ([str(base), f"data.root={empty_class}"], r"\['widget'\] have no normal images"),
+        "requested class without normals": ([str(base), f"data.root={empty_class}", "data.classes=[widget]"],
+                                            r"\['widget'\] have no normal images"),
+        "unknown class": ([str(base), "data.classes=[nope]"], r"\['nope'\] not in the train split"),
+        "unwritable output": ([str(base), f"output.dir={blocker / 'run'}"], r"output\.dir: .* is not a writable folder"),
+        "no model source": ([str(base), "model.preset=null"], r"exactly one of model\.preset"),
+        "quantized preset": ([str(base), "train.llm_quantization=8bit"], r"llm_quantization"),
+        "missing init folder": ([str(base), "model.preset=null", f"model.from_pretrained={tmp / 'init'}"],
+                                r"model\.from_pretrained: no SIAD model folder"),
+    }
+
+
+def test_bad_settings_fail_fast_with_their_message(tmp_path, data_root, train_script, no_model):
+    for case, (args, message) in _bad_cases(tmp_path, data_root).items():
+        config, *overrides = args
+        with pytest.raises(SystemExit, match=message):
+            train_script.main(["--config", config, *overrides])
+        print("ok:", case)
+
+
+def test_command_line_reports_bad_settings_without_a_traceback(tmp_path, data_root):
+    config = _config(tmp_path, data_root)
+    result = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config), "train.lrr=1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: override: unknown key 'train.lrr'")
+    assert "Traceback" not in result.stderr
+
+
+def test_check_mode_builds_nothing(tmp_path, data_root, train_script, no_model, capsys):
+    assert train_script.main(["--config", str(_config(tmp_path, data_root)), "--check"]) == 0
+    assert "8 normal images of 2 classes" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and data order
+
+
+def test_settings_parse_yaml_numbers_and_dotted_overrides(tmp_path, data_root):
+    settings = T.load_settings(_config(tmp_path, data_root), ["train.lr=5e-4", "model.use_sem=false",
+                                                               "train.betas=[0.8, 0.9]"], base_dir=tmp_path)
+    assert settings.train.lr == 5e-4 and settings.model.config["use_sem"] is False
+    assert settings.train.betas == [0.8, 0.9]
+    relative = T.load_settings(_config(tmp_path, data_root), ["output.dir=runs/x"], base_dir=tmp_path)
+    assert relative.output.dir == str(tmp_path / "runs" / "x")
+    # what a resumed run may not change (output.dir may: it does not change the weights)
+    assert T.settings_changes(settings.to_dict(), relative) == ["model.use_sem", "train.betas", "train.lr"]
+
+
+def test_every_shipped_config_parses():
+    for path in sorted((REPO / "train" / "configs").glob("*.yaml")):
+        settings = T.load_settings(path, [], base_dir=REPO)
+        assert settings.output.dir.startswith(str(REPO)), path
+    paper = T.load_settings(REPO / "train" / "configs" / "mvtec.yaml", [], base_dir=REPO)
+    t = paper.train
+    assert (t.epochs, t.batch_size, t.lr, t.mixed_precision) == (1, 8, 1e-3, "bf16")
+    assert paper.model.from_pretrained == str(REPO / "runs" / "siad_init")
+
+
+def test_epoch_batches_are_a_seeded_partition():
+    one = T.epoch_batches(10, 3, seed=0, epoch=0)
+    assert one == T.epoch_batches(10, 3, seed=0, epoch=0) != T.epoch_batches(10, 3, seed=0, epoch=1)
+    assert [len(b) for b in one] == [3, 3, 3, 1] and sorted(i for b in one for i in b) == list(range(10))
+    shards = [T.epoch_batches(10, 2, seed=0, epoch=0, rank=r, world_size=3) for r in range(3)]
+    assert {len(s) for s in shards} == {2} and {len(b) for s in shards for b in s} == {2}
+    seen = {i for s in shards for b in s for i in b}
+    assert seen == set(range(10))  # the last global batch is padded from the start of the permutation
+
+
+def test_lr_schedule():
+    assert T.lr_factor(0, 100, "constant", 0) == 1.0
+    assert T.lr_factor(0, 100, "cosine", 10) == pytest.approx(0.1)
+    assert T.lr_factor(100, 100, "cosine", 10) == pytest.approx(0.0)
