@@ -44,15 +44,7 @@ from siad.config import LLAMA_7B_ARCHITECTURE
 
 PATHS: dict[str, dict] = {"map": dict(chat=False), "chat": dict(self_improve=False), "full": {}}
 
-# The "small" random config of bench_model.py.
-SMALL = dict(
-    vision_embed_dim=384, vision_num_blocks=8, vision_num_heads=6, text_embed_dim=256, text_num_blocks=4,
-    text_num_heads=4, embed_dim=256, stage_blocks=(1, 3, 5, 7), num_prompt_vectors=8,
-    llm_architecture={"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376,
-                      "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
-                      "vocab_size": 1024, "max_position_embeddings": 1024},
-    lora_r=8, lora_alpha=16, max_new_tokens=64,
-)
+from bench_model import SMALL  # noqa: E402  (the "small" random config of bench_model.py)
 
 
 def make_config(name: str, max_new_tokens: int | None) -> SIADConfig:

@@ -11,7 +11,6 @@ Run: python benchmarks/model_sizes.py
 
 from __future__ import annotations
 
-import torch
 from accelerate import init_empty_weights
 
 from siad import SIADConfig, SIADModel

@@ -20,6 +20,10 @@ Command line:
 
     python -m siad.calibrate --model M --class NAME --normal DIR_OR_PATHS... [--fpr 0.01]
     python -m siad.calibrate --model M --dataset NAME --root DIR [--split test] [--classes ...]
+    python -m siad.calibrate --model M --dataset NAME --root DIR --normal-only [--fpr 0.05]
+
+`--normal-only` takes the dataset's normal images, each scored with its own class name, and the
+false-alarm rule: one threshold for several classes without labelled anomalies.
 
 The score used is the one the verdict uses at inference: the refined score S' of
 `detect(chat=True)` by default, or S with `--no-chat` (map only, no LLM; use this when the model
@@ -139,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
                "  python -m siad.calibrate --model runs/siad --class bottle --normal data/bottle/train/good --fpr 0.01\n"
                "  python -m siad.calibrate --model runs/siad --dataset mvtec --root data/mvtec --classes bottle\n"
+               "  python -m siad.calibrate --model runs/siad --dataset mvtec --root data/mvtec --normal-only --fpr 0.05\n"
                "  python -m siad.calibrate --model org/siad-llm --class pcb1 --normal imgs/ --out runs/calibrated",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="SIAD model folder, Hub id, or zero-shot:<encoder> (with --dry-run)")
@@ -153,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     labelled.add_argument("--root", type=Path, help="the dataset folder")
     labelled.add_argument("--split", default="test", choices=["train", "test"], help="split (default test)")
     labelled.add_argument("--classes", nargs="+", help="only these classes (default: all, pooled)")
+    labelled.add_argument("--normal-only", action="store_true",
+                          help="use only the dataset's normal images, each with its own class name, and the "
+                               "false-alarm rule (--fpr) instead of F1-max")
     parser.add_argument("--no-chat", action="store_true",
                         help="calibrate the pass-1 score S of detect(chat=False) instead of the refined S'")
     parser.add_argument("--smooth-sigma", type=float, default=None,
@@ -199,6 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # not reached
 
 
+def _fpr_threshold(scores: list[float], fpr: float) -> float:
+    threshold = threshold_for_fpr(scores, fpr)
+    if threshold > 1.0:
+        raise ValueError(f"the normal scores reach 1.0 (max {max(scores):.6g}): no threshold in [0, 1] keeps the "
+                         f"false-alarm rate at or below {fpr}; the model cannot separate these images")
+    return threshold
+
+
 def _run(args: argparse.Namespace) -> int:
     from siad.baseline import has_llm, load_detector, parse_dtype
 
@@ -224,13 +240,22 @@ def _run(args: argparse.Namespace) -> int:
     which = "S' (detect with chat and self-improvement)" if chat else "S (detect(chat=False), map only)"
     if args.normal:
         scores = _score_all(detector, list(paths), [args.class_name], chat, args.batch_size, not args.quiet)
-        threshold = threshold_for_fpr(scores, args.fpr)
-        if threshold > 1.0:
-            raise ValueError(f"the normal scores reach 1.0 (max {max(scores):.6g}): no threshold in [0, 1] keeps the "
-                             f"false-alarm rate at or below {args.fpr}; the model cannot separate these images")
+        threshold = _fpr_threshold(scores, args.fpr)
         flagged = sum(s >= threshold for s in scores)
         print(f"threshold {threshold!r} from {len(scores)} normal images of '{args.class_name}' (score {which}): "
               f"{flagged} of them ({flagged / len(scores):.4f}) are >= it; allowed false-alarm rate {args.fpr}")
+    elif args.normal_only:
+        normal = [s for s in samples if s.label == 0]
+        if not normal:
+            raise ValueError(f"no normal images in the {args.split} split of {args.root}")
+        scores = []
+        for name in dict.fromkeys(s.class_name for s in normal):
+            group = [s.image_path for s in normal if s.class_name == name]
+            scores += _score_all(detector, group, [name], chat, args.batch_size, not args.quiet)
+        threshold = _fpr_threshold(scores, args.fpr)
+        flagged = sum(s >= threshold for s in scores)
+        print(f"threshold {threshold!r} from the {len(scores)} normal images of {args.dataset} ({args.split}; score "
+              f"{which}): {flagged} of them ({flagged / len(scores):.4f}) are >= it; allowed false-alarm rate {args.fpr}")
     else:
         labels, scores = [], []
         for name in dict.fromkeys(s.class_name for s in samples):

@@ -297,6 +297,29 @@ class SIADConfig:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def mini(cls, **overrides: Any) -> "SIADConfig":
+        """The bundled small model (the app's offline default): ImageBind's architecture at small
+        dims and a small LLaMA, all trained from scratch (no pretrained weights exist offline).
+
+        From-scratch features are far from CLIP-like, so the cosine logits use a scale of 10 (with 100,
+        the paper's value for pretrained features, the two-state softmax saturates and the maps
+        learn far more slowly)."""
+        values: dict[str, Any] = dict(
+            vision_embed_dim=96, vision_num_blocks=4, vision_num_heads=3, text_embed_dim=64, text_num_blocks=2,
+            text_num_heads=2, embed_dim=64, stage_blocks=(0, 1, 2, 3), num_prompt_vectors=4, logit_scale=10.0,
+            llm_name_or_path=None,
+            llm_architecture={
+                "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                "vocab_size": 512, "max_position_embeddings": 512,
+            },
+            lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=32,
+            train_encoder=True, train_llm="full",
+        )
+        values.update(overrides)
+        return cls(**values)
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}

@@ -158,12 +158,17 @@ def resize_for_encoder(rgb: np.ndarray, size: int, mode: str = "squash") -> np.n
         return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
     if mode != "center_crop":
         raise ValueError(f"resize mode must be 'squash' or 'center_crop', got {mode!r}")
-    width, height = image.size
+    new_w, new_h, left, top = center_crop_geometry(image.width, image.height, size)
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def center_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """ImageBind's "center_crop" geometry: the size after resizing the shorter side to `size`, and the
+    top-left corner of the centred `size` x `size` crop: (new_width, new_height, left, top)."""
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
 
 
 def normalize(batch: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import torch
 
-_EPS = 1e-6
 
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss on the softmaxed two-channel map, computed from its logits.
 
-def focal_loss(prob: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Focal loss on the softmaxed two-channel map, given its abnormal channel.
-
-    prob: B x S x S abnormal probability (the normal channel is 1 - prob); target: B x S x S in {0, 1}.
-    Mean over pixels of -(1 - p_t)^gamma * log(p_t), p_t the probability of the true state.
+    logits: B x 2 x S x S (channel 1 abnormal); target: B x S x S in {0, 1}.
+    Mean over pixels of -(1 - p_t)^gamma * log(p_t), p_t the probability of the true state, with
+    log(p_t) from log_softmax: the gradient does not vanish when the softmax saturates.
     """
-    prob = prob.float().clamp(_EPS, 1.0 - _EPS)
-    target = target.float()
-    p_true = torch.where(target > 0.5, prob, 1.0 - prob)
-    return (-(1.0 - p_true).pow(gamma) * p_true.log()).mean()
+    log_probs = torch.log_softmax(logits.float(), dim=1)
+    log_true = torch.where(target > 0.5, log_probs[:, 1], log_probs[:, 0])
+    return (-(1.0 - log_true.exp()).pow(gamma) * log_true).mean()
 
 
 def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

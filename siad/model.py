@@ -73,8 +73,10 @@ class SIADOutput:
 
 @dataclass
 class _Pass:
-    """What one pass of the map head gives: stage maps B x K x S x S and the final map B x S x S."""
+    """What one pass of the map head gives: stage logits B x K x 2 x S x S, stage maps B x K x S x S
+    (abnormal probabilities) and the final map B x S x S."""
 
+    logits: torch.Tensor
     stage_maps: torch.Tensor
     anomaly_map: torch.Tensor
 
@@ -251,8 +253,9 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def anomaly_maps(self, features: list[torch.Tensor], text: torch.Tensor) -> _Pass:
         with self._timed("maps"):
-            stage_maps = self.map_head(features, text)
-            return _Pass(stage_maps=stage_maps, anomaly_map=self.map_head.combine(stage_maps))
+            logits = self.map_head.logits(features, text)
+            stage_maps = self.map_head.probabilities(logits)
+            return _Pass(logits=logits, stage_maps=stage_maps, anomaly_map=self.map_head.combine(stage_maps))
 
     def map_tokens(self, stage_maps: torch.Tensor) -> torch.Tensor | None:
         """PEM tokens B x Kg x H for the LLM (None when PEM is switched off)."""
@@ -359,7 +362,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         builder = PromptBuilder(self.llm_tokenizer, self.llm.get_input_embeddings())
         for one in passes:
             for k in range(one.stage_maps.shape[1]):
-                focal = focal + focal_loss(one.stage_maps[:, k], masks, config.focal_gamma)
+                focal = focal + focal_loss(one.logits[:, k], masks, config.focal_gamma)
                 dice = dice + dice_loss(one.stage_maps[:, k], masks)
             turns = [[(QUESTION, None)] for _ in class_names]
             inputs = builder.build(self._conversations(image_tokens, self.map_tokens(one.stage_maps), descriptions,
@@ -469,6 +472,18 @@ def _check_class_name(name: Any) -> str:
     return " ".join(name.split())
 
 
+def _message_text(content: Any) -> str:
+    """The text of a chat message's content: a string, or Gradio's list of parts ({"type": "text", ...})."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    if isinstance(content, (list, tuple)):
+        return " ".join(_message_text(part) for part in content if not isinstance(part, dict)
+                        or part.get("type", "text") == "text").strip()
+    return "" if content is None else str(content)
+
+
 def _history_turns(history: Conversation | None) -> list[tuple[str, str | None]]:
     """Gradio messages or (question, answer) pairs -> (question, answer) pairs."""
     turns: list[tuple[str, str | None]] = []
@@ -477,8 +492,7 @@ def _history_turns(history: Conversation | None) -> list[tuple[str, str | None]]
     pending: str | None = None
     for item in history:
         if isinstance(item, dict):
-            role, content = item.get("role"), item.get("content")
-            text = content if isinstance(content, str) else str(content)
+            role, text = item.get("role"), _message_text(item.get("content"))
             if role == "user":
                 if pending is not None:
                     turns.append((pending, ""))

