@@ -130,7 +130,9 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
     adapter_dir.mkdir(exist_ok=True)
     from peft import get_peft_model_state_dict
 
-    adapter_state = {k: cast(v) for k, v in get_peft_model_state_dict(model.llm).items()}
+    # save_embedding_layers=False: peft would otherwise look the base model up on the Hub
+    adapter = get_peft_model_state_dict(model.llm, save_embedding_layers=False)
+    adapter_state = {k: cast(v) for k, v in adapter.items()}
     save_file(adapter_state, str(adapter_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     model.llm.peft_config["default"].save_pretrained(str(adapter_dir))
     if config.llm_name_or_path is None:  # a base LLM built by SIAD: it travels with the model
@@ -246,7 +248,7 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
 def _expected_adapter_keys(model: "SIADModel") -> set[str]:
     from peft import get_peft_model_state_dict
 
-    return set(get_peft_model_state_dict(model.llm).keys())
+    return set(get_peft_model_state_dict(model.llm, save_embedding_layers=False).keys())
 
 
 def _check_adapter_config(path: Path, config: SIADConfig) -> None:
