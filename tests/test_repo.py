@@ -61,3 +61,25 @@ def test_quickstart_example_runs():
                          timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "score pass 1" in out.stdout and "map (240, 320)" in out.stdout
+
+
+def test_the_bundled_mini_model_loads_and_detects():
+    import numpy as np
+    from PIL import Image
+
+    from siad import SIADConfig, SIADModel
+
+    folder = ROOT / "checkpoints" / "siad-mini"
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 40e6
+    model = SIADModel.from_pretrained(folder)
+    expected = SIADConfig.mini(threshold=model.config.threshold, score_smoothing_sigma=4.0)
+    assert model.config == expected
+    image = np.asarray(Image.open(ROOT / "examples" / "images" / "gear_missing.png"))
+    result = model.detect([image], ["gear"])[0]
+    assert result.anomaly_map.shape == image.shape[:2] and isinstance(result.answer, str)
+    assert result.answer.startswith(("Yes", "No"))  # its LM learnt the answer templates
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.eval_results and "measured here" in card.data.eval_results[0].metric_name
