@@ -32,7 +32,7 @@ import torch.nn as nn
 from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer
 from siad.image import ImageInput, load_rgb, map_to_original, normalize, resize_for_encoder
-from siad.model import DetectionResult
+from siad.model import DetectionResult, detection_inputs
 from siad.modules import AnomalyMapHead, StagePromptLearner
 
 ZERO_SHOT_PREFIX = "zero-shot:"
@@ -146,18 +146,7 @@ class ZeroShotBaseline(nn.Module):
                batch_size: int = 8, progress: bool = False) -> list[DetectionResult]:
         """Like `SIADModel.detect`: one `DetectionResult` per image; answers are None and pass 2 is
         pass 1 (no LLM). `descriptions`, `chat` and `self_improve` are accepted and ignored."""
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
-        names = list(class_names) if isinstance(class_names, (list, tuple)) else [class_names]
-        if not items:
-            raise ValueError("images is empty")
-        if len(names) == 1 and len(items) > 1:
-            names = names * len(items)
-        if len(names) != len(items):
-            raise ValueError(f"images ({len(items)}) and class_names ({len(names)}) must have the same length")
-        for name in names:
-            if not isinstance(name, str) or not name.strip():
-                raise ValueError(f"the class name must be a non-empty string, got {name!r}")
-        names = [" ".join(n.split()) for n in names]
+        items, names, _ = detection_inputs(images, class_names, descriptions)
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         starts: Any = range(0, len(items), batch_size)

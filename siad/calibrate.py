@@ -175,9 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _score_all(detector: Any, images: list, class_names: list[str], chat: bool, batch_size: int,
+def _score_all(detector: Any, images: list, class_name: str, chat: bool, batch_size: int,
                progress: bool) -> list[float]:
-    results = detector.detect(images, class_names, chat=chat, self_improve=chat, batch_size=batch_size,
+    results = detector.detect(images, class_name, chat=chat, self_improve=chat, batch_size=batch_size,
                               progress=progress)
     return [r.score for r in results]
 
@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
         detector.config = detector.config.replace(score_smoothing_sigma=args.smooth_sigma)
     which = "S' (detect with chat and self-improvement)" if chat else "S (detect(chat=False), map only)"
     if args.normal:
-        scores = _score_all(detector, list(paths), [args.class_name], chat, args.batch_size, not args.quiet)
+        scores = _score_all(detector, list(paths), args.class_name, chat, args.batch_size, not args.quiet)
         threshold = _fpr_threshold(scores, args.fpr)
         flagged = sum(s >= threshold for s in scores)
         print(f"threshold {threshold!r} from {len(scores)} normal images of '{args.class_name}' (score {which}): "
@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
         scores = []
         for name in dict.fromkeys(s.class_name for s in normal):
             group = [s.image_path for s in normal if s.class_name == name]
-            scores += _score_all(detector, group, [name], chat, args.batch_size, not args.quiet)
+            scores += _score_all(detector, group, name, chat, args.batch_size, not args.quiet)
         threshold = _fpr_threshold(scores, args.fpr)
         flagged = sum(s >= threshold for s in scores)
         print(f"threshold {threshold!r} from the {len(scores)} normal images of {args.dataset} ({args.split}; score "
@@ -260,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         labels, scores = [], []
         for name in dict.fromkeys(s.class_name for s in samples):
             group = [s for s in samples if s.class_name == name]
-            scores += _score_all(detector, [s.image_path for s in group], [name], chat, args.batch_size, not args.quiet)
+            scores += _score_all(detector, [s.image_path for s in group], name, chat, args.batch_size, not args.quiet)
             labels += [s.label for s in group]
         threshold, f1 = threshold_f1_max(labels, scores)
         print(f"threshold {threshold!r} from {len(scores)} labelled images of {args.dataset} ({args.split}; score "

@@ -386,24 +386,11 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         """Detect anomalies: one `DetectionResult` per image.
 
         images: paths, PIL images or numpy arrays (any mode, any size); class_names: one per image
-        (or one for all); descriptions: default from the paper's tables (generic for unknown classes).
+        (or a single string for all); descriptions: default from the paper's tables (generic for unknown classes).
         chat=False: no LLM runs at all (map and score of pass 1). self_improve=False: pass 1 only.
         """
-        images_list = _as_list(images, "images")
-        names = _as_list(class_names, "class_names")
-        if len(names) == 1 and len(images_list) > 1:
-            names = names * len(images_list)
-        names = [_check_class_name(n) for n in names]
-        if descriptions is None:
-            descs = [describe(n) for n in names]
-        else:
-            descs = _as_list(descriptions, "descriptions")
-            if len(descs) == 1 and len(images_list) > 1:
-                descs = descs * len(images_list)
-            descs = [d if isinstance(d, str) and d.strip() else describe(n) for d, n in zip(descs, names)]
-        if not (len(images_list) == len(names) == len(descs)):
-            raise ValueError(f"images ({len(images_list)}), class_names ({len(names)}) and descriptions "
-                             f"({len(descs)}) must have the same length")
+        images_list, names, descs = detection_inputs(images, class_names, descriptions)
+        descs = [d or describe(n) for d, n in zip(descs, names)]
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         results: list[DetectionResult] = []
@@ -456,14 +443,33 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return self.respond(self.image_tokens(vision), self.map_tokens(final.stage_maps), [desc], [turns])[0]
 
 
-def _as_list(value: Any, name: str) -> list:
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [value]
+def detection_inputs(images: Any, class_names: Any, descriptions: Any = None
+                     ) -> tuple[list, list[str], list[str]]:
+    """The arguments of `detect` as three lists of one entry per image.
+
+    One image may be given alone; a single class name or description given as a plain string applies
+    to every image; lists must have one entry per image. Class names are checked and their whitespace
+    normalised; a missing or blank description is returned as "".
+    """
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
-        raise ValueError(f"{name} is empty")
-    return items
+        raise ValueError("images is empty")
+    names = _per_image(class_names, len(items), "class_names")
+    descs = _per_image("" if descriptions is None else descriptions, len(items), "descriptions")
+    for desc in descs:
+        if desc is not None and not isinstance(desc, str):
+            raise ValueError(f"a description must be a string, got {type(desc).__name__}")
+    return items, [_check_class_name(n) for n in names], [(d or "").strip() for d in descs]
+
+
+def _per_image(value: Any, count: int, name: str) -> list:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        return [value] * count
+    if len(value) != count:
+        entries = "1 entry" if len(value) == 1 else f"{len(value)} entries"
+        raise ValueError(f"{name} has {entries} for {count} images; give one per image "
+                         "(or a single string for all)")
+    return list(value)
 
 
 def _check_class_name(name: Any) -> str:

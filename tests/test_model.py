@@ -175,12 +175,24 @@ def test_chat_answers_with_history(tiny_model):
     ([np.full((9, 9), np.nan)], ["bottle"], "NaN"),
     ([np.zeros((9, 9), dtype=np.uint8)], [""], "class name"),
     ([np.zeros((9, 9), dtype=np.uint8)], ["   "], "class name"),
-    ([np.zeros((9, 9), dtype=np.uint8)] * 3, ["a", "b"], "same length"),
+    ([np.zeros((9, 9), dtype=np.uint8)] * 3, ["a", "b"], "2 entries for 3 images"),
+    ([np.zeros((9, 9), dtype=np.uint8)] * 2, ["a"], "class_names has 1 entry for 2 images"),
     ([], ["a"], "empty"),
 ])
 def test_bad_input_is_a_value_error(tiny_model, images, names, message):
     with pytest.raises(ValueError, match=message):
         tiny_model.detect(images, names, chat=False)
+
+
+def test_one_string_applies_to_every_image_and_lists_must_match(tiny_model):
+    images = [np.zeros((9, 9), dtype=np.uint8)] * 2
+    one = tiny_model.detect(images, "bottle", descriptions="a glass bottle", chat=False)
+    each = tiny_model.detect(images, ["bottle", "bottle"], descriptions=["a glass bottle"] * 2, chat=False)
+    assert [r.score for r in one] == [r.score for r in each]
+    with pytest.raises(ValueError, match="descriptions has 3 entries for 2 images"):
+        tiny_model.detect(images, "bottle", descriptions=["a", "b", "c"], chat=False)
+    with pytest.raises(ValueError, match="a description must be a string"):
+        tiny_model.detect(images, "bottle", descriptions=[1, 2], chat=False)
 
 
 def test_not_an_image_file(tiny_model, tmp_path):
