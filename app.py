@@ -95,6 +95,7 @@ def build_demo(loaded: LoadedModel) -> Any:
 
     model = loaded.model
     gpu = gpu_decorator()
+    pictures = Path(gradio_cache_folder()) / "siad-pictures"
 
     def robust_image(**kwargs: Any) -> Any:
         """An image input that hands unreadable files to the model's own loader, which explains the
@@ -132,9 +133,10 @@ def build_demo(loaded: LoadedModel) -> Any:
         summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
                    f"threshold {model.config.threshold:.3f}")
         history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": result.answer or ""}]
-        shown = overlay_with_scale(rgb, _fit(result.anomaly_map, rgb.shape[:2]), title=f"{name}: score {result.score:.3f}")
-        first = colorize(_fit(result.initial_map, rgb.shape[:2]))
-        second = colorize(_fit(result.anomaly_map, rgb.shape[:2]))
+        shown = save_picture(overlay_with_scale(rgb, _fit(result.anomaly_map, rgb.shape[:2]),
+                                                title=f"{name}: score {result.score:.3f}"), pictures)
+        first = save_picture(colorize(_fit(result.initial_map, rgb.shape[:2])), pictures)
+        second = save_picture(colorize(_fit(result.anomaly_map, rgb.shape[:2])), pictures)
         session = {"image": image, "class_name": name, "description": description or "", "history": history}
         return (shown, summary, result.initial_answer or "", result.answer or "", first, second, history, session)
 
@@ -171,14 +173,14 @@ def build_demo(loaded: LoadedModel) -> Any:
                 description = gr.Textbox(label="Class description (editable)", lines=3)
                 button = gr.Button("Detect", variant="primary")
             with gr.Column(scale=1):
-                heat = gr.Image(label="Anomaly map over the image", type="numpy", interactive=False)
+                heat = gr.Image(label="Anomaly map over the image", type="filepath", interactive=False)
                 summary = gr.Markdown()
         with gr.Row():
             first_answer = gr.Textbox(label="Pass 1 answer (R)", interactive=False)
             refined_answer = gr.Textbox(label="Refined answer after self-improvement (R')", interactive=False)
         with gr.Row():
-            first_map = gr.Image(label="Pass 1 map (M)", type="numpy", interactive=False)
-            second_map = gr.Image(label="Pass 2 map, refined (M')", type="numpy", interactive=False)
+            first_map = gr.Image(label="Pass 1 map (M)", type="filepath", interactive=False)
+            second_map = gr.Image(label="Pass 2 map, refined (M')", type="filepath", interactive=False)
         chatbot = gr.Chatbot(label="Ask about this image", height=300)
         with gr.Row():
             message = gr.Textbox(label="Follow-up question", scale=4, placeholder="Where is the defect?")
@@ -194,6 +196,44 @@ def build_demo(loaded: LoadedModel) -> Any:
         send.click(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name="chat")
         message.submit(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name=False)
     return demo
+
+
+def gradio_cache_folder() -> str:
+    """Gradio's cache folder (GRADIO_TEMP_DIR, else <tmp>/gradio): files there are served as they are."""
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
+
+
+def save_picture(picture: Any, folder: Path) -> str:
+    """An RGB uint8 picture as a PNG file named by its content, written once and atomically.
+
+    Gradio saves a numpy output to a content-named file by rewriting it in place on every request, so
+    two requests with the same result (the same image sent twice at once) could truncate a file while
+    it is being downloaded. Here an existing file is never rewritten, and a new one appears whole
+    (written under a temporary name, then renamed).
+    """
+    import hashlib
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    target = folder / hashlib.sha256(data).hexdigest() / "picture.png"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(dir=target.parent, prefix=".picture.", suffix=".png")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(staging, target)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+    return str(target)
 
 
 def _fit(anomaly_map: Any, size: tuple[int, int]) -> Any:

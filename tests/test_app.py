@@ -121,6 +121,26 @@ def test_model_line_and_nothing_in_the_working_directory(running_app):
     assert list(Path(running_app["workdir"]).iterdir()) == []
 
 
+def test_result_pictures_are_written_once_by_content(tmp_path):
+    """Two requests with the same result share one file that is never rewritten (a download of it
+    could otherwise be cut short); a different result gets its own file."""
+    picture = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    first = Path(app.save_picture(picture, tmp_path))
+    inode, mtime = first.stat().st_ino, first.stat().st_mtime_ns
+    again = Path(app.save_picture(picture.copy(), tmp_path))
+    assert again == first and (again.stat().st_ino, again.stat().st_mtime_ns) == (inode, mtime)
+    assert np.array_equal(np.asarray(Image.open(first)), picture)
+    other = Path(app.save_picture(255 - picture, tmp_path))
+    assert other != first and sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["picture.png"] * 2
+
+
+def test_result_pictures_are_served_from_gradios_cache(running_app):
+    heat, *_ = _detect(running_app["client"], EXAMPLES / "gear_missing.png")
+    assert Path(heat).suffix == ".png"  # our lossless file, not Gradio's webp re-encoding
+    served = list((Path(app.gradio_cache_folder()) / "siad-pictures").glob("*/picture.png"))
+    assert served and all(p.stat().st_size > 0 for p in served)
+
+
 def test_a_model_that_cannot_load_stops_the_start(tmp_path):
     with pytest.raises(SystemExit, match="Cannot load the SIAD model from") as caught:
         app.load_model(str(tmp_path / "missing-model"), "cpu", "float32")
