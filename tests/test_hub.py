@@ -119,7 +119,7 @@ def test_push_to_hub_uploads_the_folder(tmp_path, monkeypatch):
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         folder = Path(folder_path)
         calls["upload"] = (repo_id, sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
-        return "https://example.invalid/commit"
+        return SimpleNamespace(commit_oid="0" * 40)  # what a commit would be, without any address
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
