@@ -70,11 +70,10 @@ class LoadedModel:
 
 def load_model(source: str, device: str, dtype_name: str) -> LoadedModel:
     """Load the model or stop with a message that names the source and what to do."""
-    import torch
-
     from siad import SIADModel
+    from siad.baseline import parse_dtype
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    dtype = parse_dtype(dtype_name)
     try:
         model = SIADModel.from_pretrained(source, dtype=dtype, device=device)
     except Exception as error:  # any failure: the app cannot start without its model

@@ -22,6 +22,7 @@ Model specs (`load_detector(spec)`, the `--model` option of the command lines):
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -178,8 +179,8 @@ class ZeroShotBaseline(nn.Module):
 def _baseline_config(config: SIADConfig) -> SIADConfig:
     """The encoder's config with the verdict settings reset: a trained model's threshold and
     smoothing do not belong to the baseline."""
-    defaults = SIADConfig.tiny()
-    return config.replace(threshold=defaults.threshold, score_smoothing_sigma=defaults.score_smoothing_sigma)
+    defaults = {f.name: f.default for f in dataclasses.fields(SIADConfig)}
+    return config.replace(threshold=defaults["threshold"], score_smoothing_sigma=defaults["score_smoothing_sigma"])
 
 
 def _official_encoder(config: SIADConfig, path: Path, dtype: torch.dtype,

@@ -182,6 +182,18 @@ def _score_all(detector: Any, images: list, class_name: str, chat: bool, batch_s
     return [r.score for r in results]
 
 
+def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int,
+                    progress: bool) -> tuple[list[int], list[float]]:
+    """(labels, scores) of dataset samples, each class's images scored with its own class name."""
+    labels: list[int] = []
+    scores: list[float] = []
+    for name in dict.fromkeys(s.class_name for s in samples):
+        group = [s for s in samples if s.class_name == name]
+        scores += _score_all(detector, [s.image_path for s in group], name, chat, batch_size, progress)
+        labels += [s.label for s in group]
+    return labels, scores
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line (see the module docstring). Returns 0; errors exit with status 2."""
     parser = _parser()
@@ -240,28 +252,20 @@ def _run(args: argparse.Namespace) -> int:
     which = "S' (detect with chat and self-improvement)" if chat else "S (detect(chat=False), map only)"
     if args.normal:
         scores = _score_all(detector, list(paths), args.class_name, chat, args.batch_size, not args.quiet)
-        threshold = _fpr_threshold(scores, args.fpr)
-        flagged = sum(s >= threshold for s in scores)
-        print(f"threshold {threshold!r} from {len(scores)} normal images of '{args.class_name}' (score {which}): "
-              f"{flagged} of them ({flagged / len(scores):.4f}) are >= it; allowed false-alarm rate {args.fpr}")
+        source = f"{len(scores)} normal images of '{args.class_name}' (score {which})"
     elif args.normal_only:
         normal = [s for s in samples if s.label == 0]
         if not normal:
             raise ValueError(f"no normal images in the {args.split} split of {args.root}")
-        scores = []
-        for name in dict.fromkeys(s.class_name for s in normal):
-            group = [s.image_path for s in normal if s.class_name == name]
-            scores += _score_all(detector, group, name, chat, args.batch_size, not args.quiet)
+        _, scores = _score_by_class(detector, normal, chat, args.batch_size, not args.quiet)
+        source = f"the {len(scores)} normal images of {args.dataset} ({args.split}; score {which})"
+    if args.normal or args.normal_only:
         threshold = _fpr_threshold(scores, args.fpr)
         flagged = sum(s >= threshold for s in scores)
-        print(f"threshold {threshold!r} from the {len(scores)} normal images of {args.dataset} ({args.split}; score "
-              f"{which}): {flagged} of them ({flagged / len(scores):.4f}) are >= it; allowed false-alarm rate {args.fpr}")
+        print(f"threshold {threshold!r} from {source}: {flagged} of them ({flagged / len(scores):.4f}) are >= it; "
+              f"allowed false-alarm rate {args.fpr}")
     else:
-        labels, scores = [], []
-        for name in dict.fromkeys(s.class_name for s in samples):
-            group = [s for s in samples if s.class_name == name]
-            scores += _score_all(detector, [s.image_path for s in group], name, chat, args.batch_size, not args.quiet)
-            labels += [s.label for s in group]
+        labels, scores = _score_by_class(detector, samples, chat, args.batch_size, not args.quiet)
         threshold, f1 = threshold_f1_max(labels, scores)
         print(f"threshold {threshold!r} from {len(scores)} labelled images of {args.dataset} ({args.split}; score "
               f"{which}): F1 {f1:.4f} at this threshold")

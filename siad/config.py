@@ -44,6 +44,18 @@ LLAMA_7B_ARCHITECTURE: dict[str, Any] = {
     "rms_norm_eps": 1e-6,
 }
 
+# The small LLaMA built from scratch by the tiny (tests) and mini (the bundled model) presets.
+SMALL_LLAMA_ARCHITECTURE: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 512,
+    "max_position_embeddings": 512,
+}
+
 _ENUMS: dict[str, tuple[Any, ...]] = {
     "stage_phrase_case": (1, 2, 3),
     "stage_prompt_mode": ("sum", "concat"),
@@ -287,11 +299,7 @@ class SIADConfig:
             text_embed_dim=32, text_num_blocks=2, text_num_heads=4,
             embed_dim=32, stage_blocks=(0, 1, 2, 3), num_prompt_vectors=4,
             llm_name_or_path=None,
-            llm_architecture={
-                "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
-                "vocab_size": 512, "max_position_embeddings": 512,
-            },
+            llm_architecture=dict(SMALL_LLAMA_ARCHITECTURE),
             lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=16,
         )
         values.update(overrides)
@@ -309,11 +317,7 @@ class SIADConfig:
             vision_embed_dim=96, vision_num_blocks=4, vision_num_heads=3, text_embed_dim=64, text_num_blocks=2,
             text_num_heads=2, embed_dim=64, stage_blocks=(0, 1, 2, 3), num_prompt_vectors=4, logit_scale=10.0,
             llm_name_or_path=None,
-            llm_architecture={
-                "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
-                "vocab_size": 512, "max_position_embeddings": 512,
-            },
+            llm_architecture=dict(SMALL_LLAMA_ARCHITECTURE),
             lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=32,
             train_encoder=True, train_llm="full",
         )
