@@ -185,10 +185,11 @@ def _score_all(detector: Any, images: list, class_name: str, chat: bool, batch_s
 def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int,
                     progress: bool) -> tuple[list[int], list[float]]:
     """(labels, scores) of dataset samples, each class's images scored with its own class name."""
+    from siad.data import group_by_class
+
     labels: list[int] = []
     scores: list[float] = []
-    for name in dict.fromkeys(s.class_name for s in samples):
-        group = [s for s in samples if s.class_name == name]
+    for name, group in group_by_class(samples).items():
         scores += _score_all(detector, [s.image_path for s in group], name, chat, batch_size, progress)
         labels += [s.label for s in group]
     return labels, scores

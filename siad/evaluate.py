@@ -243,6 +243,7 @@ def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, set
     from tqdm.auto import tqdm
 
     from siad.baseline import has_llm
+    from siad.data import group_by_class
 
     if not samples:
         raise ValueError(f"no images in the {settings.split} split of {dataset}")
@@ -250,16 +251,15 @@ def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, set
         detector.config = detector.config.replace(score_smoothing_sigma=float(settings.smooth_sigma))
     chat = settings.chat and has_llm(detector)
     passes = passes_for(detector, settings)
-    names = list(dict.fromkeys(s.class_name for s in samples))
-    quota = max(1, math.ceil(settings.qualitative / len(names))) if settings.qualitative > 0 else 0
+    groups = group_by_class(samples)
+    quota = max(1, math.ceil(settings.qualitative / len(groups))) if settings.qualitative > 0 else 0
     start = time.perf_counter()
     classes: list[ClassResult] = []
     records: list[ImageRecord] = []
     qualitative: list[Any] = []
     bar = tqdm(total=len(samples), desc=f"evaluate {dataset}", unit="img", disable=not settings.progress,
                file=sys.stderr)
-    for name in names:
-        group = [s for s in samples if s.class_name == name]
+    for name, group in groups.items():
         bar.set_postfix_str(name)
         take = min(quota, settings.qualitative - len(qualitative))
         result, group_records, rows = _evaluate_class(detector, name, group, dataset, settings, passes, chat, take, bar)

@@ -426,3 +426,13 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_group_by_class_keeps_the_order_of_classes_and_samples():
+    from siad.data import Sample, group_by_class
+
+    samples = [Sample(Path(f"{c}{i}.png"), None, c, "good", 0) for i, c in enumerate("abab")]
+    groups = group_by_class(samples)
+    assert list(groups) == ["a", "b"]
+    assert [s.image_path.name for s in groups["a"]] == ["a0.png", "a2.png"]
+    assert group_by_class([]) == {}

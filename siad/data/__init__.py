@@ -2,6 +2,7 @@
 
 - `load_dataset(name, root, split)`: the `Sample`s of a benchmark in its distributed layout
   (`DATASET_NAMES`), of any MVTec-format folder, or of a folder holding `meta.json`.
+- `group_by_class(samples)`: {class name: its samples}, in order.
 - `load_mask(path, size=None)`: any mask file as a bool array (set where > 0).
 - `read_meta(root, split)`, `write_meta(root, {split: samples})`: the zero-shot repositories' index.
 - `cutpaste_poisson(image, source, rng)`: a CutPaste + Poisson pseudo-anomaly.
@@ -22,6 +23,7 @@ _EXPORTS = {
     "SPLITS": "siad.data.readers",
     "Sample": "siad.data.readers",
     "load_dataset": "siad.data.readers",
+    "group_by_class": "siad.data.readers",
     "load_mask": "siad.data.readers",
     "resize_mask": "siad.data.readers",
     "tile_sdd": "siad.data.readers",
@@ -38,8 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from siad.data.cutpaste import PseudoAnomaly, cutpaste_poisson
     from siad.data.dataset import PseudoAnomalyDataset, collate_pairs
     from siad.data.meta import read_meta, read_meta_splits, write_meta
-    from siad.data.readers import (DATASET_NAMES, SPLITS, Sample, load_dataset, load_mask, resize_mask,
-                                   tile_sdd)
+    from siad.data.readers import (DATASET_NAMES, SPLITS, Sample, group_by_class, load_dataset, load_mask,
+                                   resize_mask, tile_sdd)
 
 __all__ = sorted(_EXPORTS)
 

@@ -432,6 +432,14 @@ def _read_sdd(root: Path, split: str, cache_dir: PathLike | None) -> list[Sample
 
 
 # ----------------------------------------------------------------------------- entry point
+def group_by_class(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    """The samples of each class, classes in order of first appearance, samples in their order."""
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.class_name, []).append(sample)
+    return groups
+
+
 def load_dataset(name: str, root: PathLike, split: str, *, cache_dir: PathLike | None = None,
                  classes: Iterable[str] | None = None) -> list[Sample]:
     """The samples of one split ("train" or "test") of a dataset folder.
