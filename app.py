@@ -90,7 +90,7 @@ def build_demo(loaded: LoadedModel) -> Any:
 
     from siad.image import load_rgb
     from siad.prompts import QUESTION, describe, known_classes
-    from siad.visualize import colorize, overlay_with_scale
+    from siad.visualize import colorize, fit_map, overlay_with_scale
 
     model = loaded.model
     gpu = gpu_decorator()
@@ -132,10 +132,10 @@ def build_demo(loaded: LoadedModel) -> Any:
         summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
                    f"threshold {model.config.threshold:.3f}")
         history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": result.answer or ""}]
-        shown = save_picture(overlay_with_scale(rgb, _fit(result.anomaly_map, rgb.shape[:2]),
-                                                title=f"{name}: score {result.score:.3f}"), pictures)
-        first = save_picture(colorize(_fit(result.initial_map, rgb.shape[:2])), pictures)
-        second = save_picture(colorize(_fit(result.anomaly_map, rgb.shape[:2])), pictures)
+        shown = save_picture(overlay_with_scale(rgb, result.anomaly_map, title=f"{name}: score {result.score:.3f}"),
+                             pictures)
+        first = save_picture(colorize(fit_map(result.initial_map, *rgb.shape[:2])), pictures)
+        second = save_picture(colorize(fit_map(result.anomaly_map, *rgb.shape[:2])), pictures)
         session = {"image": image, "class_name": name, "description": description or "", "history": history}
         return (shown, summary, result.initial_answer or "", result.answer or "", first, second, history, session)
 
@@ -233,16 +233,6 @@ def save_picture(picture: Any, folder: Path) -> str:
             Path(staging).unlink(missing_ok=True)
             raise
     return str(target)
-
-
-def _fit(anomaly_map: Any, size: tuple[int, int]) -> Any:
-    """The map at the (possibly downscaled) display image's size."""
-    import cv2
-    import numpy as np
-
-    if anomaly_map.shape == tuple(size):
-        return anomaly_map
-    return cv2.resize(np.asarray(anomaly_map, dtype=np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

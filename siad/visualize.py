@@ -3,6 +3,7 @@
 - `overlay(image, anomaly_map, alpha=0.5)`: the map in matplotlib's "jet" colour map blended over
   the image (what `python -m siad.predict` writes and what the app shows).
 - `colorize(anomaly_map)`: the map alone in "jet", as an RGB uint8 picture.
+- `fit_map(anomaly_map, height, width)`: a map at a picture's size (area averaging when shrinking).
 - `overlay_with_scale(image, anomaly_map, title=...)`: the overlay with a colour bar and a title,
   as an RGB uint8 picture (the app's main view).
 - `roc_curve(labels, scores)`: the ROC points (one per distinct score) for plotting.
@@ -22,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["overlay", "colorize", "overlay_with_scale", "roc_curve", "RocCurve", "QualitativeRow", "plot_roc", "plot_qualitative",
+__all__ = ["fit_map", "overlay", "colorize", "overlay_with_scale", "roc_curve", "RocCurve", "QualitativeRow", "plot_roc", "plot_qualitative",
            "plot_histograms"]
 
 
@@ -34,11 +35,16 @@ def _jet_table() -> np.ndarray:
     return np.round(rgba[:, :3] * 255.0).astype(np.uint8)
 
 
-def _resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an H x W float map (used when the map and the image differ in size)."""
+def fit_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An H x W float map at height x width for display: unchanged when it already is; pixel-area
+    averaging when it shrinks (a full-size map over a downscaled upload), else bilinear."""
     import cv2
 
-    return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    if values.shape == (height, width):
+        return values
+    shrinks = height <= values.shape[0] and width <= values.shape[1]
+    return cv2.resize(values, (width, height), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
 
 
 def colorize(anomaly_map: np.ndarray) -> np.ndarray:
@@ -55,8 +61,8 @@ def colorize(anomaly_map: np.ndarray) -> np.ndarray:
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The jet-coloured map blended over the image: (1 - alpha) * image + alpha * jet(map).
 
-    image: H x W x 3 uint8 RGB (H x W grey is accepted); anomaly_map: values in [0, 1], resized
-    bilinearly to the image's size when it differs. Returns H x W x 3 uint8 RGB.
+    image: H x W x 3 uint8 RGB (H x W grey is accepted); anomaly_map: values in [0, 1], brought to
+    the image's size by `fit_map` when it differs. Returns H x W x 3 uint8 RGB.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -68,8 +74,7 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> n
     values = np.asarray(anomaly_map, dtype=np.float32)
     if values.ndim != 2:
         raise ValueError(f"an anomaly map must be H x W, got shape {values.shape}")
-    if values.shape != rgb.shape[:2]:
-        values = _resize_map(values, rgb.shape[0], rgb.shape[1])
+    values = fit_map(values, rgb.shape[0], rgb.shape[1])
     blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(values).astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 

@@ -100,3 +100,14 @@ def test_plots_are_written(tmp_path):
             assert image.format == "PNG" and image.width > 100 and image.height > 100
     with pytest.raises(ValueError):
         vis.plot_qualitative(tmp_path / "none.png", [])
+
+
+def test_fit_map_keeps_averages_when_shrinking_and_leaves_a_fitting_map_alone():
+    from siad.visualize import fit_map
+
+    values = np.arange(16, dtype=np.float32).reshape(4, 4) / 15
+    assert np.array_equal(fit_map(values, 4, 4), values)
+    blocks = values.reshape(2, 2, 2, 2).mean(axis=(1, 3))
+    assert np.allclose(fit_map(values, 2, 2), blocks, atol=1e-6)  # each pixel the mean of its 2 x 2 block
+    grown = fit_map(values, 8, 6)
+    assert grown.shape == (8, 6) and grown.min() >= values.min() and grown.max() <= values.max()
