@@ -27,6 +27,9 @@ from siad.prompts import (ABNORMAL_STATES, CLASS_DESCRIPTIONS, NORMAL_ANSWER, NO
 
 STOP_STRING = "###"
 IGNORE_INDEX = -100
+# Model folders are data: code they carry (`auto_map`) is never run and transformers never asks on
+# standard input whether to run it; weights are read from safetensors only (no pickle).
+NO_REMOTE_CODE: dict[str, Any] = {"trust_remote_code": False}
 
 # A segment of a prompt: text, or a block of embeddings (n x H) spliced in at that place.
 Segment = Union[str, torch.Tensor]
@@ -88,11 +91,12 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
         architecture = dict(config.llm_architecture or {})
         model_type = architecture.pop("model_type", "llama")
         llm_config = AutoConfig.for_model(model_type, **architecture)
-        model = AutoModelForCausalLM.from_config(llm_config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(llm_config, dtype=dtype, **NO_REMOTE_CODE)
         model = model.to(device) if not _is_meta(model) else model
         tokenizer = build_siad_tokenizer(int(llm_config.vocab_size))
         return model, tokenizer
-    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir)
+    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir,
+                                  use_safetensors=True, **NO_REMOTE_CODE)
     if quantization is not None:
         from transformers import BitsAndBytesConfig
 
@@ -103,7 +107,8 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
             bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
     kwargs["device_map"] = {"": str(torch.device(device))}
     model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only, cache_dir=cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only, cache_dir=cache_dir,
+                                              **NO_REMOTE_CODE)
     return model, tokenizer
 
 
