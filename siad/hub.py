@@ -110,7 +110,6 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
     from safetensors.torch import save_file
 
     folder = Path(save_directory)
-    folder.mkdir(parents=True, exist_ok=True)
     config = model.config
     if not save_encoder and not config.encoder_checkpoint:
         raise ValueError("save_encoder=False needs config.encoder_checkpoint (the official imagebind_huge.pth path) "
@@ -122,30 +121,48 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
             t = t.to(dtype)
         return t.contiguous().cpu()
 
+    from peft import get_peft_model_state_dict
+
     state = {k: cast(v) for k, v in model.state_dict().items()
              if not k.startswith("llm.") and (save_encoder or not k.startswith("encoder."))}
+    # save_embedding_layers=False: peft would otherwise look the base model up on the Hub
+    adapter_state = {k: cast(v) for k, v in get_peft_model_state_dict(model.llm, save_embedding_layers=False).items()}
+    base = model.llm.get_base_model() if config.llm_name_or_path is None else None  # a base LLM built by SIAD
+    base_state = ({k: cast(v) for k, v in base.state_dict().items() if "lora_" not in k and not _is_tied(base, k)}
+                  if base is not None else {})
+    # weights are checked before anything is written (buffers such as the text trunk's causal mask hold -inf)
+    weights = {n for n, _ in model.named_parameters()}
+    _refuse_non_finite({k: v for k, v in state.items() if k in weights})
+    _refuse_non_finite(adapter_state)
+    if base is not None:
+        _refuse_non_finite({n: base_state[n] for n, _ in base.named_parameters() if n in base_state})
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "siad_encoder": str(save_encoder)})
     (folder / CONFIG_NAME).write_text(config.to_json_string(), encoding="utf-8")
     adapter_dir = folder / ADAPTER_DIR
     adapter_dir.mkdir(exist_ok=True)
-    from peft import get_peft_model_state_dict
-
-    # save_embedding_layers=False: peft would otherwise look the base model up on the Hub
-    adapter = get_peft_model_state_dict(model.llm, save_embedding_layers=False)
-    adapter_state = {k: cast(v) for k, v in adapter.items()}
     save_file(adapter_state, str(adapter_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     model.llm.peft_config["default"].save_pretrained(str(adapter_dir))
-    if config.llm_name_or_path is None:  # a base LLM built by SIAD: it travels with the model
-        base = model.llm.get_base_model()
+    if base is not None:  # it travels with the model
         llm_dir = folder / LLM_DIR
-        base_state = {k: cast(v) for k, v in base.state_dict().items()
-                      if "lora_" not in k and not _is_tied(base, k)}
         llm_dir.mkdir(exist_ok=True)
         base.config.save_pretrained(str(llm_dir))
         save_file(_strip_base_layer(base_state), str(llm_dir / WEIGHTS_NAME), metadata={"format": "pt"})
         model.llm_tokenizer.save_pretrained(str(llm_dir))
     (folder / CARD_NAME).write_text(_render_card(model, card), encoding="utf-8")
     return folder
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors that hold a NaN or an infinity."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
+    bad = non_finite(tensors)
+    if bad:
+        raise ValueError(f"{len(bad)} weight tensors hold NaN or infinite values ({bad[:5]}"
+                         f"{' ...' if len(bad) > 5 else ''}); a model with non-finite weights is never saved")
 
 
 def _strip_base_layer(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -211,6 +228,8 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
             raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: {needed.name} is missing")
     _check_adapter_config(folder / ADAPTER_DIR / "adapter_config.json", config)
     llm_dir = folder / LLM_DIR
+    if config.llm_name_or_path is None:  # the base LLM travels with the model: refuse before building anything
+        _check_bundled_llm(folder, llm_dir)
     if llm_dir.is_dir():
         llm, tokenizer = _load_bundled_llm(llm_dir, dtype, device)
     else:
@@ -261,14 +280,36 @@ def _check_adapter_config(path: Path, config: SIADConfig) -> None:
         raise ValueError(f"{path}: LoRA (r, alpha, targets) {saved} does not match the config {wanted}")
 
 
+def _check_bundled_llm(folder: Path, llm_dir: Path) -> None:
+    """A folder whose config names no external LLM must carry its own in `llm/` (config, weights,
+    tokenizer); otherwise a random LM would answer (and a 7B architecture would be allocated first)."""
+    if not llm_dir.is_dir():
+        raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: its language model is missing "
+                                f"(no {LLM_DIR}/ folder, and config.json names no llm_name_or_path)")
+    needed = [CONFIG_NAME, WEIGHTS_NAME]
+    missing = [name for name in needed if not (llm_dir / name).is_file()]
+    if not any((llm_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        missing.append("tokenizer.json")
+    if missing:
+        raise FileNotFoundError(f"{llm_dir} is not a complete language-model folder: {missing} missing")
+
+
 def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
-    """The base LLM saved inside the model folder, read tensor by tensor into the requested dtype."""
+    """The base LLM saved inside the model folder, read tensor by tensor into the requested dtype.
+    Loaded as data: code named by an `auto_map` is never run."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    llm_config = AutoConfig.from_pretrained(str(llm_dir))
+    from siad.llm import NO_REMOTE_CODE
+
+    try:
+        llm_config = AutoConfig.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
+    except ValueError as error:  # e.g. an auto_map without a model_type: custom code we do not run
+        raise ValueError(f"{llm_dir / CONFIG_NAME} does not name a transformers architecture (model_type) that loads "
+                         f"without running code from the folder; SIAD loads model folders as data only and never "
+                         f"runs their code") from error
     with init_empty_weights(include_buffers=False):
-        llm = AutoModelForCausalLM.from_config(llm_config, dtype=dtype)
+        llm = AutoModelForCausalLM.from_config(llm_config, dtype=dtype, **NO_REMOTE_CODE)
     weights = llm_dir / WEIGHTS_NAME
     expected = set(llm.state_dict())
     found = {k for k in safetensors_header(weights) if k != "__metadata__"}
@@ -278,7 +319,7 @@ def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -
     if tied:
         llm.tie_weights()
     llm.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
     return llm, tokenizer
 
 

@@ -274,8 +274,15 @@ class AnomalyMapHead(nn.Module):
 
     @staticmethod
     def score(maps: torch.Tensor) -> torch.Tensor:
-        """The image score of B x S x S maps: their maximum, B values in [0, 1]."""
-        return maps.flatten(1).max(dim=1).values
+        """The image score of B x S x S maps: their maximum, B values in [0, 1].
+
+        A non-finite map (NaN or infinite weights) raises `FloatingPointError`: such a score must
+        never be read as "normal" (NaN >= threshold is False)."""
+        scores = maps.flatten(1).max(dim=1).values
+        if not bool(torch.isfinite(maps).all()):
+            raise FloatingPointError("the model produced a non-finite anomaly map (NaN or infinity): its weights are "
+                                     "corrupt (e.g. a training run that diverged); no score can be given")
+        return scores
 
 
 class PatchEnhancementModule(nn.Module):

@@ -61,6 +61,10 @@ class SettingsError(ValueError):
     """A run setting is wrong (unknown key, bad value, missing data, unwritable output, ...)."""
 
 
+class TrainingError(RuntimeError):
+    """A run cannot go on (the loss or the weights became non-finite, the disk is full, ...)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Settings
 
@@ -652,11 +656,18 @@ def prune_checkpoints(out: str | Path, keep_last: int | None) -> None:
 
 
 def save_trainable(named_parameters: Iterable[tuple[str, "torch.Tensor"]], path: Path) -> None:
-    """The trainable parameters as safetensors (exact values: no dtype change)."""
+    """The trainable parameters as safetensors (exact values: no dtype change). Non-finite weights are
+    never written: `TrainingError` names them."""
     from safetensors.torch import save_file
 
-    save_file({name: p.detach().contiguous().cpu() for name, p in named_parameters}, str(path),
-              metadata={"format": "pt"})
+    from siad.hub import non_finite
+
+    state = {name: p.detach().contiguous().cpu() for name, p in named_parameters}
+    bad = non_finite(state)
+    if bad:
+        raise TrainingError(f"{len(bad)} of {len(state)} trainable tensors hold NaN or infinite values "
+                            f"({bad[:5]}{' ...' if len(bad) > 5 else ''}); the checkpoint is not written")
+    save_file(state, str(path), metadata={"format": "pt"})
 
 
 def load_trainable(model: "torch.nn.Module", path: Path) -> None:

@@ -278,3 +278,23 @@ def test_lr_schedule():
     assert T.lr_factor(0, 100, "constant", 0) == 1.0
     assert T.lr_factor(0, 100, "cosine", 10) == pytest.approx(0.1)
     assert T.lr_factor(100, 100, "cosine", 10) == pytest.approx(0.0)
+
+
+def test_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(tmp_path, data_root, train_script):
+    """A loss that turns NaN or infinite (here lr=1e20) stops the run with exit status 1 and a message;
+    no final model is written and every checkpoint on disk holds finite weights."""
+    config = _config(tmp_path, data_root, train={"lr": 1e20, "max_steps": 6})
+    with pytest.raises(SystemExit, match=r"error: the loss is not finite at step \d+") as stopped:
+        train_script.main(["--config", str(config)])
+    assert stopped.value.code != 0
+    run = tmp_path / "run"
+    assert not (run / "final").exists()
+    for _, checkpoint in T.list_checkpoints(run):
+        assert all(torch.isfinite(t).all() for t in _trainable(checkpoint).values()), checkpoint
+
+
+def test_non_finite_trainable_weights_are_never_checkpointed(tmp_path):
+    weights = [("a", torch.ones(3)), ("b", torch.tensor([1.0, float("inf")]))]
+    with pytest.raises(T.TrainingError, match=r"1 of 2 trainable tensors hold NaN or infinite values \(\['b'\]\)"):
+        T.save_trainable(weights, tmp_path / T.WEIGHTS_FILE)
+    assert not (tmp_path / T.WEIGHTS_FILE).exists()

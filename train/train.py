@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None, on_step: StepHook | None = None) -> int:
             return 0
         run(settings, resume=args.resume or args.resume_from is not None, resume_from=args.resume_from,
             on_step=on_step)
-    except T.SettingsError as error:
+    except (T.SettingsError, T.TrainingError) as error:
         raise SystemExit(f"error: {error}") from None
     return 0
 
@@ -168,6 +168,19 @@ def make_optimizer(settings: T.RunSettings, model: Any, total_steps: int) -> tup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: T.lr_factor(step, total_steps, t.lr_schedule, t.warmup_steps))
     return optimizer, scheduler
+
+
+def check_finite_loss(accelerator: Any, output: Any, step: int) -> None:
+    """Stop the run (on every process) when a loss is NaN or infinite, before it reaches the weights.
+    Nothing from this step on is saved; the last checkpoint stays the newest."""
+    import torch
+
+    bad = torch.tensor(0.0 if bool(torch.isfinite(output.loss.detach()).all()) else 1.0, device=accelerator.device)
+    if float(accelerator.reduce(bad, reduction="sum")) > 0:
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in output.as_floats().items())
+        raise T.TrainingError(f"the loss is not finite at step {step} ({parts}) on at least one process: training "
+                              f"diverged. Nothing from this step on is saved; lower train.lr or set "
+                              f"train.max_grad_norm, then resume from the last checkpoint with --resume")
 
 
 def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, settings: T.RunSettings,
@@ -326,6 +339,7 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
             for batch in loader:
                 with accelerator.accumulate(model):
                     output = model(batch)
+                    check_finite_loss(accelerator, output, step + 1)
                     accelerator.backward(output.loss)
                     if accelerator.sync_gradients and t.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
