@@ -97,19 +97,13 @@ def build_demo(loaded: LoadedModel) -> Any:
     pictures = Path(gradio_cache_folder()) / "siad-pictures"
 
     def robust_image(**kwargs: Any) -> Any:
-        """An image input that hands unreadable files to the model's own loader, which explains the
-        problem, instead of failing inside Gradio's preprocessing. (The method is wrapped on this
-        instance: a subclass of gr.Image would make Gradio write a .pyi stub next to this file.)"""
+        """An image input that accepts only files uploaded into Gradio's cache (`guarded_upload`) and
+        hands unreadable uploads to the model's own loader, which explains the problem, instead of
+        failing inside Gradio's preprocessing. (The method is wrapped on this instance: a subclass of
+        gr.Image would make Gradio write a .pyi stub next to this file.)"""
         component = gr.Image(**kwargs)
         preprocess = component.preprocess
-
-        def tolerant(payload: Any) -> Any:
-            try:
-                return preprocess(payload)
-            except Exception:
-                return None if payload is None or payload.path is None else str(payload.path)
-
-        component.preprocess = tolerant
+        component.preprocess = lambda payload: guarded_upload(payload, preprocess, component.GRADIO_CACHE)
         return component
 
     def check(image: str | None, class_name: str | None) -> str:
@@ -195,6 +189,54 @@ def build_demo(loaded: LoadedModel) -> Any:
         send.click(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name="chat")
         message.submit(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name=False)
     return demo
+
+
+# One message for every file the app refuses to read: it never says whether a server path exists.
+UPLOAD_REFUSED = "This image cannot be used. Upload the file again."
+
+
+def guarded_upload(payload: Any, preprocess: Callable[[Any], Any], cache_folder: str | Path) -> str | None:
+    """The path of an uploaded image, for the model's loader.
+
+    Only regular files that resolve (symbolic links and `..` followed) inside Gradio's upload cache are
+    accepted: a client can send `{"path": "/any/server/file"}` without Gradio's `meta` field, which
+    Gradio passes through unchecked. Anything else raises `gr.Error(UPLOAD_REFUSED)`. Inline `data:`
+    images are decoded by Gradio into the cache first. A file Gradio cannot preprocess goes to the
+    model's loader, whose message says what is wrong with the upload.
+    """
+    import gradio as gr
+
+    if payload is None:
+        return None
+    url = getattr(payload, "url", None)
+    if isinstance(url, str) and url.startswith("data:"):
+        try:
+            resolved = _inside(preprocess(payload), cache_folder)
+        except Exception:
+            resolved = None
+        if resolved is None:
+            raise gr.Error(UPLOAD_REFUSED)
+        return str(resolved)
+    resolved = _inside(getattr(payload, "path", None), cache_folder)
+    if resolved is None:
+        raise gr.Error(UPLOAD_REFUSED)
+    payload.path = str(resolved)
+    try:
+        return str(preprocess(payload))
+    except Exception:  # not an image Gradio can open: the model's loader says why
+        return str(resolved)
+
+
+def _inside(path: Any, folder: str | Path) -> Path | None:
+    """`path` resolved, when it is a regular file inside `folder` (resolved too); else None."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or "\x00" in str(path):
+        return None
+    try:
+        resolved = Path(os.path.realpath(path))
+        root = Path(os.path.realpath(folder))
+        return resolved if resolved.is_relative_to(root) and resolved != root and resolved.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def gradio_cache_folder() -> str:

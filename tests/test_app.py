@@ -95,6 +95,47 @@ def test_readable_errors(running_app, tmp_path):
         client.predict(None, "gear", "", api_name="/detect")
 
 
+def _raw_detect(client, payload):
+    """A detect call whose image input is sent as the client wrote it (no upload, no `meta`)."""
+    with pytest.raises(Exception) as caught:
+        client.predict(payload, "gear", "", api_name="/detect")
+    return str(caught.value)
+
+
+def test_server_files_outside_the_upload_cache_are_refused_with_one_message(running_app, tmp_path):
+    """A client naming a server path ({"path": ...} without Gradio's meta field) gets no result for it,
+    and cannot tell from the message whether the file exists or what it is."""
+    client = running_app["client"]
+    secret = tmp_path / "server_secret.png"
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(secret)
+    cache = Path(app.gradio_cache_folder())
+    cache.mkdir(parents=True, exist_ok=True)
+    link = cache / f"link-{os.getpid()}.png"
+    link.unlink(missing_ok=True)
+    link.symlink_to(secret)  # a link inside the cache to a file outside it
+    try:
+        payloads = [{"path": str(secret)}, {"path": str(secret), "orig_name": "part.png"},
+                    {"path": str(EXAMPLES / "gear_good.png")}, {"path": str(tmp_path / "missing.png")},
+                    {"path": "/etc/hostname"}, {"path": str(cache / ".." / secret.relative_to("/"))},
+                    {"path": str(link)}, {"path": str(cache)}, {"path": ""}]
+        messages = {_raw_detect(client, payload) for payload in payloads}
+    finally:
+        link.unlink(missing_ok=True)
+    assert len(messages) == 1, messages
+    message = messages.pop()
+    assert app.UPLOAD_REFUSED in message and str(tmp_path) not in message
+
+
+def test_uploads_and_inline_images_are_still_accepted(running_app):
+    import base64
+
+    client = running_app["client"]
+    _check_result(_detect(client, EXAMPLES / "gear_good.png"))  # an upload: in the cache
+    data = base64.b64encode((EXAMPLES / "gear_good.png").read_bytes()).decode()
+    _check_result(client.predict({"url": f"data:image/png;base64,{data}", "path": None,
+                                  "meta": {"_type": "gradio.FileData"}}, "gear", "", api_name="/detect"))
+
+
 @pytest.mark.parametrize("kind", ["rgba", "gray", "sixteen_bit", "huge"])
 def test_awkward_uploads_work(running_app, tmp_path, kind):
     rng = np.random.default_rng(0)
@@ -224,3 +265,31 @@ def test_real_browser_detects_and_screenshots(running_app, tmp_path):
     text = module.screenshot(running_app["url"], EXAMPLES / "gear_missing.png", "gear", out, _chromium())
     assert "score" in text
     assert Image.open(out).size[0] >= 1000
+
+
+def test_real_browser_example_click_still_detects(running_app):
+    """The examples' files are served from Gradio's cache, so the upload guard accepts them."""
+    import importlib.util
+
+    from playwright.sync_api import sync_playwright
+
+    spec = importlib.util.spec_from_file_location("screenshot", app.HERE / "scripts" / "screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=module.CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1500})
+            page.goto(running_app["url"], wait_until="domcontentloaded", timeout=120_000)
+            page.get_by_role("button", name="Detect").wait_for(state="visible", timeout=120_000)
+            page.locator("tr.tr-body").first.click()
+            # the example's image is shown in the input before Detect is pressed
+            page.wait_for_function("() => document.querySelectorAll(\"img[src*='gear_missing']\").length >= 2",
+                                   timeout=120_000)  # the examples table's thumbnail, then the input's preview
+            page.get_by_role("button", name="Detect").click()
+            result = page.get_by_text("threshold", exact=False).first
+            result.wait_for(state="visible", timeout=120_000)
+            assert "score" in result.inner_text()
+            assert app.UPLOAD_REFUSED not in page.content()
+        finally:
+            browser.close()
