@@ -22,14 +22,22 @@ The generators are public so that tests and other code can call them: `make_text
 mask: a pixel outside the mask is unchanged, and the mask is the changed pixels with at most their
 enclosed gaps filled), `make_scan()`; `generate()` writes a whole set.
 
+Generator families (`families`): many named, parametric generators of normal images, textures and
+parts, in two disjoint registries, `TRAIN_FAMILIES` and `HELDOUT_FAMILIES` (neither holds a test class
+above). `make_family_image(family, rng, size)` draws one.
+
 The package, by what it draws: `common` (random generators, noise, colour, drawing helpers),
 `textures`, `parts`, `defects`, `medical`, `writing` (the split, the plan of a set, meta.json,
-synth.json, README) and `cli` (the command line).
+synth.json, README) and `cli` (the command line); for the families, `appearance` (colour, materials,
+lighting, backdrops, the camera finish), `family_textures`, `family_parts`, `heldout` (the held-out
+generators) and `families` (the registries).
 """
 
 from siad.data.synth.cli import main
 from siad.data.synth.common import MAX_SIZE, MIN_SIZE, ObjectScene, SynthError, rng_for
 from siad.data.synth.defects import CHANGE_TOLERANCE, DEFECT_KINDS, MIN_CONTRAST, apply_defect, exact_change
+from siad.data.synth.families import (HELDOUT_FAMILIES, TRAIN_FAMILIES, Family, get_family, make_family_image,
+                                      make_family_scene)
 from siad.data.synth.medical import MEDICAL_CLASS, make_scan
 from siad.data.synth.parts import OBJECT_KINDS, make_object
 from siad.data.synth.textures import PHOTO_TEXTURES, PROCEDURAL_TEXTURES, TEXTURE_KINDS, make_texture
@@ -42,4 +50,6 @@ __all__ = [
     "TRAIN_CLASSES", "ObjectScene", "SynthError", "apply_defect", "class_type", "exact_change", "generate", "main",
     "make_anomalous", "make_normal", "make_object", "make_scan", "make_texture", "plan", "prepare_output",
     "rng_for",
+    # generator families
+    "Family", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "get_family", "make_family_image", "make_family_scene",
 ]
