@@ -24,13 +24,15 @@ enclosed gaps filled), `make_scan()`; `generate()` writes a whole set.
 
 Generator families (`families`): many named, parametric generators of normal images, textures and
 parts, in two disjoint registries, `TRAIN_FAMILIES` and `HELDOUT_FAMILIES` (neither holds a test class
-above). `make_family_image(family, rng, size)` draws one.
+above). `make_family_image(family, rng, size)` draws one; `python -m siad.data.synth families --out DIR`
+writes training images of every training family, `python -m siad.data.synth heldout --out DIR` a test
+set of the held-out families in the layout of the test split above (see `family_sets`).
 
 The package, by what it draws: `common` (random generators, noise, colour, drawing helpers),
 `textures`, `parts`, `defects`, `medical`, `writing` (the split, the plan of a set, meta.json,
 synth.json, README) and `cli` (the command line); for the families, `appearance` (colour, materials,
 lighting, backdrops, the camera finish), `family_textures`, `family_parts`, `heldout` (the held-out
-generators) and `families` (the registries).
+generators), `families` (the registries) and `family_sets` (writing their sets).
 """
 
 from siad.data.synth.cli import main
@@ -38,6 +40,8 @@ from siad.data.synth.common import MAX_SIZE, MIN_SIZE, ObjectScene, SynthError, 
 from siad.data.synth.defects import CHANGE_TOLERANCE, DEFECT_KINDS, MIN_CONTRAST, apply_defect, exact_change
 from siad.data.synth.families import (HELDOUT_FAMILIES, TRAIN_FAMILIES, Family, get_family, make_family_image,
                                       make_family_scene)
+from siad.data.synth.family_sets import (generate_families, generate_heldout, make_family_anomalous, plan_families,
+                                         plan_heldout)
 from siad.data.synth.medical import MEDICAL_CLASS, make_scan
 from siad.data.synth.parts import OBJECT_KINDS, make_object
 from siad.data.synth.textures import PHOTO_TEXTURES, PROCEDURAL_TEXTURES, TEXTURE_KINDS, make_texture
@@ -51,5 +55,6 @@ __all__ = [
     "make_anomalous", "make_normal", "make_object", "make_scan", "make_texture", "plan", "prepare_output",
     "rng_for",
     # generator families
-    "Family", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "get_family", "make_family_image", "make_family_scene",
+    "Family", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "generate_families", "generate_heldout", "get_family",
+    "make_family_anomalous", "make_family_image", "make_family_scene", "plan_families", "plan_heldout",
 ]
