@@ -389,8 +389,8 @@ def printed_label(rng: np.random.Generator, size: int) -> ObjectScene:
 
 def resistor(rng: np.random.Generator, size: int) -> ObjectScene:
     shape: Shape = (size, size)
-    body_len, body_r = rng.uniform(60, 95), rng.uniform(10, 17)
-    lead = rng.uniform(30, 45)
+    body_len, body_r = rng.uniform(80, 120), rng.uniform(14, 22)
+    lead = rng.uniform(22, 40)
     p = pose(rng, size, body_len / 2 + lead)
     half = body_len / 2
     body = np.maximum(poly(shape, p, rounded_rect(body_len * 0.7, body_r * 1.7, body_r * 0.6)),

@@ -78,7 +78,7 @@ def granite_slab(rng: np.random.Generator, size: int) -> np.ndarray:
     image = np.broadcast_to(colours[0], (size, size, 3)).astype(np.float32).copy()
     grain = int(size / (rng.uniform(2.0, 6.0) * size / 256))  # grains of 2-6 px (at 256 px)
     for colour in colours[1:]:
-        field = _noise(rng, shape, grain) + 0.5 * _noise(rng, shape, max(grain // 4, 2))
+        field = _noise(rng, shape, grain) + 0.25 * _noise(rng, shape, max(grain // 4, 2))
         t = rng.uniform(0.4, 1.3)
         image = mix(image, colour, smoothstep(t, t + 0.15, field))
     image = cv2.GaussianBlur(image, (0, 0), 0.5 * size / 256)

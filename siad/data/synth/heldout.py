@@ -111,7 +111,7 @@ _MEANDER = np.array([  # one period of a Greek key band, 10 x 10 cells (1 = ink)
 
 def meander_print(rng: np.random.Generator, size: int) -> np.ndarray:
     """Greek key (meander) bands: a bitmap tile repeated, printed or woven."""
-    cell = rng.uniform(2.5, 6.0) * size / 256
+    cell = rng.uniform(3.0, 6.5) * size / 256
     u, v = coords(rng, size, cell, max_angle=90 if rng.random() < 0.4 else 4)
     tile = _MEANDER if rng.random() < 0.5 else _MEANDER.T
     gap = int(rng.integers(0, 4))
