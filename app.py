@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -46,13 +47,40 @@ def ensure_imagebind() -> None:
     raise SystemExit(f"ImageBind's model code is missing: pip install --no-deps {IMAGEBIND_PIN}")
 
 
-def gpu_decorator() -> Callable[[Callable], Callable]:
-    """`spaces.GPU` on Hugging Face ZeroGPU Spaces, a no-op elsewhere."""
-    if importlib.util.find_spec("spaces") is not None:
+def on_zero_gpu() -> bool:
+    """True on a Hugging Face ZeroGPU Space (the platform sets SPACES_ZERO_GPU)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
+
+
+def gpu_seconds(max_new_tokens: int, generations: int) -> int:
+    """The ZeroGPU time to reserve for one request: 10 s for the encoder, the maps and the prompt
+    prefill, plus 0.1 s for every token the LLM may generate (`generations` answers of at most
+    `max_new_tokens` tokens; a 7B LM in bf16 decodes a token in a few tens of milliseconds on a ZeroGPU
+    slice, so this leaves room for the first call's transfer of the weights to the GPU). Detect runs
+    two generations (R and R'), a follow-up one."""
+    return int(math.ceil(10 + 0.1 * generations * max_new_tokens))
+
+
+def gpu_decorator(seconds: int) -> Callable[[Callable], Callable]:
+    """`spaces.GPU(duration=seconds)` on a ZeroGPU Space, a no-op elsewhere."""
+    if on_zero_gpu():
         import spaces
 
-        return spaces.GPU
+        return spaces.GPU(duration=seconds)
     return lambda fn: fn
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """What the app accepts: upload size, text lengths (in characters; the model caps them again in
+    tokens) and how long uploads and result pictures stay in Gradio's cache."""
+
+    max_file_size: str = "50mb"
+    max_class_name_chars: int = 200
+    max_description_chars: int = 2000
+    max_message_chars: int = 1000
+    cache_max_age_s: int = 24 * 3600
+    cache_sweep_every_s: int = 3600
 
 
 @dataclass
@@ -84,8 +112,8 @@ def load_model(source: str, device: str, dtype_name: str) -> LoadedModel:
     return LoadedModel(model=model, source=str(source))
 
 
-def build_demo(loaded: LoadedModel) -> Any:
-    """The Gradio Blocks of the app around a loaded model."""
+def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
+    """The Gradio Blocks of the app around a loaded model (launch it with `launch_options(limits)`)."""
     import gradio as gr
 
     from siad.image import load_rgb
@@ -93,7 +121,7 @@ def build_demo(loaded: LoadedModel) -> Any:
     from siad.visualize import colorize, fit_map, overlay_with_scale
 
     model = loaded.model
-    gpu = gpu_decorator()
+    tokens = model.config.max_new_tokens
     pictures = Path(gradio_cache_folder()) / "siad-pictures"
 
     def robust_image(**kwargs: Any) -> Any:
@@ -106,22 +134,32 @@ def build_demo(loaded: LoadedModel) -> Any:
         component.preprocess = lambda payload: guarded_upload(payload, preprocess, component.GRADIO_CACHE)
         return component
 
+    def text(value: Any, what: str, limit: int) -> str:
+        if value is not None and not isinstance(value, str):
+            raise gr.Error(f"The {what} must be text.")
+        if value is not None and len(value) > limit:
+            raise gr.Error(f"The {what} is too long: at most {limit} characters.")
+        return value or ""
+
     def check(image: str | None, class_name: str | None) -> str:
         if image is None:
             raise gr.Error("Upload an image first.")
-        name = " ".join((class_name or "").split())
+        name = " ".join(text(class_name, "class name", limits.max_class_name_chars).split())
         if not name:
             raise gr.Error("Type the class of the part (e.g. 'screw' or 'bottle').")
         return name
 
-    @gpu
+    @gpu_decorator(gpu_seconds(tokens, generations=2))
     def detect(image: str | None, class_name: str | None, description: str | None):
         name = check(image, class_name)
+        description = text(description, "description", limits.max_description_chars)
         try:
-            rgb = load_rgb(image, model.config.max_input_side).rgb
-            result = model.detect([image], [name], [description or ""])[0]
+            rgb = load_rgb(image, model.config.max_input_side).rgb  # decoded once, for the model and the display
+            result = model.detect([rgb], [name], [description])[0]
         except ValueError as error:
             raise gr.Error(str(error).replace(f"'{image}'", "the uploaded file")) from None
+        except FloatingPointError as error:
+            raise gr.Error(f"The model cannot score this image: {error}") from None
         verdict = "ANOMALOUS" if result.is_anomalous else "normal"
         summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
                    f"threshold {model.config.threshold:.3f}")
@@ -130,15 +168,16 @@ def build_demo(loaded: LoadedModel) -> Any:
                              pictures)
         first = save_picture(colorize(fit_map(result.initial_map, *rgb.shape[:2])), pictures)
         second = save_picture(colorize(fit_map(result.anomaly_map, *rgb.shape[:2])), pictures)
-        session = {"image": image, "class_name": name, "description": description or "", "history": history}
+        session = {"image": image, "class_name": name, "description": description, "history": history}
         return (shown, summary, result.initial_answer or "", result.answer or "", first, second, history, session)
 
-    @gpu
+    @gpu_decorator(gpu_seconds(tokens, generations=1))
     def follow_up(message: str, session: dict | None):
         """A follow-up turn; the conversation lives in the session state (the same for the UI and the API)."""
         if not session:
             raise gr.Error("Run Detect on an image first, then ask about it.")
-        if not message or not message.strip():
+        message = text(message, "question", limits.max_message_chars)
+        if not message.strip():
             raise gr.Error("Type a question.")
         history = list(session["history"])
         try:
@@ -152,7 +191,7 @@ def build_demo(loaded: LoadedModel) -> Any:
         name = " ".join((class_name or "").split())
         return describe(name) if name else ""
 
-    with gr.Blocks(title="SIAD-LLM") as demo:
+    with gr.Blocks(title="SIAD-LLM", delete_cache=(limits.cache_sweep_every_s, limits.cache_max_age_s)) as demo:
         gr.Markdown("# SIAD-LLM: explainable anomaly detection with a self-improving language model\n"
                     "Upload a part (or a scan), name its class, press **Detect**. Trained on normal images only.")
         gr.Markdown(loaded.label, elem_id="model-line")
@@ -163,7 +202,8 @@ def build_demo(loaded: LoadedModel) -> Any:
                 suggestions = sorted(set(known_classes()) | {name for _, name in EXAMPLES})
                 class_name = gr.Dropdown(choices=suggestions, value=None, allow_custom_value=True,
                                          label="Class name", info="a class of the paper's datasets, or any name")
-                description = gr.Textbox(label="Class description (editable)", lines=3)
+                description = gr.Textbox(label="Class description (editable)", lines=3,
+                                         max_length=limits.max_description_chars)
                 button = gr.Button("Detect", variant="primary")
             with gr.Column(scale=1):
                 heat = gr.Image(label="Anomaly map over the image", type="filepath", interactive=False)
@@ -176,7 +216,8 @@ def build_demo(loaded: LoadedModel) -> Any:
             second_map = gr.Image(label="Pass 2 map, refined (M')", type="filepath", interactive=False)
         chatbot = gr.Chatbot(label="Ask about this image", height=300)
         with gr.Row():
-            message = gr.Textbox(label="Follow-up question", scale=4, placeholder="Where is the defect?")
+            message = gr.Textbox(label="Follow-up question", scale=4, placeholder="Where is the defect?",
+                                 max_length=limits.max_message_chars)
             send = gr.Button("Ask", scale=1)
         examples = [[str(EXAMPLES_DIR / f), c] for f, c in EXAMPLES if (EXAMPLES_DIR / f).is_file()]
         if examples:
@@ -277,18 +318,27 @@ def save_picture(picture: Any, folder: Path) -> str:
     return str(target)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def launch_options(limits: AppLimits) -> dict[str, Any]:
+    """The `demo.launch` settings that enforce the limits (the upload size; the cache age is set on the Blocks)."""
+    return {"max_file_size": limits.max_file_size, "show_error": True}
+
+
+def parse_args(argv: list[str] | None = None, zero_gpu: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("SIAD_MODEL", str(DEFAULT_MODEL)),
                         help="saved SIAD model folder or Hub id (default: $SIAD_MODEL or the bundled siad-mini)")
-    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: cuda on a GPU or a ZeroGPU Space, else cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--concurrency", type=int, default=1, help="detections running at once (queue beyond)")
+    parser.add_argument("--max-file-size", default=AppLimits.max_file_size,
+                        help="largest accepted upload, e.g. 50mb (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if zero_gpu or _cuda_available() else "cpu"
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     return args
@@ -300,16 +350,28 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def main(argv: list[str] | None = None) -> None:
+def start(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace, AppLimits]:
+    """Everything before launching: on ZeroGPU `spaces` is imported FIRST (before anything asks torch
+    about CUDA) and the model is loaded onto "cuda" at start, as ZeroGPU expects; the GPU functions are
+    decorated with `spaces.GPU(duration=...)` in `build_demo`."""
+    zero_gpu = on_zero_gpu()
+    if zero_gpu:
+        import spaces  # noqa: F401  (must come before torch touches CUDA)
     ensure_imagebind()
-    args = parse_args(argv)
+    args = parse_args(argv, zero_gpu=zero_gpu)
     if os.environ.get("SPACE_ID"):
         args.host = "0.0.0.0"
     loaded = load_model(args.model, args.device, args.dtype)
     print(loaded.label.replace("`", ""), flush=True)
-    demo = build_demo(loaded)
+    limits = AppLimits(max_file_size=args.max_file_size)
+    demo = build_demo(loaded, limits)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=256)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    return demo, args, limits
+
+
+def main(argv: list[str] | None = None) -> None:
+    demo, args, limits = start(argv)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(limits))
 
 
 if __name__ == "__main__":

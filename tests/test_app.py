@@ -34,7 +34,7 @@ def running_app(tmp_path_factory):
     loaded = app.load_model(str(folder), "cpu", "float32")
     demo = app.build_demo(loaded)
     demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(app.AppLimits()))
     try:
         yield {"url": url, "client": Client(url, verbose=False), "workdir": workdir, "demo": demo,
                "label": loaded.label}
@@ -293,3 +293,147 @@ def test_real_browser_example_click_still_detects(running_app):
             assert app.UPLOAD_REFUSED not in page.content()
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits: upload size, text length, cache age; ZeroGPU start-up
+
+
+@pytest.fixture(scope="module")
+def strict_app(tmp_path_factory):
+    """The app with tight limits: 60 kB uploads, 40-character texts, a cache swept every second."""
+    from gradio_client import Client
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    torch.manual_seed(0)
+    SIADModel(SIADConfig.tiny()).save_pretrained(folder)
+    limits = app.AppLimits(max_file_size="60kb", max_class_name_chars=40, max_description_chars=40,
+                           max_message_chars=40, cache_max_age_s=1, cache_sweep_every_s=1)
+    demo = app.build_demo(app.load_model(str(folder), "cpu", "float32"), limits)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(limits))
+    try:
+        yield {"client": Client(url, verbose=False), "url": url}
+    finally:
+        demo.close()
+
+
+def _small_png(path: Path, value: int = 77) -> Path:
+    Image.fromarray(np.full((30, 30, 3), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_uploads_over_the_size_limit_are_refused_by_the_server(strict_app, tmp_path):
+    """Posted straight to the upload route (a client's own size check is not a guard): refused."""
+    import httpx
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 60_000
+    with big.open("rb") as handle:
+        answer = httpx.post(strict_app["url"] + "gradio_api/upload", files={"files": ("big.png", handle, "image/png")})
+    assert answer.status_code == 413
+    _check_result(_detect(strict_app["client"], _small_png(tmp_path / "small.png")))
+
+
+def test_texts_over_their_limits_are_refused(strict_app, tmp_path):
+    client, image = strict_app["client"], _small_png(tmp_path / "small.png")
+    with pytest.raises(Exception, match="description is too long: at most 40 characters"):
+        _detect(client, image, description="x" * 41)
+    with pytest.raises(Exception, match="class name is too long"):
+        _detect(client, image, name="y" * 41)
+    _detect(client, image)
+    with pytest.raises(Exception, match="question is too long"):
+        client.predict("z" * 41, api_name="/chat")
+
+
+def test_uploads_age_out_of_the_cache(strict_app, tmp_path):
+    import time
+
+    image = _small_png(tmp_path / "aging.png", 78)
+    _detect(strict_app["client"], image)
+    cache = Path(app.gradio_cache_folder())
+    uploaded = [p for p in cache.rglob("aging.png")]
+    assert uploaded
+    deadline = time.time() + 30
+    while any(p.exists() for p in uploaded) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(p.exists() for p in uploaded), "uploads older than the cache age were not deleted"
+
+
+def test_zero_gpu_start_imports_spaces_first_and_loads_onto_cuda(monkeypatch, tmp_path):
+    """On a ZeroGPU Space: `spaces` is imported before anything asks torch about CUDA, the model is
+    loaded onto "cuda" in bf16 at start, and the GPU functions get durations sized for their generations."""
+    import sys
+    import types
+
+    events: list = []
+    fake = types.ModuleType("spaces")
+
+    def gpu(duration=None):
+        events.append(("gpu", duration))
+        return lambda fn: fn
+
+    fake.GPU = gpu
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_FakeFinder(fake, events)] + sys.meta_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: events.append(("cuda?", "spaces" in sys.modules)) or False)
+    folder = tmp_path / "tiny"
+    torch.manual_seed(0)
+    SIADModel(SIADConfig.tiny()).save_pretrained(folder)
+    loaded_with = []
+    real_load = app.load_model
+
+    def load(source, device, dtype):
+        loaded_with.append((device, dtype))
+        return real_load(source, "cpu", "float32")  # no GPU here: the request is what is checked
+
+    monkeypatch.setattr(app, "load_model", load)
+    demo, args, _ = app.start(["--model", str(folder)])
+    demo.close()
+    assert events[0] == ("import spaces", None)
+    assert all(seen for kind, seen in events if kind == "cuda?")
+    assert loaded_with == [("cuda", "bfloat16")]
+    tokens = SIADConfig.tiny().max_new_tokens
+    assert [e for e in events if e[0] == "gpu"] == [("gpu", app.gpu_seconds(tokens, 2)), ("gpu", app.gpu_seconds(tokens, 1))]
+
+
+class _FakeFinder:
+    """Serves a fake `spaces` module and records when it is imported."""
+
+    def __init__(self, module, events):
+        self.module, self.events = module, events
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.util
+
+        if name != "spaces":
+            return None
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        self.events.append(("import spaces", None))
+        return self.module
+
+    def exec_module(self, module):
+        pass
+
+
+def test_space_front_matter_licence_and_lfs_rules():
+    """The Space's licence is the default checkpoint's; every binary file tracked by git is stored with
+    Git LFS (a push to a Space refuses binary files outside LFS)."""
+    import yaml
+
+    def front_matter(path):
+        return yaml.safe_load(path.read_text(encoding="utf-8").split("---")[1])
+
+    space = front_matter(app.HERE / "README.md")
+    assert space["license"] == front_matter(app.DEFAULT_MODEL / "README.md")["license"]
+    assert space["suggested_hardware"] == "zero-a10g" and space["app_file"] == "app.py"
+    files = subprocess.run(["git", "ls-files"], cwd=app.HERE, capture_output=True, text=True, check=True).stdout.split()
+    binary = [f for f in files if Path(f).suffix.lower() in (".safetensors", ".png", ".jpg", ".jpeg", ".bin", ".pt")]
+    assert binary
+    attrs = subprocess.run(["git", "check-attr", "filter", "--", *binary], cwd=app.HERE, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert all(line.endswith(": filter: lfs") for line in attrs), [l for l in attrs if not l.endswith("lfs")]
