@@ -48,7 +48,8 @@ class Detector(Protocol):
     config: SIADConfig
 
     def detect(self, images: Any, class_names: Any, descriptions: Any = None, chat: bool = True,
-               self_improve: bool = True, batch_size: int = 8, progress: bool = False) -> list[DetectionResult]:
+               self_improve: bool = True, batch_size: int = 8, progress: bool = False,
+               score_smoothing_sigma: float | None = None) -> list[DetectionResult]:
         ...
 
 
@@ -144,9 +145,12 @@ class ZeroShotBaseline(nn.Module):
     @torch.no_grad()
     def detect(self, images: ImageInput | Sequence[ImageInput], class_names: str | Sequence[str],
                descriptions: str | Sequence[str] | None = None, chat: bool = False, self_improve: bool = False,
-               batch_size: int = 8, progress: bool = False) -> list[DetectionResult]:
+               batch_size: int = 8, progress: bool = False,
+               score_smoothing_sigma: float | None = None) -> list[DetectionResult]:
         """Like `SIADModel.detect`: one `DetectionResult` per image; answers are None and pass 2 is
         pass 1 (no LLM). `descriptions`, `chat` and `self_improve` are accepted and ignored."""
+        if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
+            raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
         items, names, _ = detection_inputs(images, class_names, descriptions)
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -156,15 +160,17 @@ class ZeroShotBaseline(nn.Module):
             starts = tqdm(starts, desc="detect", unit="batch")
         results: list[DetectionResult] = []
         for start in starts:
-            results.extend(self._detect_batch(items[start:start + batch_size], names[start:start + batch_size]))
+            results.extend(self._detect_batch(items[start:start + batch_size], names[start:start + batch_size],
+                                              score_smoothing_sigma))
         return results
 
-    def _detect_batch(self, images: list, names: list[str]) -> list[DetectionResult]:
+    def _detect_batch(self, images: list, names: list[str], sigma: float | None = None) -> list[DetectionResult]:
         config = self.config
         loaded = [load_rgb(image, config.max_input_side) for image in images]
         resized = np.stack([resize_for_encoder(item.rgb, config.image_size, config.resize_mode) for item in loaded])
         pixels = normalize(resized, config.image_mean, config.image_std).to(device=self.device, dtype=self.dtype)
-        maps = self.map_head.smooth(self.anomaly_maps(pixels, names), config.score_smoothing_sigma)
+        maps = self.map_head.smooth(self.anomaly_maps(pixels, names),
+                                    config.score_smoothing_sigma if sigma is None else sigma)
         scores = self.map_head.score(maps)
         results = []
         for b, item in enumerate(loaded):

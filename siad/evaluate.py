@@ -1,7 +1,7 @@
 """Evaluation like the paper's Table 1: per-class metrics and their mean, for both passes.
 
     python -m siad.evaluate --model M --dataset NAME --root DIR --out DIR [--classes C ...]
-        [--smooth-sigma 4] [--eval-size 224] [--chat] [--no-self-improve] [--batch-size 8]
+        [--map-only | --no-self-improve] [--eval-size 224] [--smooth-sigma 4] [--batch-size 8]
         [--device cpu] [--dtype float32] [--qualitative 8] [--no-plots] [--quiet]
     python -m siad.evaluate --protocol uzad --models mvtec=DIR1 visa=DIR2 br35h=DIR3 brainmri=DIR4 \\
         --datasets visa=ROOT mvtec=ROOT headct=ROOT ... --out DIR
@@ -16,22 +16,30 @@ What is measured, per class of the test split (`load_dataset(NAME, ROOT, split)`
 - pass 1: the image score S and map M of `detect` (`initial_score`, `initial_map`), answer R;
 - pass 2 (self-improvement, Algorithm 1): S', M', R' (`score`, `anomaly_map`, `answer`).
 
+The defaults are the paper's protocol: Algorithm 1 runs (both passes; the paper reports S', M'),
+pixel metrics at each image's original resolution, no smoothing of the maps. The fast settings are
+named options: `--map-only` (no LLM: pass 1 maps and scores), `--eval-size 224` (pixel metrics on
+224 x 224 maps and masks), `--smooth-sigma 4` (Gaussian smoothing before scoring, as some zero-shot
+repositories do; not the paper's).
+
 Metrics (`siad.metrics`): image AUROC, AP and F1-max from the image scores; pixel AUROC and
 AUPRO (FPR limit 0.3) from the maps, only for classes with masks ("-" otherwise, e.g. the medical
-sets); the mean over classes (of the classes where a metric is defined). With `--chat` also the
+sets); the mean over classes (of the classes where a metric is defined). Unless `--map-only`, also the
 answer accuracy: `answer_is_anomalous(answer)` against the label, an answer that says neither yes
-nor no counts as wrong (and is counted).
+nor no counts as wrong (and is counted); and the answer-verdict agreement: the share of images whose
+answer says "yes" exactly when the score of the same pass reaches the model's threshold (an answer that
+says neither disagrees).
 
-Passes: without `--chat` no LLM runs (`detect(chat=False)`): maps and scores of pass 1 only, since
-self-improvement needs the LLM's answer R. `--chat` runs Algorithm 1 (both passes, both answers);
-`--chat --no-self-improve` gives pass 1 with R. The zero-shot baseline has no LLM: pass 1 only.
+Passes: by default Algorithm 1 runs (both passes, both answers); `--no-self-improve` gives pass 1
+with R; `--map-only` runs no LLM (`detect(chat=False)`): maps and scores of pass 1 only, since
+self-improvement needs the LLM's answer R. The zero-shot baseline has no LLM: pass 1 only.
 
 Settings: `--smooth-sigma` is the Gaussian sigma applied to the 224 x 224 map before scoring and
-before the map goes back to the image size (the paper's protocol: 4; 0 switches it off); it is
-set in the detector's config for the run. Pixel metrics are computed at `--eval-size` x
-`--eval-size` (default 224): the map (at the image's original size) is resized bilinearly
-(antialiased when shrinking) and the mask with nearest neighbours; `--eval-size 0` uses each
-image's original resolution (exact, but memory grows with the pixels: about 5 bytes a pixel per pass).
+before the map goes back to the image size (default 0: none, as in the paper); it is passed to
+`detect` for this run only (the model's config is never changed). Pixel metrics are computed at
+each image's original resolution (default; exact, memory grows with the pixels of a class: about 5
+bytes a pixel per pass), or at `--eval-size` x `--eval-size`: the map is resized bilinearly
+(antialiased when shrinking) and the mask with nearest neighbours.
 
 Output in `--out` (required; files of the same names are replaced):
 
@@ -42,7 +50,7 @@ Output in `--out` (required; files of the same names are replaced):
   dataset, root, split and settings, per-class counts and answer statistics;
 - `report.csv`: one row per class and pass and a "mean" row per pass: dataset, class, pass,
   n_images, n_normal, n_anomalous, image_auroc, pixel_auroc, aupro, image_ap, image_f1_max,
-  answer_accuracy, answers_neither (fractions, empty where undefined);
+  answer_accuracy, answer_agreement, answers_neither (fractions, empty where undefined);
 - `scores.csv`: one row per image: path, class, defect_type, label, score_pass1, score_pass2,
   answer_pass1, answer_pass2;
 - plots: `roc_<class>.png` (image-level ROC of each pass), `qualitative.png` (image, ground truth,
@@ -85,7 +93,7 @@ METRIC_TITLES = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "A
                  "image_f1_max": "F1-max"}
 AUPRO_FPR_LIMIT = 0.3
 CSV_COLUMNS: tuple[str, ...] = ("dataset", "class", "pass", "n_images", "n_normal", "n_anomalous", *METRICS,
-                                "answer_accuracy", "answers_neither")
+                                "answer_accuracy", "answer_agreement", "answers_neither")
 SCORE_COLUMNS: tuple[str, ...] = ("path", "class", "defect_type", "label", "score_pass1", "score_pass2",
                                   "answer_pass1", "answer_pass2")
 
@@ -101,11 +109,11 @@ UZAD_PROTOCOL: dict[str, str] = {
 # ------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
 class EvalSettings:
-    """How an evaluation runs (see the module docstring)."""
+    """How an evaluation runs (see the module docstring); the defaults are the paper's protocol."""
 
-    eval_size: int = 224
-    smooth_sigma: float | None = 4.0
-    chat: bool = False
+    eval_size: int = 0
+    smooth_sigma: float = 0.0
+    chat: bool = True
     self_improve: bool = True
     batch_size: int = 8
     split: str = "test"
@@ -115,21 +123,25 @@ class EvalSettings:
 
 @dataclass
 class AnswerStats:
-    """Yes/no answers against the labels: `neither` answers (no yes, no no) count as wrong."""
+    """Yes/no answers against the labels (`correct`) and against the verdict of the same pass's score
+    (`agree`: the answer says yes exactly when the score reaches the threshold); `neither` answers
+    (no yes, no no) count as wrong and as disagreeing."""
 
     total: int = 0
     correct: int = 0
     neither: int = 0
+    agree: int = 0
 
-    def add(self, answer: str | None, label: int) -> None:
+    def add(self, answer: str | None, label: int, verdict: bool) -> None:
         from siad.prompts import answer_is_anomalous
 
-        verdict = answer_is_anomalous(answer or "")
+        says = answer_is_anomalous(answer or "")
         self.total += 1
-        if verdict is None:
+        if says is None:
             self.neither += 1
-        elif verdict == bool(label):
-            self.correct += 1
+            return
+        self.correct += says == bool(label)
+        self.agree += says == bool(verdict)
 
     @property
     def wrong(self) -> int:
@@ -139,9 +151,13 @@ class AnswerStats:
     def accuracy(self) -> float | None:
         return self.correct / self.total if self.total else None
 
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.total if self.total else None
+
     def as_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "correct": self.correct, "wrong": self.wrong, "neither": self.neither,
-                "total": self.total}
+        return {"accuracy": self.accuracy, "agreement": self.agreement, "correct": self.correct, "wrong": self.wrong,
+                "neither": self.neither, "agree": self.agree, "total": self.total}
 
 
 @dataclass
@@ -247,8 +263,6 @@ def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, set
 
     if not samples:
         raise ValueError(f"no images in the {settings.split} split of {dataset}")
-    if settings.smooth_sigma is not None:
-        detector.config = detector.config.replace(score_smoothing_sigma=float(settings.smooth_sigma))
     chat = settings.chat and has_llm(detector)
     passes = passes_for(detector, settings)
     groups = group_by_class(samples)
@@ -293,7 +307,8 @@ def _evaluate_class(detector: Any, name: str, samples: list[Any], dataset: str, 
     for begin in range(0, len(samples), settings.batch_size):
         chunk = samples[begin:begin + settings.batch_size]
         results = detector.detect([s.image_path for s in chunk], name, descriptions=description, chat=chat,
-                                  self_improve=settings.self_improve, batch_size=len(chunk))
+                                  self_improve=settings.self_improve, batch_size=len(chunk),
+                                  score_smoothing_sigma=settings.smooth_sigma)
         for sample, result in zip(chunk, results):
             maps = {"pass1": result.initial_map, "pass2": result.anomaly_map}
             scores = {"pass1": float(result.initial_score), "pass2": float(result.score)}
@@ -305,7 +320,7 @@ def _evaluate_class(detector: Any, name: str, samples: list[Any], dataset: str, 
                     heat = resize_map(maps[p], settings.eval_size) if settings.eval_size else maps[p]
                     accumulators[p].update(mask, heat)
             for p in answers:
-                answers[p].add(texts[p], sample.label)
+                answers[p].add(texts[p], sample.label, scores[p] >= detector.config.threshold)
             records.append(ImageRecord(
                 path=str(sample.image_path), class_name=name, defect_type=sample.defect_type, label=sample.label,
                 scores={p: scores[p] for p in passes}, answers={p: texts[p] for p in passes} if chat else {}))
@@ -372,9 +387,12 @@ def _means(classes: list[ClassResult], passes: tuple[str, ...]) -> tuple[dict, d
         stats = [c.answers[p] for c in classes if p in c.answers]
         if stats:
             accuracies = [s.accuracy for s in stats if s.accuracy is not None]
+            agreements = [s.agreement for s in stats if s.agreement is not None]
             mean_answers[p] = {"accuracy": float(np.mean(accuracies)) if accuracies else None,
+                               "agreement": float(np.mean(agreements)) if agreements else None,
                                "correct": sum(s.correct for s in stats), "wrong": sum(s.wrong for s in stats),
-                               "neither": sum(s.neither for s in stats), "total": sum(s.total for s in stats)}
+                               "neither": sum(s.neither for s in stats), "agree": sum(s.agree for s in stats),
+                               "total": sum(s.total for s in stats)}
     return mean, mean_answers
 
 
@@ -383,7 +401,8 @@ def _settings_dict(detector: Any, settings: EvalSettings, chat: bool) -> dict[st
         "split": settings.split,
         "eval_size": settings.eval_size,
         "pixel_resolution": "original" if settings.eval_size == 0 else f"{settings.eval_size}x{settings.eval_size}",
-        "smooth_sigma": float(detector.config.score_smoothing_sigma),
+        "smooth_sigma": float(settings.smooth_sigma),
+        "model_smooth_sigma": float(detector.config.score_smoothing_sigma),
         "chat": chat,
         "self_improve": settings.self_improve,
         "batch_size": settings.batch_size,
@@ -401,8 +420,8 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
         notes.append("Zero-shot baseline (ImageBind + prompt ensemble, no training, WinCLIP-style): no LLM, so pass 1 "
                      "only and no answers.")
     elif not settings.chat:
-        notes.append("Maps and scores only (no --chat): the LLM did not run, so there is no self-improvement pass "
-                     "(pass 2, S' and M', needs the LLM's answer R). Run with --chat for pass 2 and answer accuracy.")
+        notes.append("--map-only: the LLM did not run, so there is no self-improvement pass (pass 2, S' and M', "
+                     "needs the LLM's answer R) and no answers. Leave --map-only out for the paper's protocol.")
     elif not settings.self_improve:
         notes.append("--no-self-improve: pass 1 only (S, M and the answer R).")
     elif len(evaluation.passes) == 1:
@@ -412,7 +431,9 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
         f"{size} x {size} (maps resized bilinearly, masks with nearest neighbours)")
     if any(c.has_masks for c in evaluation.classes):
         notes.append(f"Pixel metrics at {where}; AUPRO up to FPR {AUPRO_FPR_LIMIT}.")
-    notes.append(f"Gaussian smoothing sigma {evaluation.settings['smooth_sigma']:g} on the map before scoring.")
+    sigma = evaluation.settings["smooth_sigma"]
+    notes.append("No smoothing of the maps before scoring (the paper's protocol)." if sigma == 0 else
+                 f"Gaussian smoothing sigma {sigma:g} on the map before scoring (not the paper's protocol).")
     no_masks = [c.name for c in evaluation.classes if not c.has_masks]
     if no_masks:
         notes.append(f"No masks for {', '.join(no_masks)}: pixel metrics '-' (image metrics only).")
@@ -420,8 +441,13 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
     if undefined:
         notes.append(f"Image AUROC undefined for {', '.join(undefined)} (one label only); the mean leaves them out.")
     if evaluation.chat:
-        notes.append("Answer accuracy: the answer's yes/no (answer_is_anomalous) against the label; an answer that "
-                     "says neither counts as wrong.")
+        notes.append("Answer accuracy: the answer's yes/no (answer_is_anomalous) against the label; agreement: the "
+                     f"answer's yes/no against the verdict of the same pass (score >= the model's threshold "
+                     f"{detector.config.threshold:.3f}); an answer that says neither counts as wrong and as disagreeing.")
+        model_sigma = evaluation.settings["model_smooth_sigma"]
+        if model_sigma != sigma:
+            notes.append(f"The model's threshold was set for smoothing sigma {model_sigma:g}; the scores here use "
+                         f"{sigma:g}, so agreement compares the answers with verdicts the model would not give.")
     return notes
 
 
@@ -444,6 +470,7 @@ def _table_header(passes: tuple[str, ...], chat: bool, first: list[str]) -> list
             header.append(f"{METRIC_TITLES[metric]} ({symbol})")
     if chat:
         header += [f"acc. ({ANSWER_SYMBOL[p]})" for p in passes]
+        header += [f"agree ({ANSWER_SYMBOL[p]})" for p in passes]
     return header
 
 
@@ -451,10 +478,10 @@ def _table_cells(metrics: dict[str, dict[str, float | None]], answers: dict[str,
                  chat: bool) -> list[str]:
     cells = [_pct(metrics[p][m]) for p in passes for m in METRICS]
     if chat:
-        for p in passes:
-            stats = answers.get(p)
-            accuracy = stats.accuracy if isinstance(stats, AnswerStats) else (stats or {}).get("accuracy")
-            cells.append(_pct(accuracy))
+        for key in ("accuracy", "agreement"):
+            for p in passes:
+                stats = answers.get(p)
+                cells.append(_pct(getattr(stats, key) if isinstance(stats, AnswerStats) else (stats or {}).get(key)))
     return cells
 
 
@@ -540,7 +567,9 @@ def csv_rows(evaluation: DatasetEvaluation) -> list[dict[str, str]]:
         for p in e.passes:
             row = {"dataset": e.dataset, "class": name, "pass": p, "n_images": n, "n_normal": n_normal,
                    "n_anomalous": n_anomalous, **{m: metrics[p][m] for m in METRICS},
-                   "answer_accuracy": answers.get(p, {}).get("accuracy"), "answers_neither": answers.get(p, {}).get("neither")}
+                   "answer_accuracy": answers.get(p, {}).get("accuracy"),
+                   "answer_agreement": answers.get(p, {}).get("agreement"),
+                   "answers_neither": answers.get(p, {}).get("neither")}
             rows.append({k: _cell(v) for k, v in row.items()})
     return rows
 
@@ -676,10 +705,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Per-class image/pixel AUROC, AUPRO, AP and F1-max (and answer accuracy) of a SIAD model or the "
                     "zero-shot baseline, for both passes of self-improvement, like the paper's Table 1.",
         epilog="Examples:\n"
-               "  python -m siad.evaluate --model runs/siad --dataset mvtec --root data/mvtec --chat --out runs/eval\n"
+               "  python -m siad.evaluate --model runs/siad --dataset mvtec --root data/mvtec --out runs/eval\n"
                "  python -m siad.evaluate --model zero-shot:runs/siad --dataset visa --root data/visa --out runs/zs\n"
                "  python -m siad.evaluate --protocol uzad --models mvtec=runs/m visa=runs/v br35h=runs/b brainmri=runs/r \\\n"
-               "      --datasets visa=data/visa mvtec=data/mvtec headct=data/headct --chat --out runs/uzad\n"
+               "      --datasets visa=data/visa mvtec=data/mvtec headct=data/headct --out runs/uzad\n"
                "See the module docstring (python -c 'import siad.evaluate; help(siad.evaluate)') for the file formats.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="SIAD model folder or Hub id, or zero-shot:<SIAD folder | Hub id | "
@@ -695,13 +724,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --protocol uzad: checkpoints by training set (mvtec, visa, br35h, brainmri)")
     parser.add_argument("--datasets", nargs="+", metavar="NAME=ROOT", help="with --protocol uzad: the test datasets")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the report and plots (created)")
-    parser.add_argument("--smooth-sigma", type=float, default=4.0,
-                        help="Gaussian sigma on the map before scoring (default 4, the paper's protocol; 0: off)")
-    parser.add_argument("--eval-size", type=int, default=224,
-                        help="side of the maps and masks for pixel metrics (default 224; 0: original resolution)")
-    parser.add_argument("--chat", action="store_true",
-                        help="run the LLM: answers R and R', self-improvement (pass 2) and answer accuracy")
-    parser.add_argument("--no-self-improve", action="store_true", help="with --chat: pass 1 only")
+    parser.add_argument("--smooth-sigma", type=float, default=0.0,
+                        help="Gaussian sigma on the map before scoring (default 0: none, the paper's protocol)")
+    parser.add_argument("--eval-size", type=int, default=0,
+                        help="side of the maps and masks for pixel metrics (default 0: each image's original "
+                             "resolution, the paper's protocol; 224 is faster)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--map-only", action="store_true",
+                       help="no LLM: pass 1 maps and scores only (fast; no answers, no self-improvement)")
+    modes.add_argument("--no-self-improve", action="store_true", help="pass 1 with its answer R only")
+    modes.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old commands
     parser.add_argument("--batch-size", type=int, default=8, help="images per detect call (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -731,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     command = "python -m siad.evaluate " + shlex.join(arguments)
-    settings = EvalSettings(eval_size=args.eval_size, smooth_sigma=args.smooth_sigma, chat=args.chat,
+    settings = EvalSettings(eval_size=args.eval_size, smooth_sigma=args.smooth_sigma, chat=not args.map_only,
                             self_improve=not args.no_self_improve, batch_size=args.batch_size, split=args.split,
                             qualitative=args.qualitative, progress=not args.quiet)
     try:

@@ -375,20 +375,25 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return SIADOutput(loss=total, focal=focal, dice=dice, lm=lm)
 
     # ------------------------------------------------------------------ inference
-    def _scores(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.map_head.smooth(maps, self.config.score_smoothing_sigma)
+    def _scores(self, maps: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.map_head.smooth(maps, self.config.score_smoothing_sigma if sigma is None else sigma)
         return maps, self.map_head.score(maps)
 
     @torch.no_grad()
     def detect(self, images: ImageInput | Sequence[ImageInput], class_names: str | Sequence[str],
                descriptions: str | Sequence[str] | None = None, chat: bool = True, self_improve: bool = True,
-               batch_size: int = 8, progress: bool = False) -> list[DetectionResult]:
+               batch_size: int = 8, progress: bool = False,
+               score_smoothing_sigma: float | None = None) -> list[DetectionResult]:
         """Detect anomalies: one `DetectionResult` per image.
 
         images: paths, PIL images or numpy arrays (any mode, any size); class_names: one per image
         (or a single string for all); descriptions: default from the paper's tables (generic for unknown classes).
         chat=False: no LLM runs at all (map and score of pass 1). self_improve=False: pass 1 only.
+        score_smoothing_sigma: Gaussian sigma on the maps before scoring, for this call (None: the config's;
+        the verdict still compares the score with the config's threshold).
         """
+        if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
+            raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
         images_list, names, descs = detection_inputs(images, class_names, descriptions)
         descs = [d or describe(n) for d, n in zip(descs, names)]
         if batch_size <= 0:
@@ -400,17 +405,18 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
             starts = tqdm(starts, desc="detect", unit="batch")
         for start in starts:
             chunk = slice(start, start + batch_size)
-            results.extend(self._detect_batch(images_list[chunk], names[chunk], descs[chunk], chat, self_improve))
+            results.extend(self._detect_batch(images_list[chunk], names[chunk], descs[chunk], chat, self_improve,
+                                              score_smoothing_sigma))
         return results
 
     def _detect_batch(self, images: list, names: list[str], descs: list[str], chat: bool,
-                      self_improve: bool) -> list[DetectionResult]:
+                      self_improve: bool, sigma: float | None = None) -> list[DetectionResult]:
         with self._timed("preprocess"):
             pixels, sizes = self.prepare_images(images)
         vision = self.encode_images(pixels)
         first, response, second, refined = self._passes(vision, names, descs, chat, self_improve)
-        maps1, scores1 = self._scores(first.anomaly_map)
-        maps2, scores2 = (maps1, scores1) if second is first else self._scores(second.anomaly_map)
+        maps1, scores1 = self._scores(first.anomaly_map, sigma)
+        maps2, scores2 = (maps1, scores1) if second is first else self._scores(second.anomaly_map, sigma)
         results = []
         with self._timed("postprocess"):
             for b, size in enumerate(sizes):

@@ -99,7 +99,6 @@ def _recompute(model_dir: Path, root: Path, batch_size: int, chat: bool, sigma: 
     from siad.data import load_dataset
 
     model = SIADModel.from_pretrained(model_dir).eval()
-    model.config = model.config.replace(score_smoothing_sigma=sigma)
     samples = load_dataset("mvtec", root, "test")
     out = {}
     for name in dict.fromkeys(s.class_name for s in samples):
@@ -108,7 +107,7 @@ def _recompute(model_dir: Path, root: Path, batch_size: int, chat: bool, sigma: 
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
             results += model.detect([s.image_path for s in chunk], name, descriptions=describe(name, "mvtec"),
-                                    chat=chat, batch_size=len(chunk))
+                                    chat=chat, batch_size=len(chunk), score_smoothing_sigma=sigma)
         labels = np.array([s.label for s in group])
         masks = [load_mask(s.mask_path) if s.mask_path else np.zeros(r.anomaly_map.shape, bool)
                  for s, r in zip(group, results)]
@@ -123,6 +122,8 @@ def _recompute(model_dir: Path, root: Path, batch_size: int, chat: bool, sigma: 
                 "aupro": aupro(masks, maps), "image_ap": average_precision(labels, scores),
                 "image_f1_max": f1_max(labels, scores),
                 "accuracy": float(np.mean([a is not None and a == bool(y) for a, y in zip(answers, labels)])),
+                "agreement": float(np.mean([a is not None and a == (score >= model.config.threshold)
+                                            for a, score in zip(answers, scores)])),
                 "neither": sum(a is None for a in answers), "scores": scores,
             }
         out[name] = per_pass
@@ -131,19 +132,20 @@ def _recompute(model_dir: Path, root: Path, batch_size: int, chat: bool, sigma: 
 
 # ------------------------------------------------------------------------------------ end to end
 def test_evaluate_cli_report_holds_the_numbers_computed(data, cwd):
+    """The defaults are the paper's protocol: both passes, original resolution, no smoothing."""
     out = cwd.parent / "report"
-    code = ev.main(["--model", str(data["model"]), "--dataset", "mvtec", "--root", str(data["mvtec"]), "--chat",
-                    "--eval-size", "0", "--batch-size", "3", "--out", str(out), "--quiet"])
+    code = ev.main(["--model", str(data["model"]), "--dataset", "mvtec", "--root", str(data["mvtec"]),
+                    "--batch-size", "3", "--out", str(out), "--quiet"])
     assert code == 0
     assert list(cwd.iterdir()) == []  # nothing in the working directory
     for name in ("report.md", "report.json", "report.csv", "scores.csv", "histograms.png", "qualitative.png",
                  "roc_widget.png", "roc_plate.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    expected = _recompute(data["model"], data["mvtec"], batch_size=3, chat=True, sigma=4.0)
+    expected = _recompute(data["model"], data["mvtec"], batch_size=3, chat=True, sigma=0.0)
     report = json.loads((out / "report.json").read_text())
     assert report["passes"] == ["pass1", "pass2"] and report["dataset"] == "mvtec"
     assert report["model"] == str(data["model"]) and report["command"].startswith("python -m siad.evaluate --model")
-    assert report["settings"]["smooth_sigma"] == 4.0 and report["settings"]["eval_size"] == 0
+    assert report["settings"]["smooth_sigma"] == 0.0 and report["settings"]["eval_size"] == 0
     assert report["settings"]["chat"] is True
     metrics = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "image_f1_max")
     for name in CLASSES:
@@ -153,6 +155,7 @@ def test_evaluate_cli_report_holds_the_numbers_computed(data, cwd):
             for m in metrics:
                 assert entry[p][m] == pytest.approx(expected[name][p][m], abs=1e-12), (name, p, m)
             assert entry["answers"][p]["accuracy"] == pytest.approx(expected[name][p]["accuracy"])
+            assert entry["answers"][p]["agreement"] == pytest.approx(expected[name][p]["agreement"])
             assert entry["answers"][p]["neither"] == expected[name][p]["neither"]
             assert entry["answers"][p]["total"] == 5
     for p in ("pass1", "pass2"):
@@ -179,15 +182,16 @@ def test_evaluate_cli_report_holds_the_numbers_computed(data, cwd):
     mean_row = next(line for line in md.splitlines() if line.startswith("| **mean**"))
     cells = [c.strip() for c in mean_row.strip("|").split("|")][2:]
     want = [f"{100 * report['mean'][p][m]:.1f}" for p in ("pass1", "pass2") for m in metrics]
-    want += [f"{100 * report['mean']['answers'][p]['accuracy']:.1f}" for p in ("pass1", "pass2")]
+    want += [f"{100 * report['mean']['answers'][p][key]:.1f}" for key in ("accuracy", "agreement")
+             for p in ("pass1", "pass2")]
     assert cells == want
     assert "Gain of self-improvement" in md and "I-AUROC (S')" in md
 
 
-def test_evaluate_without_chat_is_pass_one_at_224(data, cwd):
+def test_evaluate_map_only_is_pass_one_at_224(data, cwd):
     out = cwd.parent / "plain"
     ev.main(["--model", str(data["model"]), "--dataset", "mvtec", "--root", str(data["mvtec"]), "--classes", "plate",
-             "--smooth-sigma", "0", "--out", str(out), "--quiet", "--no-plots"])
+             "--map-only", "--eval-size", "224", "--out", str(out), "--quiet", "--no-plots"])
     report = json.loads((out / "report.json").read_text())
     assert report["passes"] == ["pass1"] and list(report["classes"]) == ["plate"]
     assert "pass2" not in report["classes"]["plate"] and report["settings"]["eval_size"] == 224
@@ -215,7 +219,7 @@ def test_evaluate_without_chat_is_pass_one_at_224(data, cwd):
 def test_zero_shot_baseline_report_and_uzad_protocol(data, cwd):
     out = cwd.parent / "uzad"
     ev.main(["--protocol", "uzad", "--models", f"mvtec={data['model']}", f"br35h={data['model2']}",
-             "--datasets", f"mpdd={data['mvtec']}", f"brainmri={data['medical']}", "--chat", "--out", str(out),
+             "--datasets", f"mpdd={data['mvtec']}", f"brainmri={data['medical']}", "--out", str(out),
              "--quiet", "--qualitative", "2"])
     assert list(cwd.iterdir()) == []
     summary = json.loads((out / "report.json").read_text())
@@ -236,7 +240,7 @@ def test_zero_shot_baseline_report_and_uzad_protocol(data, cwd):
     # the zero-shot reference over the same protocol: one model for every dataset, pass 1 only
     zs = cwd.parent / "zs"
     ev.main(["--protocol", "uzad", "--model", "zero-shot:tiny", "--datasets", f"mpdd={data['mvtec']}",
-             "--chat", "--out", str(zs), "--quiet", "--no-plots"])
+             "--out", str(zs), "--quiet", "--no-plots"])
     report = json.loads((zs / "mpdd" / "report.json").read_text())
     assert report["passes"] == ["pass1"] and report["model"] == "zero-shot:tiny"
     assert report["settings"]["chat"] is False  # no LLM to chat with
@@ -280,8 +284,9 @@ def test_uzad_mapping_is_the_papers():
 def test_answer_stats_count_neither_as_wrong():
     stats = ev.AnswerStats()
     for answer, label in (("Yes, there is", 1), ("No, there is no", 0), ("No.", 1), ("maybe", 0), (None, 1)):
-        stats.add(answer, label)
-    assert stats.as_dict() == {"accuracy": 0.4, "correct": 2, "wrong": 3, "neither": 2, "total": 5}
+        stats.add(answer, label, verdict=bool(label))
+    assert stats.as_dict() == {"accuracy": 0.4, "agreement": 0.4, "correct": 2, "wrong": 3, "neither": 2, "agree": 2,
+                               "total": 5}
 
 
 # ------------------------------------------------------------------------------------ zero-shot baseline
@@ -329,3 +334,29 @@ def test_zero_shot_from_a_model_folder_reads_only_its_encoder(data, monkeypatch)
     mine, theirs = baseline.encoder.state_dict(), model.encoder.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert baseline.config.threshold == 0.5 and baseline.config.score_smoothing_sigma == 0.0
+
+
+def test_evaluation_never_changes_the_models_config(data):
+    """A smoothing sigma for the run goes to detect for that run only."""
+    from siad.data import load_dataset
+
+    model = SIADModel.from_pretrained(data["model"]).eval()
+    before = model.config.to_dict()
+    samples = load_dataset("mvtec", data["mvtec"], "test", classes=["plate"])
+    evaluation = ev.evaluate_samples(model, samples, dataset="mvtec",
+                                     settings=ev.EvalSettings(smooth_sigma=4.0, chat=False, progress=False))
+    assert model.config.to_dict() == before
+    assert evaluation.settings["smooth_sigma"] == 4.0
+    assert evaluation.settings["model_smooth_sigma"] == before["score_smoothing_sigma"]
+    smoothed = model.detect([s.image_path for s in samples], "plate", chat=False, score_smoothing_sigma=4.0)
+    assert [r.scores["pass1"] for r in evaluation.records] == pytest.approx([r.score for r in smoothed], abs=1e-12)
+
+
+def test_answer_stats_count_agreement_with_the_verdict():
+    stats = ev.AnswerStats()
+    stats.add("Yes, there is an anomaly in the image.", 1, verdict=True)   # right, agrees
+    stats.add("Yes, there is an anomaly in the image.", 0, verdict=False)  # wrong, disagrees
+    stats.add("No, there is no anomaly in the image.", 0, verdict=True)   # right, disagrees
+    stats.add("I cannot tell.", 1, verdict=True)                           # neither: wrong, disagrees
+    assert (stats.correct, stats.agree, stats.neither, stats.total) == (2, 1, 1, 4)
+    assert stats.accuracy == 0.5 and stats.agreement == 0.25

@@ -4,7 +4,7 @@
     python train/ablations.py [--steps 300] [--out runs/ablations] [--variants full wo_si ...]
 
 Each variant trains `train/configs/mini.yaml` for the same number of steps with one switch changed,
-then `python -m siad.evaluate --chat` measures it on SIAD-Synth's unseen test classes
+then `python -m siad.evaluate` (the paper's protocol) measures it on SIAD-Synth's unseen test classes
 (data/siad_synth/test); the table of image and pixel AUROC (pass 2, and pass 1 where the variant has
 no self-improvement) is written to OUT/ablations.md and OUT/ablations.json. Finished variants are
 kept: a rerun only trains and evaluates what is missing (the training itself resumes too).
@@ -54,7 +54,7 @@ def run_variant(name: str, steps: int, out: Path, test_root: Path) -> dict:
     report = run_dir / "eval" / "report.json"
     if not report.is_file():
         code = evaluate.main(["--model", str(final), "--dataset", "mvtec_format", "--root", str(test_root),
-                              "--chat", "--out", str(run_dir / "eval"), "--quiet", "--no-plots"])
+                              "--out", str(run_dir / "eval"), "--quiet", "--no-plots"])
         if code:
             raise SystemExit(f"evaluating {name} failed ({code})")
     return json.loads(report.read_text())
