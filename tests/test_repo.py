@@ -32,8 +32,9 @@ def test_space_front_matter():
     import gradio
 
     assert front["sdk_version"] == gradio.__version__
-    for key in ("license", "models", "short_description", "suggested_hardware", "title"):
+    for key in ("license", "short_description", "suggested_hardware", "title"):
         assert front[key], key
+    assert "models" not in front  # the Space's default model is bundled, not a Hub model
     assert len(front["short_description"]) <= 60
     assert (ROOT / front["app_file"]).is_file()
 
