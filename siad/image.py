@@ -64,6 +64,19 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as `load_rgb` gives it (EXIF orientation applied), read from its
+    header without decoding the pixels. A PNG whose eXIf chunk follows its pixel data is taken as upright
+    here (finding that chunk means decoding the image)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if opened.format == "TIFF" or (opened.format == "PNG" and "exif" not in opened.info):
+                return height, width  # PIL's TIFF reader reports the upright size itself
+            return (width, height) if _orientation(opened) in (5, 6, 7, 8) else (height, width)
+
+
 def _warn_if_multi_frame(image: Image.Image, what: str) -> None:
     frames = getattr(image, "n_frames", 1)
     if isinstance(frames, int) and frames > 1:
