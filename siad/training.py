@@ -518,9 +518,11 @@ def check_images(samples: Sequence["Sample"], max_side: int, max_pixels: int, pr
             load_rgb(sample.image_path, max_side, max_pixels)
         except Exception as error:  # noqa: BLE001 - whatever the decoder raises, the image is unusable
             text = str(error)
-            bad.append(text if str(sample.image_path) in text else f"{sample.image_path}: {type(error).__name__}: {text}")
+            named = str(sample.image_path) in text
+            bad.append(text if named else f"{sample.image_path}: {type(error).__name__}: {text}")
     if bad:
-        raise SettingsError(f"data: {len(bad)} of {len(samples)} training images cannot be used:\n  " + "\n  ".join(bad))
+        listing = "\n  ".join(bad)
+        raise SettingsError(f"data: {len(bad)} of {len(samples)} training images cannot be used:\n  {listing}")
 
 
 def check_output(settings: RunSettings, resume: bool, clean: bool = True) -> Path:
