@@ -117,6 +117,10 @@ class SIADConfig:
         max_input_side: larger inputs are downscaled to this side first (bounded memory).
         score_smoothing_sigma: Gaussian sigma applied to the map before the image score (0: off).
         threshold: the score above which an image is called anomalous.
+        max_input_pixels: inputs of more pixels are refused before they are decoded (a JPEG is
+            counted at the reduced scale it is decoded at); at most PIL's own hard limit.
+        max_map_pixels: the anomaly maps come back at the original image size, or at a smaller
+            size of the same aspect ratio when that holds more pixels than this.
 
     Loss (appendix B): focal_gamma, focal_weight, dice_weight, lm_weight.
     """
@@ -179,6 +183,8 @@ class SIADConfig:
     max_input_side: int = 2048
     score_smoothing_sigma: float = 0.0
     threshold: float = 0.5
+    max_input_pixels: int = 40_000_000
+    max_map_pixels: int = 2048 * 2048
 
     # --- loss ----------------------------------------------------------------------
     focal_gamma: float = 2.0
@@ -268,6 +274,10 @@ class SIADConfig:
             fail("logit_scale", "must be positive")
         if self.encoder_checkpoint is not None and not isinstance(self.encoder_checkpoint, str):
             fail("encoder_checkpoint", "must be a path string or None")
+        for name in ("max_input_pixels", "max_map_pixels"):  # 178_956_970: PIL's hard limit (2 x MAX_IMAGE_PIXELS)
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 178_956_970:
+                fail(name, "must be an integer in [1, 178956970] (PIL refuses larger images)")
 
     # ------------------------------------------------------------------ derived
     @property

@@ -2,16 +2,22 @@
 
 - `load_rgb()` turns a path, a PIL image of any mode or a numpy array (H x W, H x W x 1/3/4; uint8,
   uint16, integers, bool or float) into an RGB uint8 array, downscaled first when it is larger than
-  a bound, and remembers the original size.
+  a bound, and remembers the original size. An input of more pixels than a budget
+  (`SIADConfig.max_input_pixels`) is refused from its header, before anything is decoded. The EXIF
+  orientation is applied for every format (JPEG, PNG eXIf, WebP, TIFF), as browsers and PIL show
+  it; of a multi-frame file (animated GIF/WebP, multi-page TIFF) frame 0 is used, with a warning.
 - `resize_for_encoder()` makes the encoder's square input (bicubic; "squash" or ImageBind's
   "center_crop"), `normalize()` turns a batch of them into a tensor with the CLIP mean and std.
-- `map_to_original()` brings an anomaly map back to the original height and width.
+- `map_to_original()` brings an anomaly map back to the original height and width, or to a smaller
+  size of the same aspect ratio when that holds more than `SIADConfig.max_map_pixels` pixels
+  (`map_size()`).
 
 Bad input raises `ValueError` saying what is wrong.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -21,7 +27,9 @@ from typing import Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from siad.config import SIADConfig
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -39,6 +47,41 @@ def _describe(source: object) -> str:
     if isinstance(source, (str, os.PathLike)):
         return f"'{os.fspath(source)}'"
     return type(source).__name__
+
+
+def check_pixel_budget(height: int, width: int, max_pixels: int, what: str) -> None:
+    """Refuse an image of more than `max_pixels` pixels (`SIADConfig.max_input_pixels`) with a
+    `ValueError` naming its size; called with the header's size, before any decoding."""
+    if height * width > max_pixels:
+        raise ValueError(f"{what} is {width} x {height} pixels ({height * width / 1e6:.1f} MP), more than this "
+                         f"model reads ({max_pixels / 1e6:.1f} MP, SIADConfig.max_input_pixels); downscale it first")
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8; 1 when absent or invalid). A PNG whose eXIf chunk follows the image
+    data is read (decoded) to find it."""
+    value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as `load_rgb` gives it (EXIF orientation applied), read from its
+    header without decoding the pixels. A PNG whose eXIf chunk follows its pixel data is taken as upright
+    here (finding that chunk means decoding the image)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if opened.format == "TIFF" or (opened.format == "PNG" and "exif" not in opened.info):
+                return height, width  # PIL's TIFF reader reports the upright size itself
+            return (width, height) if _orientation(opened) in (5, 6, 7, 8) else (height, width)
+
+
+def _warn_if_multi_frame(image: Image.Image, what: str) -> None:
+    frames = getattr(image, "n_frames", 1)
+    if isinstance(frames, int) and frames > 1:
+        warnings.warn(f"{what} holds {frames} frames (an animation or a multi-page file); only frame "
+                      f"{image.tell()} is used", UserWarning, stacklevel=3)
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -111,40 +154,60 @@ def _pil_to_rgb(image: Image.Image, max_side: int) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_rgb(source: ImageInput, max_side: int = 2048) -> LoadedImage:
-    """Read `source` (path, PIL image or numpy array) as RGB uint8, at most `max_side` pixels a side."""
+def load_rgb(source: ImageInput, max_side: int = SIADConfig.max_input_side,
+             max_pixels: int = SIADConfig.max_input_pixels) -> LoadedImage:
+    """Read `source` (path, PIL image or numpy array) as RGB uint8, at most `max_side` pixels a side.
+
+    An input of more than `max_pixels` pixels raises `ValueError` before it is decoded (a JPEG file is
+    decoded at a reduced scale when it is larger than `max_side`, and the budget applies to that
+    scale). The EXIF orientation is applied (every format; `original_size` is the upright size); of a
+    multi-frame file frame 0 is used (of a PIL image its current frame), with a `UserWarning`.
+    """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"no image file at {_describe(source)}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as opened:
-                    size = (opened.height, opened.width)
-                    if opened.format == "JPEG":
-                        # decode at a reduced size directly, then apply the EXIF orientation
-                        opened.draft("RGB", (max_side, max_side))
-                        if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                            size = size[::-1]
-                        opened = ImageOps.exif_transpose(opened)
-                    rgb = _pil_to_rgb(opened, max_side)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as error:
-            raise ValueError(f"{_describe(source)} is not an image file that can be read: {error}") from error
-        return LoadedImage(rgb=rgb, original_size=size)
+        return _load_file(Path(source), max_side, max_pixels)
     if isinstance(source, Image.Image):
-        size = (source.height, source.width)
+        what = f"the PIL image ({source.format or source.mode})"
+        check_pixel_budget(source.height, source.width, max_pixels, what)
+        _warn_if_multi_frame(source, what)
         try:
-            rgb = _pil_to_rgb(source, max_side)
+            orientation = _orientation(source)
+            upright = ImageOps.exif_transpose(source) if orientation != 1 else source  # never changes the caller's
+            rgb = _pil_to_rgb(upright, max_side)
         except OSError as error:
             raise ValueError(f"the PIL image cannot be decoded: {error}") from error
-        return LoadedImage(rgb=rgb, original_size=size)
+        return LoadedImage(rgb=rgb, original_size=(upright.height, upright.width))
     if isinstance(source, np.ndarray):
         if source.size == 0:
             raise ValueError(f"the image array is empty (shape {source.shape})")
         size = (int(source.shape[0]), int(source.shape[1])) if source.ndim >= 2 else (0, 0)
+        check_pixel_budget(size[0], size[1], max_pixels, f"the image array (shape {source.shape})")
         return LoadedImage(rgb=_array_to_rgb(_downscale_array(source, max_side)), original_size=size)
     raise ValueError(f"an image must be a file path, a PIL image or a numpy array, not {type(source).__name__}")
+
+
+def _load_file(path: Path, max_side: int, max_pixels: int) -> LoadedImage:
+    what = _describe(path)
+    if not path.is_file():
+        raise ValueError(f"no image file at {what}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                size = (opened.height, opened.width)
+                if opened.format == "JPEG":
+                    opened.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale directly
+                check_pixel_budget(opened.height, opened.width, max_pixels, what)  # header size: nothing decoded yet
+                _warn_if_multi_frame(opened, what)
+                upright = ImageOps.exif_transpose(opened) if _orientation(opened) != 1 else opened
+                if upright.size != opened.size:  # turned by 90 degrees (PIL's TIFF reader turns on its own)
+                    size = size[::-1]
+                rgb = _pil_to_rgb(upright, max_side)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{what} is larger than any image that is read ({error}); this model reads at most "
+                         f"{max_pixels / 1e6:.1f} MP (SIADConfig.max_input_pixels)") from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"{what} is not an image file that can be read: {error}") from error
+    return LoadedImage(rgb=rgb, original_size=size)
 
 
 def resize_for_encoder(rgb: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
@@ -184,13 +247,28 @@ def normalize(batch: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tu
     return (tensor - mean_t) / std_t
 
 
-def map_to_original(anomaly_map: torch.Tensor, original_size: tuple[int, int], mode: str = "squash") -> np.ndarray:
-    """An S x S anomaly map (tensor) -> H x W float32 numpy array at the original size.
+def map_size(original_size: tuple[int, int], max_pixels: int = SIADConfig.max_map_pixels) -> tuple[int, int]:
+    """The (height, width) a map of an image of `original_size` is returned at: the original size, or,
+    when that holds more than `max_pixels` pixels, the largest size of the same aspect ratio within it."""
+    height, width = original_size
+    if height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    short, long = sorted((height, width))
+    new_short = max(1, math.floor(short * scale))
+    new_long = max(1, min(math.floor(long * scale), max_pixels // new_short))  # a 1-pixel side: the rest goes long
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def map_to_original(anomaly_map: torch.Tensor, original_size: tuple[int, int], mode: str = "squash",
+                    max_pixels: int = SIADConfig.max_map_pixels) -> np.ndarray:
+    """An S x S anomaly map (tensor) -> H x W float32 numpy array at the original size (at
+    `map_size(original_size, max_pixels)`: a smaller one of the same aspect ratio beyond `max_pixels`).
 
     "squash": bilinear resize; "center_crop": the map covers the centre crop only, the rest of the
     image (never seen by the encoder) is 0.
     """
-    height, width = original_size
+    height, width = map_size(original_size, max_pixels)
     source = anomaly_map.detach().float()[None, None]
     if mode == "squash":
         out = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False)

@@ -43,7 +43,9 @@ class DetectionResult:
     """The result of `SIADModel.detect` for one image.
 
     anomaly_map: H x W float32 in [0, 1] at the original image's size (the refined map M' when
-        self-improvement ran, else M); score: its image score in [0, 1]; answer: the refined
+        self-improvement ran, else M); beyond `config.max_map_pixels` pixels (4.2 MP by default) at
+        the largest smaller size of the same aspect ratio (`siad.image.map_size`), so that a huge
+        image does not give huge maps; score: its image score in [0, 1]; answer: the refined
         response R' (None when chat=False); initial_*: pass 1 (M, S, R); is_anomalous: score >= the
         model's threshold.
     """
@@ -199,7 +201,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
     def prepare_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images of any kind -> B x 3 x S x S normalised pixels and the original sizes."""
         config = self.config
-        loaded = [load_rgb(image, config.max_input_side) for image in images]
+        loaded = [load_rgb(image, config.max_input_side, config.max_input_pixels) for image in images]
         resized = np.stack([resize_for_encoder(item.rgb, config.image_size, config.resize_mode) for item in loaded])
         pixels = normalize(resized, config.image_mean, config.image_std)
         return pixels.to(device=self.device, dtype=self.dtype), [item.original_size for item in loaded]
@@ -419,9 +421,10 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         maps2, scores2 = (maps1, scores1) if second is first else self._scores(second.anomaly_map, sigma)
         results = []
         with self._timed("postprocess"):
+            mode, cap = self.config.resize_mode, self.config.max_map_pixels
             for b, size in enumerate(sizes):
-                initial_map = map_to_original(maps1[b], size, self.config.resize_mode)
-                final_map = initial_map if second is first else map_to_original(maps2[b], size, self.config.resize_mode)
+                initial_map = map_to_original(maps1[b], size, mode, cap)
+                final_map = initial_map if second is first else map_to_original(maps2[b], size, mode, cap)
                 score = float(scores2[b])
                 results.append(DetectionResult(
                     anomaly_map=final_map, score=score, answer=None if refined is None else refined[b],

@@ -14,23 +14,27 @@ Checkpoints: `OUT/checkpoints/step-000002/` holds `trainable.safetensors` (the t
 parameters), `optimizer.pt` (under DeepSpeed, the engine's own `deepspeed/` checkpoint instead),
 `training_state-rank<r>.pt` (scheduler, grad scaler and the RNG states of python, numpy, torch and
 CUDA) and `state.json` (step, epoch, position in the epoch, settings), written last. A checkpoint is
-written into `OUT/checkpoints/.tmp-step-000002` and renamed when complete, so a folder without the
-`.tmp-` prefix is always whole.
+written into `OUT/checkpoints/.tmp-step-000002`, every file and folder fsynced, and renamed when
+complete, so a folder without the `.tmp-` prefix is whole even after a power cut. A write that fails
+removes its partial folder; a full disk is a `TrainingError` saying so (`writing_folder`). `--resume`
+takes the newest checkpoint whose files can all be read and names any it skips (`resume_checkpoint`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import math
 import os
 import random
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -49,6 +53,7 @@ FINAL_DIR = "final"
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 TMP_PREFIX = ".tmp-"
+STATE_KEYS: tuple[str, ...] = ("step", "epoch", "offset", "elapsed_s", "world_size", "settings")
 LOG_FIELDS: tuple[str, ...] = ("step", "epoch", "loss", "focal", "dice", "lm", "lr", "images_per_s", "elapsed_s")
 # train.* keys that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_CHANGES: frozenset[str] = frozenset({
@@ -498,19 +503,52 @@ def load_training_samples(settings: RunSettings) -> list["Sample"]:
     return [s for s in samples if s.label == 0]
 
 
-def check_output(settings: RunSettings, resume: bool) -> Path:
-    """Create the output folder and prove it writable; refuse to overwrite a former run unless resuming."""
+def check_images(samples: Sequence["Sample"], max_side: int, max_pixels: int, progress: bool | None = None) -> None:
+    """Decode every image as training will (`siad.image.load_rgb` with the model's bounds): a file that
+    cannot be read would otherwise stop the run at the step that first draws it. `SettingsError` lists
+    every unreadable image by path. progress: a tqdm bar (None: only on a terminal)."""
+    from tqdm.auto import tqdm
+
+    from siad.image import load_rgb
+
+    bad = []
+    disable = None if progress is None else not progress
+    for sample in tqdm(samples, desc="decoding the training images", unit="image", disable=disable):
+        try:
+            load_rgb(sample.image_path, max_side, max_pixels)
+        except Exception as error:  # noqa: BLE001 - whatever the decoder raises, the image is unusable
+            text = str(error)
+            named = str(sample.image_path) in text
+            bad.append(text if named else f"{sample.image_path}: {type(error).__name__}: {text}")
+    if bad:
+        listing = "\n  ".join(bad)
+        raise SettingsError(f"data: {len(bad)} of {len(samples)} training images cannot be used:\n  {listing}")
+
+
+def check_output(settings: RunSettings, resume: bool, clean: bool = True) -> Path:
+    """Create the output folder and prove it writable; refuse to overwrite a former run unless resuming.
+    clean: first remove the partial `.tmp-*` folders a failed or killed run left (they may be what
+    fills the disk); `--check` leaves them."""
     out = Path(settings.output.dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-", delete=True) as probe:
-            probe.write(b"ok")
-            probe.flush()
     except OSError as error:
         raise SettingsError(f"output.dir: {out} is not a writable folder ({error.strerror or error})") from error
     if not resume and (list_checkpoints(out) or (out / FINAL_DIR).exists()):
         raise SettingsError(f"output.dir: {out} already holds a training run; pass --resume to continue it, or "
                             f"choose another output.dir")
+    if clean:
+        remove_partial_folders(out)
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-", delete=True) as probe:
+            probe.write(b"ok")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        if is_disk_full(error):
+            raise SettingsError(f"output.dir: the disk holding {out} is full ({_free_space(out)} free); free some "
+                                f"space, then run again") from error
+        raise SettingsError(f"output.dir: {out} is not a writable folder ({error.strerror or error})") from error
     return out
 
 
@@ -615,13 +653,85 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def remove_partial_checkpoints(out: str | Path) -> None:
-    """Remove `.tmp-*` folders left by a run killed while writing a checkpoint."""
-    folder = Path(out) / CHECKPOINT_DIR
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.name.startswith(TMP_PREFIX):
-                shutil.rmtree(path, ignore_errors=True)
+def remove_partial_folders(out: str | Path) -> None:
+    """Remove the `.tmp-*` folders (checkpoints, final model) left by a run killed while writing them."""
+    for folder in (Path(out), Path(out) / CHECKPOINT_DIR):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.name.startswith(TMP_PREFIX) and path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is a full disk or an exceeded quota. torch.save and
+    safetensors wrap the OSError: their messages are read too."""
+    return _disk_full_cause(error) is not None
+
+
+def _disk_full_cause(error: BaseException) -> BaseException | None:
+    """The error of the chain that says the disk is full (the OSError rather than torch's wrapper)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current
+        if any(sign in str(current) for sign in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < 64 * 2**20
+    except OSError:
+        return False
+
+
+def _free_space(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB"
+    except OSError:
+        return "no space"
+
+
+@contextmanager
+def writing_folder(folder: Path, what: str) -> Iterator[None]:
+    """Guard the writing of a temporary folder: when anything fails the partial folder is removed
+    first (a later --resume must not find it, nor the disk stay full of it); a full disk becomes a
+    `TrainingError` that says so plainly, naming the folder."""
+    try:
+        yield
+    except BaseException as error:
+        # torch.save given a path (DeepSpeed's writers) reports a failed write only as "unexpected pos"
+        cause = _disk_full_cause(error) or (error if "unexpected pos" in str(error) and _nearly_full(folder.parent)
+                                            else None)
+        shutil.rmtree(folder, ignore_errors=True)
+        if cause is not None:
+            raise TrainingError(f"the disk is full: writing {what} into {folder} failed ({cause}). The partial "
+                                f"folder was removed ({_free_space(folder.parent)} free now); free some space, "
+                                f"then continue with --resume") from error
+        raise
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then every folder (deepest first), so that their contents are on
+    the disk before the folder is renamed into place."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            _fsync_path(Path(root) / name)
+        _fsync_path(Path(root))
+
+
+def _fsync_path(path: Path) -> None:
+    if path.is_dir() and os.name == "nt":  # Windows cannot open a folder to fsync it
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def checkpoint_tmp(out: str | Path, step: int) -> Path:
@@ -634,7 +744,9 @@ def checkpoint_tmp(out: str | Path, step: int) -> Path:
 
 
 def commit_folder(tmp: Path, final: Path) -> Path:
-    """Rename a fully written folder into place (replacing an older one of the same name)."""
+    """Rename a fully written folder into place (replacing an older one of the same name), its files and
+    folders fsynced before and the parent folder after the rename."""
+    fsync_tree(tmp)
     if final.exists():
         old = final.with_name(f"{TMP_PREFIX}old-{final.name}")
         if old.exists():
@@ -644,6 +756,7 @@ def commit_folder(tmp: Path, final: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+    _fsync_path(final.parent)
     return final
 
 
@@ -686,8 +799,70 @@ def load_trainable(model: "torch.nn.Module", path: Path) -> None:
             p.copy_(state[name].to(device=p.device, dtype=p.dtype))
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """`torch.save` through a Python file object, so that a failed write keeps its OSError (a path
+    gives only "unexpected pos")."""
+    import torch
+
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def read_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    """A checkpoint's `state.json`; `ValueError` naming the file when it is not a complete state."""
+    path = checkpoint / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read: {error}") from error
+    missing = [key for key in STATE_KEYS if key not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint state (missing {missing})")
+    return state
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a missing or unreadable file, named), or None. Reads
+    state.json, the weights and the training states in full; the optimizer state's structure only."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        state = read_state(checkpoint)
+    except ValueError as error:
+        return str(error)
+    files = [checkpoint / WEIGHTS_FILE]
+    files += [checkpoint / f"training_state-rank{r}.pt" for r in range(int(state["world_size"]))]
+    if not (checkpoint / "deepspeed").is_dir():
+        files.append(checkpoint / "optimizer.pt")
+    for path in files:
+        try:
+            if path.suffix == ".safetensors":
+                load_file(str(path))
+            else:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=path.name == "optimizer.pt")
+        except Exception as error:  # noqa: BLE001 - any failure to read the file makes it unusable
+            return f"{path} cannot be read: {type(error).__name__}: {error}"
+    return None
+
+
+def resume_checkpoint(out: str | Path, report: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint of a run folder whose files can all be read (None: there is none at all).
+    Each unreadable one is reported by name and skipped; if none can be read, `SettingsError`."""
+    found = list_checkpoints(out)
+    problems = []
+    for _, checkpoint in reversed(found):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            if problems:
+                report(f"resuming from the older checkpoint {checkpoint} instead")
+            return checkpoint
+        problems.append(problem)
+        report(f"warning: skipping the checkpoint {checkpoint}: {problem}")
+    if found:
+        raise SettingsError(f"--resume: none of the {len(found)} checkpoints in {Path(out) / CHECKPOINT_DIR} can be "
+                            f"read ({'; '.join(problems)}); start afresh in another output.dir")
+    return None
 
 
 def write_state(folder: Path, state: Mapping[str, Any]) -> None:

@@ -13,15 +13,20 @@
 Maps are read on an absolute scale: 0 is blue, 1 is red, whatever the image (no per-image
 stretching), so that colours can be compared between images. The figures are drawn with
 `matplotlib.figure.Figure` and the Agg canvas: no pyplot, no global state, no display needed.
+Every title, label and legend entry built from user text (class names, captions, curve names) is
+drawn literally (`parse_math=False`): a `$` in a class name is a dollar sign, never mathtext.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.legend import Legend
 
 __all__ = ["fit_map", "overlay", "colorize", "overlay_with_scale", "roc_curve", "RocCurve", "QualitativeRow", "plot_roc", "plot_qualitative",
            "plot_histograms"]
@@ -99,7 +104,7 @@ def overlay_with_scale(image: np.ndarray, anomaly_map: np.ndarray, alpha: float 
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, parse_math=False)
     fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colormaps["jet"]), ax=ax, fraction=0.05, pad=0.02,
                  label="anomaly score")
     fig.canvas.draw()
@@ -139,6 +144,12 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _literal_legend(legend: "Legend") -> None:
+    """Draw a legend's entries as plain text (they may hold user text such as a class name)."""
+    for text in legend.get_texts():
+        text.set_parse_math(False)
+
+
 def plot_roc(path: str | Path, title: str, curves: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> Path:
     """ROC curves of one class, one line per entry of `curves` (name -> (labels, scores)), the
     AUROC in the legend. Entries whose labels hold one class only are left out."""
@@ -147,17 +158,18 @@ def plot_roc(path: str | Path, title: str, curves: Mapping[str, tuple[Sequence[i
     fig = _figure(4.6, 4.4)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
-    drawn = 0
+    lines, entries = [], []
     for name, (labels, scores) in curves.items():
         try:
             curve = roc_curve(labels, scores)
         except ValueError:
             continue
-        ax.plot(curve.fpr, curve.tpr, linewidth=1.8, label=f"{name} (AUROC {100 * image_auroc(labels, scores):.1f})")
-        drawn += 1
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate", title=title)
-    if drawn:
-        ax.legend(loc="lower right", fontsize=8)
+        lines += ax.plot(curve.fpr, curve.tpr, linewidth=1.8)
+        entries.append(f"{name} (AUROC {100 * image_auroc(labels, scores):.1f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate")
+    ax.set_title(title, parse_math=False)
+    if lines:  # explicit entries: a name starting with "_" is not dropped as a private label
+        _literal_legend(ax.legend(lines, entries, loc="lower right", fontsize=8))
     else:
         ax.text(0.5, 0.5, "undefined: one class only", ha="center", va="center")
     path = Path(path)
@@ -198,8 +210,8 @@ def plot_qualitative(path: str | Path, rows: Sequence[QualitativeRow], alpha: fl
             else:
                 ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
             if r == 0:
-                ax.set_title(columns[c], fontsize=9)
-        axes[r][0].set_ylabel(row.caption, fontsize=7)
+                ax.set_title(columns[c], fontsize=9, parse_math=False)
+        axes[r][0].set_ylabel(row.caption, fontsize=7, parse_math=False)
     path = Path(path)
     fig.savefig(path)
     return path
@@ -223,8 +235,9 @@ def plot_histograms(path: str | Path, groups: Mapping[str, tuple[Sequence[int], 
         edges = np.linspace(low, high, bins + 1)
         ax.hist(s[~y], bins=edges, alpha=0.6, color="tab:blue", label=f"normal ({int((~y).sum())})")
         ax.hist(s[y], bins=edges, alpha=0.6, color="tab:red", label=f"anomalous ({int(y.sum())})")
-        ax.set(title=name, xlabel="image score", ylabel="images")
-        ax.legend(fontsize=8)
+        ax.set(xlabel="image score", ylabel="images")
+        ax.set_title(name, parse_math=False)
+        _literal_legend(ax.legend(fontsize=8))
     path = Path(path)
     fig.savefig(path)
     return path

@@ -436,3 +436,69 @@ def test_group_by_class_keeps_the_order_of_classes_and_samples():
     assert list(groups) == ["a", "b"]
     assert [s.image_path.name for s in groups["a"]] == ["a0.png", "a2.png"]
     assert group_by_class([]) == {}
+
+
+# ----------------------------------------------------------------------------- mask sizes
+def test_a_mask_of_another_size_than_its_image_is_reported_by_name(tmp_path: Path) -> None:
+    """Such a mask used to be stretched to the map without a word."""
+    import warnings
+
+    from siad.data.readers import MaskSizeWarning
+
+    root = build_mvtec(tmp_path / "mvtec")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matching masks: no warning at all
+        load_dataset("mvtec", root, "test")
+    masks = root / "bottle" / "ground_truth" / "broken_large"
+    save_mask(masks / "a_mask.png", size=(24, 32))  # twice the image's size, same aspect ratio
+    save_mask(masks / "a1_mask.png", size=(12, 12))  # another aspect ratio
+    with pytest.warns(MaskSizeWarning) as caught:
+        samples = load_dataset("mvtec", root, "test")
+    assert len(caught) == 1 and len(samples) == 3
+    message = str(caught[0].message)
+    assert message.startswith("2 mask(s) differ in size from their image")
+    image = root / "bottle" / "test" / "broken_large"
+    assert f"the mask {masks / 'a_mask.png'} is 32x24 but its image {image / 'a.png'} is 16x12;" in message
+    assert f"the mask {masks / 'a1_mask.png'} is 12x12 but its image {image / 'a1.png'} is 16x12 (another aspect " \
+           f"ratio: it is stretched)" in message
+    write_meta(root, {"test": samples})
+    with pytest.warns(MaskSizeWarning, match="2 mask"):  # meta.json folders are checked too
+        load_dataset("meta", root, "test")
+
+
+def test_mask_sizes_compare_upright_images(tmp_path: Path) -> None:
+    """An image with an EXIF rotation is compared (and mapped) upright; so is a mask with one."""
+    import warnings
+
+    from siad.data.readers import MaskSizeWarning, check_mask_sizes
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees
+    image = tmp_path / "part.jpg"
+    Image.new("RGB", (16, 12), (90, 90, 90)).save(image, exif=exif.tobytes())  # upright: 12 wide, 16 high
+    upright_mask = save_mask(tmp_path / "upright.png", size=(16, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_mask_sizes([Sample(image, upright_mask, "part", "dent", 1)]) == []
+    stored_flat = save_mask(tmp_path / "flat.png", size=(12, 16))
+    with pytest.warns(MaskSizeWarning, match=r"flat.png is 16x12 but its image .*part.jpg is 12x16 \(another"):
+        check_mask_sizes([Sample(image, stored_flat, "part", "dent", 1)])
+    rotated_mask = tmp_path / "rotated_mask.png"
+    pixels = np.zeros((12, 16), np.uint8)
+    pixels[0, :4] = 255  # the top-left corner, stored flat
+    Image.fromarray(pixels).save(rotated_mask, exif=exif.tobytes())
+    upright = load_mask(rotated_mask)
+    assert upright.shape == (16, 12) and upright[:4, -1].all() and upright.sum() == 4  # turned clockwise
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_mask_sizes([Sample(image, rotated_mask, "part", "dent", 1)]) == []
+
+
+def test_many_mismatched_masks_give_one_warning(tmp_path: Path) -> None:
+    from siad.data.readers import MaskSizeWarning, check_mask_sizes
+
+    samples = [Sample(save_image(tmp_path / f"{i:02d}.png"), save_mask(tmp_path / f"{i:02d}_mask.png", size=(6, 8)),
+                      "c", "d", 1) for i in range(13)]
+    with pytest.warns(MaskSizeWarning, match=r"^13 mask\(s\) differ .*; and 3 more$") as caught:
+        assert len(check_mask_sizes(samples)) == 13
+    assert len(caught) == 1

@@ -156,3 +156,14 @@ def test_errors(samples: list[Sample]) -> None:
     dataset = PseudoAnomalyDataset(samples, image_size=SIZE)
     with pytest.raises(IndexError):
         dataset[len(dataset)]
+
+
+def test_the_dataset_keeps_the_models_pixel_budget(samples):
+    """An image over `max_input_pixels` is refused by name before it is decoded (train.py passes the
+    model's bound)."""
+    tight = PseudoAnomalyDataset(samples, image_size=SIZE, max_input_pixels=40 * 60)
+    first = tight.samples[0]
+    assert tight.load_image(0).shape == (SIZE, SIZE, 3)  # 40 x 60: exactly at the budget
+    with pytest.raises(ValueError, match=r"64 x 64 pixels .*max_input_pixels") as refused:
+        tight.load_image(1)
+    assert str(tight.samples[1].image_path) in str(refused.value) and first.image_path.name == "000.png"

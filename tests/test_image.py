@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from siad.image import load_rgb, map_to_original, normalize, resize_for_encoder
+from siad.config import SIADConfig
+from siad.image import load_rgb, map_size, map_to_original, normalize, resize_for_encoder
 
 
 def _pil(mode: str, size=(40, 30)) -> Image.Image:
@@ -84,14 +85,14 @@ def test_truncated_file_is_a_value_error(tmp_path):
 
 def test_huge_image_is_downscaled_first(tmp_path):
     image = Image.new("L", (10000, 10000), 128)
-    loaded = load_rgb(image, max_side=1024)
+    loaded = load_rgb(image, max_side=1024, max_pixels=10**8)
     assert max(loaded.rgb.shape[:2]) <= 1024 and loaded.original_size == (10000, 10000)
     path = tmp_path / "big.jpg"
     image.save(path, quality=50)
-    loaded = load_rgb(path, max_side=1024)
+    loaded = load_rgb(path, max_side=1024)  # 100 MP, but decoded at 1/8 scale: within the default budget
     assert max(loaded.rgb.shape[:2]) <= 1024 and loaded.original_size == (10000, 10000)
     big_array = np.zeros((9000, 10000), dtype=np.uint16)
-    loaded = load_rgb(big_array, max_side=2048)
+    loaded = load_rgb(big_array, max_side=2048, max_pixels=10**8)
     assert max(loaded.rgb.shape[:2]) <= 2048 and loaded.original_size == (9000, 10000)
 
 
@@ -124,3 +125,132 @@ def test_the_callers_image_is_not_changed():
     image = Image.new("RGB", (3000, 100), (10, 20, 30))
     load_rgb(image, max_side=512)
     assert image.size == (3000, 100)
+
+
+# ------------------------------------------------------------------------ pixel budget, map size
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_small_file_of_too_many_pixels_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A 0.1 MB PNG of 13000 x 13000 used to be decoded in full (+2 GB, two 676 MB maps)."""
+    from PIL import ImageFile
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", (13000, 13000)).save(path)
+    assert path.stat().st_size < 1_000_000
+    assert SIADConfig().max_input_pixels == 40_000_000
+
+    def no_decoding(self):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(ValueError, match=r"13000 x 13000 pixels \(169.0 MP\), more than this model reads \(40.0 MP"):
+        load_rgb(path)
+    with pytest.raises(ValueError, match=r"169.0 MP"):
+        load_rgb(Image.open(path))  # a lazily opened PIL image: refused before it is decoded too
+
+
+@pytest.mark.parametrize("kind", ["pil", "array", "png"])
+def test_pixel_budget_is_inclusive_for_every_kind_of_input(tmp_path, kind):
+    pixels = np.zeros((100, 200, 3), dtype=np.uint8)
+    source = {"pil": lambda: Image.fromarray(pixels), "array": lambda: pixels}.get(kind)
+    if source is None:
+        Image.fromarray(pixels).save(tmp_path / "x.png")
+        source = lambda: tmp_path / "x.png"  # noqa: E731
+    assert load_rgb(source(), max_pixels=20_000).original_size == (100, 200)
+    with pytest.raises(ValueError, match=r"200 x 100 pixels"):
+        load_rgb(source(), max_pixels=19_999)
+
+
+def test_a_jpeg_is_counted_at_the_scale_it_is_decoded_at(tmp_path):
+    Image.new("RGB", (4000, 4000), (90, 90, 90)).save(tmp_path / "x.jpg")
+    Image.new("RGB", (4000, 4000), (90, 90, 90)).save(tmp_path / "x.png")
+    loaded = load_rgb(tmp_path / "x.jpg", max_side=500, max_pixels=300_000)  # drafted at 1/8: 500 x 500
+    assert loaded.original_size == (4000, 4000) and loaded.rgb.shape == (500, 500, 3)
+    with pytest.raises(ValueError, match="4000 x 4000 pixels"):
+        load_rgb(tmp_path / "x.png", max_side=500, max_pixels=300_000)
+
+
+def test_map_size_keeps_the_aspect_ratio_within_the_cap():
+    assert map_size((300, 500), 10**6) == (300, 500)
+    assert map_size((13000, 13000), 2048 * 2048) == (2048, 2048)
+    height, width = map_size((3000, 12000), 10**6)
+    assert height * width <= 10**6 and abs(width / height - 4.0) < 0.01 and height * width > 0.99 * 10**6
+    assert map_size((1, 10**8), 1000) == (1, 1000)
+    heat = torch.rand(224, 224)
+    assert map_to_original(heat, (13000, 13000)).shape == (2048, 2048)  # the default cap
+    cropped = map_to_original(heat, (3000, 12000), "center_crop", max_pixels=10**6)
+    assert cropped.shape == map_size((3000, 12000), 10**6) and cropped[:, :100].max() == 0
+
+
+def test_detect_caps_its_maps_and_refuses_an_image_over_the_budget():
+    from siad.model import SIADModel
+
+    torch.manual_seed(0)
+    model = SIADModel(SIADConfig.tiny(max_map_pixels=1000, max_input_pixels=50_000)).eval()
+    result = model.detect(np.zeros((100, 400, 3), dtype=np.uint8), "widget", chat=False)[0]
+    assert result.anomaly_map.shape == map_size((100, 400), 1000) == (15, 63)
+    with pytest.raises(ValueError, match=r"SIADConfig.max_input_pixels"):
+        model.detect(np.zeros((300, 200, 3), dtype=np.uint8), "widget", chat=False)
+    for name, bad in (("max_input_pixels", 0), ("max_map_pixels", 10**9), ("max_map_pixels", True)):
+        with pytest.raises(ValueError, match=name):
+            SIADConfig.tiny(**{name: bad})
+
+
+# --------------------------------------------------------------------- orientation, frames
+def _asymmetric() -> Image.Image:
+    """40 wide, 20 high: white on the left quarter, a grey ramp elsewhere (no symmetry)."""
+    pixels = np.tile(np.linspace(0, 200, 40, dtype=np.uint8), (20, 1))
+    pixels[:, :10] = 255
+    pixels[:5] = 30
+    return Image.fromarray(np.stack([pixels] * 3, axis=-1))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "JPEG"])
+def test_exif_orientation_is_applied_for_every_format(tmp_path, fmt):
+    """PNG eXIf and WebP orientation used to be ignored (the map was of the unrotated image)."""
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / f"rotated.{fmt.lower()}"
+    options = {"lossless": True} if fmt == "WEBP" else {"quality": 100} if fmt == "JPEG" else {}
+    _asymmetric().save(path, fmt, exif=exif.tobytes(), **options)
+    with Image.open(path) as opened:
+        shown = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    assert shown.shape == (40, 20, 3)  # upright: 20 wide, 40 high
+    for source in (path, Image.open(path)):
+        loaded = load_rgb(source)
+        assert loaded.original_size == (40, 20) and loaded.rgb.shape == (40, 20, 3)
+        tolerance = 12 if fmt == "JPEG" else 0
+        assert np.abs(loaded.rgb.astype(int) - shown.astype(int)).max() <= tolerance
+    untouched = Image.open(path)
+    before = untouched.size  # (PIL's TIFF reader reports the upright size itself)
+    load_rgb(untouched)
+    assert untouched.size == before  # the caller's PIL image is not rotated
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_the_map_of_a_rotated_image_is_upright(tmp_path, fmt):
+    from siad.model import SIADModel
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / f"rotated.{fmt.lower()}"
+    _asymmetric().save(path, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
+    torch.manual_seed(0)
+    model = SIADModel(SIADConfig.tiny()).eval()
+    result = model.detect(path, "widget", chat=False)[0]
+    upright = np.asarray(_asymmetric().transpose(Image.Transpose.ROTATE_270))
+    reference = model.detect(upright, "widget", chat=False)[0]
+    assert result.anomaly_map.shape == (40, 20)
+    assert np.allclose(result.anomaly_map, reference.anomaly_map, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_multi_frame_files_use_frame_zero_and_say_so(tmp_path, fmt):
+    frames = [Image.new("RGB", (16, 12), colour) for colour in ((250, 0, 0), (0, 250, 0), (0, 0, 250))]
+    path = tmp_path / f"frames.{fmt.lower()}"
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match=r"holds 3 frames .*only frame 0 is used"):
+        loaded = load_rgb(path)
+    assert loaded.original_size == (12, 16)
+    assert loaded.rgb[..., 0].min() > 200 and loaded.rgb[..., 1:].max() < 50  # the first (red) frame

@@ -214,8 +214,10 @@ def test_every_pil_mode_through_detect(tiny_model, mode):
 def test_sizes_from_tiny_to_huge(tiny_model):
     small = tiny_model.detect([np.zeros((8, 8, 3), dtype=np.uint8)], ["bottle"], chat=False)[0]
     assert small.anomaly_map.shape == (8, 8)
-    big = tiny_model.detect([Image.new("RGB", (10000, 10000), (90, 90, 90))], ["bottle"], chat=False)[0]
-    assert big.anomaly_map.shape == (10000, 10000) and 0 <= big.score <= 1
+    big = tiny_model.detect([Image.new("L", (7500, 5000), 90)], ["bottle"], chat=False)[0]  # 37.5 MP
+    assert big.anomaly_map.shape == (1672, 2508) and 0 <= big.score <= 1  # capped at max_map_pixels, same aspect
+    with pytest.raises(ValueError, match=r"10000 x 10000 pixels \(100.0 MP\), more than this model reads"):
+        tiny_model.detect([Image.new("L", (10000, 10000), 90)], ["bottle"], chat=False)
 
 
 def test_bfloat16_model_detects():

@@ -3,8 +3,10 @@ fail before any model is built. Everything offline, on the CPU, in temporary fol
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -298,3 +300,171 @@ def test_non_finite_trainable_weights_are_never_checkpointed(tmp_path):
     with pytest.raises(T.TrainingError, match=r"1 of 2 trainable tensors hold NaN or infinite values \(\['b'\]\)"):
         T.save_trainable(weights, tmp_path / T.WEIGHTS_FILE)
     assert not (tmp_path / T.WEIGHTS_FILE).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Unreadable checkpoints, a full disk, unreadable images
+
+
+def _interrupted_at(tmp: Path, data_root: Path, train_script, step: int) -> tuple[Path, Path]:
+    """A run killed right after writing the checkpoint of `step` (no final model)."""
+    config = _config(tmp, data_root)
+
+    def stop(done: int) -> None:
+        if done == step:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_script.main(["--config", str(config)], on_step=stop)
+    return config, tmp / "run"
+
+
+def _same_final_weights(run: Path, reference: Path) -> None:
+    for part in ("model.safetensors", "llm_adapter/adapter_model.safetensors"):
+        a, b = load_file(str(run / "final" / part)), load_file(str(reference / "final" / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
+@pytest.mark.parametrize("broken", [T.WEIGHTS_FILE, T.STATE_FILE])
+def test_resume_falls_back_past_an_unreadable_newest_checkpoint(tmp_path, data_root, train_script, uninterrupted,
+                                                                 capsys, broken):
+    """A garbage trainable.safetensors or state.json used to stop --resume with a bare SafetensorError or
+    JSONDecodeError naming no file."""
+    config, run = _interrupted_at(tmp_path, data_root, train_script, 3)
+    assert [s for s, _ in T.list_checkpoints(run)] == [2, 3]
+    bad = run / "checkpoints" / "step-000003" / broken
+    bad.write_bytes(b"\x00garbage{" * 7)
+    capsys.readouterr()
+    assert train_script.main(["--config", str(config), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"skipping the checkpoint {bad.parent}: {bad} cannot be read" in printed
+    assert "resuming from" in printed and "step-000002 (step 2, epoch 0)" in printed
+    _same_final_weights(run, uninterrupted)
+    assert T.checkpoint_problem(run / "checkpoints" / "step-000003") is None  # rewritten by the resumed run
+
+
+def test_resume_with_no_readable_checkpoint_says_so(tmp_path, data_root, train_script, uninterrupted, no_model):
+    run = tmp_path / "copy"
+    shutil.copytree(uninterrupted / "checkpoints", run / "checkpoints")
+    (run / "checkpoints" / "step-000002" / T.WEIGHTS_FILE).write_bytes(b"garbage")
+    (run / "checkpoints" / "step-000003" / T.STATE_FILE).write_text("{not json")
+    config = _config(tmp_path, data_root, output={"dir": str(run)})
+    with pytest.raises(SystemExit, match=r"none of the 2 checkpoints in .* can be read \(.*step-000003/state.json "
+                                         r"cannot be read: .*; .*step-000002/trainable.safetensors cannot be read"):
+        train_script.main(["--config", str(config), "--resume"])
+    with pytest.raises(SystemExit, match=r"--resume-from: .*step-000002/trainable.safetensors cannot be read"):
+        train_script.main(["--config", str(config), "--resume-from", str(run / "checkpoints" / "step-000002")])
+
+
+@pytest.mark.parametrize("name", [T.WEIGHTS_FILE, T.STATE_FILE, "optimizer.pt", "training_state-rank0.pt"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_checkpoint_problem_names_the_unreadable_file(tmp_path, uninterrupted, name, damage):
+    checkpoint = tmp_path / "step-000003"
+    shutil.copytree(uninterrupted / "checkpoints" / "step-000003", checkpoint)
+    assert T.checkpoint_problem(checkpoint) is None
+    path = checkpoint / name
+    if damage == "garbage":
+        path.write_bytes(b"PK\x03\x04 not really" * 3)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+    problem = T.checkpoint_problem(checkpoint)
+    assert problem is not None and problem.startswith(f"{path} ")
+
+
+def test_state_json_without_its_fields_is_refused_by_name(tmp_path):
+    (tmp_path / T.STATE_FILE).write_text('{"step": 3}')
+    with pytest.raises(ValueError, match=r"state.json is not a checkpoint state \(missing \['epoch'"):
+        T.read_state(tmp_path)
+
+
+def test_a_full_disk_is_said_plainly_leaves_no_partial_folder_and_resume_works(tmp_path, data_root, train_script,
+                                                                                 uninterrupted, monkeypatch, capsys):
+    """A full disk used to surface as torch's cryptic "unexpected pos" and leave the partial folder."""
+    real_save = T.save_torch
+
+    def full_at_step_two(obj, path):
+        if ".tmp-step-000002" in str(path):
+            path.write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(obj, path)
+
+    config = _config(tmp_path, data_root)
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(T, "save_torch", full_at_step_two)
+        with pytest.raises(SystemExit, match=r"^error: the disk is full: writing the checkpoint of step 2 into "
+                                             r".*\.tmp-step-000002 failed \(\[Errno 28\] No space left on device.*"
+                                             r"The partial folder was removed .* continue with --resume") as stopped:
+            train_script.main(["--config", str(config)])
+    assert stopped.value.code != 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
+    assert not (run / "final").exists()
+    capsys.readouterr()
+    assert train_script.main(["--config", str(config), "--resume"]) == 0
+    assert "step-000001 (step 1, epoch 0)" in capsys.readouterr().out
+    _same_final_weights(run, uninterrupted)
+
+
+def test_real_writer_errors_are_recognised_as_a_full_disk():
+    wrapped = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    wrapped.__context__ = OSError(errno.ENOSPC, "No space left on device")
+    assert T.is_disk_full(wrapped)  # torch.save to a file object
+    assert T.is_disk_full(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not T.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_partial_folders_go_before_the_write_probe_and_a_full_disk_is_named(tmp_path, data_root, monkeypatch):
+    """A full disk that a killed run's partial folder fills must not block --resume."""
+    settings = T.load_settings(_config(tmp_path, data_root), [], base_dir=tmp_path)
+    out = Path(settings.output.dir)
+    partial = out / "checkpoints" / ".tmp-step-000007"
+    partial.mkdir(parents=True)
+    (partial / T.WEIGHTS_FILE).write_bytes(b"x" * 1000)
+    (out / ".tmp-final").mkdir()
+    real_probe = T.tempfile.NamedTemporaryFile
+
+    def probe(*args, **kwargs):
+        if partial.exists() or (out / ".tmp-final").exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(T.tempfile, "NamedTemporaryFile", probe)
+    with pytest.raises(T.SettingsError, match=r"output\.dir: the disk holding .* is full"):
+        T.check_output(settings, resume=True, clean=False)  # --check leaves them
+    assert T.check_output(settings, resume=True) == out
+    assert not partial.exists() and not (out / ".tmp-final").exists()
+
+
+def test_commit_folder_fsyncs_every_file_and_folder_before_the_rename(tmp_path, monkeypatch):
+    synced: list[Path] = []
+    real = T._fsync_path
+    monkeypatch.setattr(T, "_fsync_path", lambda path: (synced.append(Path(path)), real(path)))
+    tmp = tmp_path / ".tmp-step-000001"
+    (tmp / "deepspeed").mkdir(parents=True)
+    for name in ("a.safetensors", "state.json", "deepspeed/shard.pt"):
+        (tmp / name).write_text(name)
+    final = T.commit_folder(tmp, tmp_path / "step-000001")
+    assert final.is_dir() and not tmp.exists()
+    before = {tmp / n for n in ("a.safetensors", "state.json", "deepspeed/shard.pt", "deepspeed")} | {tmp}
+    assert set(synced[:-1]) == before and synced[-1] == tmp_path  # the parent folder after the rename
+    assert synced.index(tmp / "deepspeed/shard.pt") < synced.index(tmp / "deepspeed") < synced.index(tmp)
+
+
+def test_check_decodes_every_image_and_names_each_unreadable_one(tmp_path, train_script, no_model):
+    """A corrupt image in train/good used to pass --check and stop the run at the step that drew it."""
+    root = tmp_path / "set"
+    _write_images(root / "bottle" / "train" / "good", 3, seed=0)
+    good = root / "bottle" / "train" / "good"
+    (good / "005.png").write_bytes((good / "000.png").read_bytes()[:300])  # truncated: the header still reads
+    (good / "006.png").write_text("not an image")
+    Image.new("L", (300, 200)).save(good / "007.png")
+    config = _config(tmp_path, root, model={"max_input_pixels": 50_000})
+    with pytest.raises(SystemExit, match=r"data: 3 of 6 training images cannot be used") as refused:
+        train_script.main(["--config", str(config), "--check"])
+    message = str(refused.value)
+    for name in ("005.png", "006.png", "007.png"):
+        assert str(good / name) in message, name
+    assert "truncated" in message and "300 x 200 pixels" in message
+    assert "000.png" not in message and "001.png" not in message

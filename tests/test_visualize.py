@@ -111,3 +111,41 @@ def test_fit_map_keeps_averages_when_shrinking_and_leaves_a_fitting_map_alone():
     assert np.allclose(fit_map(values, 2, 2), blocks, atol=1e-6)  # each pixel the mean of its 2 x 2 block
     grown = fit_map(values, 8, 6)
     assert grown.shape == (8, 6) and grown.min() >= values.min() and grown.max() <= values.max()
+
+
+HOSTILE_TEXT = ["$", "$$", "\\frac{", "_^", "$\\frac{$", "a $x^$ b", "$_^$", "price: $5 and $"]
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT)
+def test_user_text_is_drawn_literally_never_as_mathtext(tmp_path, text, recwarn):
+    """A class name with `$` used to raise ParseException (or recurse) inside matplotlib's mathtext;
+    a curve name starting with "_" was dropped from the ROC legend (with a warning)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    heat = rng.random((300, 400))
+    titled = vis.overlay_with_scale(image, heat, title=f"{text}: score 0.5")
+    untitled = vis.overlay_with_scale(image, heat)
+    assert titled.shape[0] > untitled.shape[0]  # the title is drawn, above the picture
+    labels, scores = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    paths = [
+        vis.plot_roc(tmp_path / "roc.png", text, {text: (labels, scores)}),
+        vis.plot_histograms(tmp_path / "hist.png", {text: (labels, scores)}),
+        vis.plot_qualitative(tmp_path / "grid.png", [vis.QualitativeRow(text, image, None, {text: heat})]),
+    ]
+    for path in paths:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG" and picture.width > 100
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
+def test_a_dollar_title_renders_its_dollars():
+    """With mathtext, "$x$" is an italic x as wide as "x"; drawn literally its two dollars make it wider."""
+    image = np.zeros((300, 400, 3), dtype=np.uint8)
+    heat = np.zeros((300, 400))
+    widths = []
+    for title in ("x", "$x$"):
+        picture = vis.overlay_with_scale(image, heat, title=title)
+        dark = picture.min(axis=2) < 128
+        top = int(np.argmax(dark.sum(axis=1) > picture.shape[1] // 2))  # first row of the (dark) image
+        widths.append(int(dark[:top].any(axis=0).sum()))  # inked columns of the title above it
+    assert widths[1] > 1.5 * widths[0]

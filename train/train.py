@@ -65,17 +65,22 @@ def main(argv: list[str] | None = None, on_step: StepHook | None = None) -> int:
             on_step=on_step)
     except (T.SettingsError, T.TrainingError) as error:
         raise SystemExit(f"error: {error}") from None
+    except OSError as error:  # e.g. the log or a tracker's file on a full disk
+        if not T.is_disk_full(error):
+            raise
+        raise SystemExit(f"error: the disk is full ({error}); free some space, then continue with --resume") from None
     return 0
 
 
 def check_only(settings: T.RunSettings) -> None:
-    """--check: every check of a run, nothing built."""
+    """--check: every check of a run, nothing built; every training image is decoded as training will."""
     import yaml
 
     config = T.model_config(settings)
     T.check_environment(settings)
     samples = T.load_training_samples(settings)
-    T.check_output(settings, resume=True)
+    T.check_output(settings, resume=True, clean=False)
+    T.check_images(samples, config.max_input_side, config.max_input_pixels)
     print(yaml.safe_dump(settings.to_dict(), sort_keys=False), end="")
     classes = sorted({s.class_name for s in samples})
     print(f"# {len(samples)} normal images of {len(classes)} classes; model image_size {config.image_size}")
@@ -85,14 +90,19 @@ def check_only(settings: T.RunSettings) -> None:
 # Building blocks
 
 
-def find_checkpoint(out: Path, resume: bool, resume_from: Path | None) -> Path | None:
-    """The checkpoint to continue from, or None for a fresh run."""
+def find_checkpoint(out: Path, resume: bool, resume_from: Path | None,
+                    report: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh run: --resume takes the newest one that
+    can be read (reporting any it skips), --resume-from the given one, refused by name if unreadable."""
     if resume_from is not None:
         path = resume_from.expanduser().resolve()
         if not (path / T.STATE_FILE).is_file():
             raise T.SettingsError(f"--resume-from: {path} is not a complete checkpoint ({T.STATE_FILE} is missing)")
+        problem = T.checkpoint_problem(path)
+        if problem is not None:
+            raise T.SettingsError(f"--resume-from: {problem}")
         return path
-    return T.latest_checkpoint(out) if resume else None
+    return T.resume_checkpoint(out, report) if resume else None
 
 
 def make_accelerator(settings: T.RunSettings, config: Any, out: Path) -> Any:
@@ -185,28 +195,31 @@ def check_finite_loss(accelerator: Any, output: Any, step: int) -> None:
 
 def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, settings: T.RunSettings,
                     out: Path, position: dict[str, Any]) -> None:
-    """Write OUT/checkpoints/step-N atomically (temporary folder, then rename); keep the last K."""
-    import torch
-
+    """Write OUT/checkpoints/step-N atomically (temporary folder, files fsynced, then rename); keep the
+    last K. A failed write removes the temporary folder; a full disk is a `TrainingError` saying so."""
     step = position["step"]
-    if accelerator.is_main_process:
-        T.checkpoint_tmp(out, step)
-    accelerator.wait_for_everyone()
     tmp = out / T.CHECKPOINT_DIR / f"{T.TMP_PREFIX}{T.checkpoint_name(step)}"
-    rank = accelerator.process_index
+    what = f"the checkpoint of step {step}"
     if accelerator.is_main_process:
-        T.save_trainable(accelerator.unwrap_model(model).trainable_parameters(), tmp / T.WEIGHTS_FILE)
-    if is_deepspeed(accelerator):  # ZeRO-2 partitions the optimizer state: DeepSpeed writes its own files
-        model.save_checkpoint(str(tmp), tag="deepspeed", exclude_frozen_parameters=True)
-    elif accelerator.is_main_process:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    torch.save({"scheduler": scheduler.state_dict(), "scaler": scaler, "rng": T.rng_state()},
-               tmp / f"training_state-rank{rank}.pt")
+        with T.writing_folder(tmp, what):
+            T.checkpoint_tmp(out, step)
+    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    with T.writing_folder(tmp, what):
+        if accelerator.is_main_process:
+            T.save_trainable(accelerator.unwrap_model(model).trainable_parameters(), tmp / T.WEIGHTS_FILE)
+        if is_deepspeed(accelerator):  # ZeRO-2 partitions the optimizer state: DeepSpeed writes its own files
+            model.save_checkpoint(str(tmp), tag="deepspeed", exclude_frozen_parameters=True)
+        elif accelerator.is_main_process:
+            T.save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        T.save_torch({"scheduler": scheduler.state_dict(), "scaler": scaler, "rng": T.rng_state()},
+                     tmp / f"training_state-rank{rank}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        T.write_state(tmp, {**position, "world_size": accelerator.num_processes, "settings": settings.to_dict()})
-        T.commit_folder(tmp, out / T.CHECKPOINT_DIR / T.checkpoint_name(step))
+        with T.writing_folder(tmp, what):
+            T.write_state(tmp, {**position, "world_size": accelerator.num_processes, "settings": settings.to_dict()})
+            T.commit_folder(tmp, out / T.CHECKPOINT_DIR / T.checkpoint_name(step))
         T.prune_checkpoints(out, settings.train.keep_last)
     accelerator.wait_for_everyone()
 
@@ -249,12 +262,13 @@ def save_final(accelerator: Any, model: Any, out: Path, push_to_hub: str | None)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         tmp = out / f"{T.TMP_PREFIX}{T.FINAL_DIR}"
-        if tmp.exists():
-            import shutil
+        with T.writing_folder(tmp, "the final model"):
+            if tmp.exists():
+                import shutil
 
-            shutil.rmtree(tmp)
-        unwrapped.save_pretrained(tmp)
-        T.commit_folder(tmp, final)
+                shutil.rmtree(tmp)
+            unwrapped.save_pretrained(tmp)
+            T.commit_folder(tmp, final)
         accelerator.print(f"saved the model to {final}")
         if push_to_hub:
             url = unwrapped.push_to_hub(push_to_hub)
@@ -274,9 +288,9 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
     config = T.model_config(settings)
     T.check_environment(settings)
     samples = T.load_training_samples(settings)
-    out = T.check_output(settings, resume=resume)
-    checkpoint = find_checkpoint(out, resume, resume_from)
+    out = T.check_output(settings, resume=resume)  # removes the partial folders of a failed run first
     accelerator = make_accelerator(settings, config, out)
+    checkpoint = find_checkpoint(out, resume, resume_from, report=accelerator.print)
     state = check_resumable(checkpoint, settings, accelerator.num_processes) if checkpoint else None
 
     import torch
@@ -288,7 +302,8 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
     t, d = settings.train, settings.data
     named = d.name.lower() not in ("mvtec_format", "meta")
     dataset = PseudoAnomalyDataset(samples, config.image_size, config.resize_mode, d.seed,
-                                   dataset_name=d.name.lower() if named else None)
+                                   dataset_name=d.name.lower() if named else None,
+                                   max_input_side=config.max_input_side, max_input_pixels=config.max_input_pixels)
     rank, world = accelerator.process_index, accelerator.num_processes
     micro_per_epoch = len(T.epoch_batches(len(dataset), t.batch_size, d.seed, 0, rank, world))
     steps_per_epoch = micro_per_epoch // t.grad_accum
@@ -311,8 +326,6 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
         accelerator.print(f"resuming from {checkpoint} (step {step}, epoch {epoch})")
     elif resume:
         accelerator.print(f"no checkpoint in {out / T.CHECKPOINT_DIR}: starting afresh")
-    if accelerator.is_main_process:
-        T.remove_partial_checkpoints(out)
     log = T.CSVLog(out / "log.csv", resume_step=step if checkpoint else None) if accelerator.is_main_process else None
     if accelerator.log_with:
         accelerator.init_trackers("tensorboard", config=_tracker_config(settings))

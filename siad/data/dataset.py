@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from siad.config import SIADConfig
 from siad.data.cutpaste import cutpaste_poisson
 from siad.data.readers import Sample
 from siad.image import load_rgb, resize_for_encoder
@@ -36,7 +37,8 @@ class PseudoAnomalyDataset(Dataset):
     samples: `Sample`s; anomalous ones (label 1) are dropped, every class present must have at
     least one normal image. image_size, resize_mode: the encoder input (`resize_for_encoder`).
     seed: the base seed. dataset_name: for the class descriptions (`siad.prompts.describe`).
-    max_input_side: the decoding bound of `load_rgb`.
+    max_input_side, max_input_pixels: the bounds of `load_rgb` (the model's `SIADConfig` fields of the
+    same names).
 
     `dataset[i]` is a dict: "index", "image" (uint8 tensor 3 x S x S, the normal image),
     "anomaly_image" (uint8 3 x S x S), "anomaly_mask" (float32 S x S in {0, 1}),
@@ -45,7 +47,8 @@ class PseudoAnomalyDataset(Dataset):
     """
 
     def __init__(self, samples: Iterable[Sample], image_size: int = 224, resize_mode: str = "squash",
-                 seed: int = 0, dataset_name: str | None = None, max_input_side: int = 2048) -> None:
+                 seed: int = 0, dataset_name: str | None = None, max_input_side: int = SIADConfig.max_input_side,
+                 max_input_pixels: int = SIADConfig.max_input_pixels) -> None:
         all_samples = list(samples)
         if not all_samples:
             raise ValueError("PseudoAnomalyDataset: the sample list is empty")
@@ -67,6 +70,7 @@ class PseudoAnomalyDataset(Dataset):
         self.seed = seed
         self.dataset_name = dataset_name
         self.max_input_side = max_input_side
+        self.max_input_pixels = max_input_pixels
         self.epoch = 0
         by_class: dict[str, list[int]] = {}
         for index, sample in enumerate(normals):
@@ -88,7 +92,7 @@ class PseudoAnomalyDataset(Dataset):
 
     def load_image(self, index: int) -> np.ndarray:
         """Normal image `index` at the encoder resolution: S x S x 3 uint8."""
-        rgb = load_rgb(self.samples[index].image_path, max_side=self.max_input_side).rgb
+        rgb = load_rgb(self.samples[index].image_path, self.max_input_side, self.max_input_pixels).rgb
         return resize_for_encoder(rgb, self.image_size, self.resize_mode)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

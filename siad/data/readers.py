@@ -13,7 +13,9 @@ Conventions (the same for every dataset):
   has one: a missing mask is an error naming it, never an empty mask. The medical sets have no masks
   (image-level metrics only), so their anomalous images have `mask_path` None.
 - Masks are paired with images by file stem (`000.png` <-> `000_mask.png` or `000.bmp`), never by
-  sort order.
+  sort order. A mask whose size differs from its image's (EXIF orientation applied to both) is
+  reported by `load_dataset` with a `MaskSizeWarning` naming both files (`mask_size_mismatch`): it would
+  otherwise be stretched to the image without a word.
 - Samples come sorted by class, then defect type, then file name.
 
 Splits: "train" holds normal images only; "test" holds normal and anomalous images.
@@ -39,13 +41,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -62,6 +65,10 @@ _SDD_MANIFEST = "sdd_tiles.json"
 # A class name of each MVTec-like dataset, for error messages ("expected e.g. ROOT/bottle/test").
 _EXAMPLE_CLASS = {"mvtec": "bottle", "mpdd": "bracket_black", "dtd": "Woven_001", "btad": "01",
                   "mvtec_format": "<class>", "sdd": SDD_CLASS}
+
+
+class MaskSizeWarning(UserWarning):
+    """A ground-truth mask whose size differs from its image's (it is resized to the image's)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ def load_mask(path: PathLike, size: int | tuple[int, int] | None = None, mode: s
 
     Any mask format is binarised the same way: VisA's masks (small non-zero values), 0/255 PNGs,
     KolektorSDD's BMP labels, palette or RGB masks (a pixel is set where any colour channel is > 0).
+    An EXIF orientation is applied, as `siad.image.load_rgb` applies it to images.
     `size` (an int for a square, or (height, width)) resizes with nearest neighbours, with the same
     geometry as `siad.image.resize_for_encoder` (mode "squash" or "center_crop"; center_crop needs
     an int size).
@@ -104,9 +112,8 @@ def load_mask(path: PathLike, size: int | tuple[int, int] | None = None, mode: s
         raise FileNotFoundError(f"mask file not found: {path}")
     try:
         with Image.open(path) as opened:
-            if opened.mode == "P":
-                opened = opened.convert("RGB")
-            array = np.asarray(opened)
+            upright = ImageOps.exif_transpose(opened)
+            array = np.asarray(upright.convert("RGB") if upright.mode == "P" else upright)
     except (OSError, SyntaxError) as error:
         raise ValueError(f"{path} is not a mask image that can be read: {error}") from error
     if array.ndim == 3:
@@ -117,6 +124,39 @@ def load_mask(path: PathLike, size: int | tuple[int, int] | None = None, mode: s
     if size is None:
         return mask
     return resize_mask(mask, size, mode)
+
+
+def mask_size_mismatch(mask_path: PathLike, image_path: PathLike) -> str | None:
+    """None when the mask has its image's size (both upright, read from the file headers), else a
+    sentence naming both files and sizes. Evaluation resizes a mask to the map's size; a mask of
+    another size than its image is then stretched (or shrunk) to it."""
+    from siad.image import upright_size  # siad.image imports torch: only when masks are checked
+
+    mask_size, image_size = upright_size(mask_path), upright_size(image_path)
+    if mask_size == image_size:
+        return None
+    (mh, mw), (ih, iw) = mask_size, image_size
+    stretched = " (another aspect ratio: it is stretched)" if abs(mw / mh - iw / ih) > 0.01 * iw / ih else ""
+    return f"the mask {mask_path} is {mw}x{mh} but its image {image_path} is {iw}x{ih}{stretched}"
+
+
+def check_mask_sizes(samples: Iterable[Sample]) -> list[str]:
+    """Compare every sample's mask with its image (`mask_size_mismatch`); one `MaskSizeWarning` lists
+    the masks that differ (the first 10 by name). Returns all the mismatches found."""
+    found = []
+    for sample in samples:
+        if sample.mask_path is not None:
+            try:
+                problem = mask_size_mismatch(sample.mask_path, sample.image_path)
+            except (OSError, SyntaxError, ValueError):
+                continue  # an unreadable file is reported where it is read
+            if problem is not None:
+                found.append(problem)
+    if found:
+        more = f"; and {len(found) - 10} more" if len(found) > 10 else ""
+        warnings.warn(f"{len(found)} mask(s) differ in size from their image and are resized to it: "
+                      f"{'; '.join(found[:10])}{more}", MaskSizeWarning, stacklevel=3)
+    return found
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int], mode: str = "squash") -> np.ndarray:
@@ -447,7 +487,8 @@ def load_dataset(name: str, root: PathLike, split: str, *, cache_dir: PathLike |
     name: one of `DATASET_NAMES` ("mvtec", "visa", "mpdd", "btad", "dtd", "sdd", "brainmri",
     "headct", "br35h", "mvtec_format" for any MVTec-layout folder, "meta" for a folder holding
     meta.json). root: the dataset folder as distributed. cache_dir: where raw KolektorSDD tiles are
-    written (needed for raw "sdd" only). classes: keep only these classes (each must exist).
+    written (needed for raw "sdd" only). classes: keep only these classes (each must exist). Masks
+    whose size differs from their image's are reported with one `MaskSizeWarning` (`check_mask_sizes`).
     """
     key = name.lower()
     if key not in DATASET_NAMES:
@@ -477,4 +518,5 @@ def load_dataset(name: str, root: PathLike, split: str, *, cache_dir: PathLike |
             raise ValueError(f"class(es) {unknown} not in the {split} split of {name} at {path}; "
                              f"available: {present}")
         samples = [s for s in samples if s.class_name in set(wanted)]
+    check_mask_sizes(samples)
     return samples
