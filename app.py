@@ -154,7 +154,8 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         name = check(image, class_name)
         description = text(description, "description", limits.max_description_chars)
         try:
-            rgb = load_rgb(image, model.config.max_input_side).rgb  # decoded once, for the model and the display
+            # decoded once, for the model and the display
+            rgb = load_rgb(image, model.config.max_input_side, model.config.max_input_pixels).rgb
             result = model.detect([rgb], [name], [description])[0]
         except ValueError as error:
             raise gr.Error(str(error).replace(f"'{image}'", "the uploaded file")) from None
@@ -293,7 +294,8 @@ def save_picture(picture: Any, folder: Path) -> str:
     Gradio saves a numpy output to a content-named file by rewriting it in place on every request, so
     two requests with the same result (the same image sent twice at once) could truncate a file while
     it is being downloaded. Here an existing file is never rewritten, and a new one appears whole
-    (written under a temporary name, then renamed).
+    (written under a temporary name, then renamed). Reusing a file restarts its age, so that the
+    cache sweep (`AppLimits.cache_max_age_s`) never deletes a picture a request has just returned.
     """
     import hashlib
     import io
@@ -305,7 +307,9 @@ def save_picture(picture: Any, folder: Path) -> str:
     Image.fromarray(picture).save(buffer, format="PNG")
     data = buffer.getvalue()
     target = folder / hashlib.sha256(data).hexdigest() / "picture.png"
-    if not target.exists():
+    try:
+        os.utime(target)  # reused: young again for the sweep (it ages files by their ctime)
+    except FileNotFoundError:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, staging = tempfile.mkstemp(dir=target.parent, prefix=".picture.", suffix=".png")
         try:

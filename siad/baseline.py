@@ -166,7 +166,7 @@ class ZeroShotBaseline(nn.Module):
 
     def _detect_batch(self, images: list, names: list[str], sigma: float | None = None) -> list[DetectionResult]:
         config = self.config
-        loaded = [load_rgb(image, config.max_input_side) for image in images]
+        loaded = [load_rgb(image, config.max_input_side, config.max_input_pixels) for image in images]
         resized = np.stack([resize_for_encoder(item.rgb, config.image_size, config.resize_mode) for item in loaded])
         pixels = normalize(resized, config.image_mean, config.image_std).to(device=self.device, dtype=self.dtype)
         maps = self.map_head.smooth(self.anomaly_maps(pixels, names),
@@ -174,7 +174,7 @@ class ZeroShotBaseline(nn.Module):
         scores = self.map_head.score(maps)
         results = []
         for b, item in enumerate(loaded):
-            full = map_to_original(maps[b], item.original_size, config.resize_mode)
+            full = map_to_original(maps[b], item.original_size, config.resize_mode, config.max_map_pixels)
             score = float(scores[b])
             results.append(DetectionResult(anomaly_map=full, score=score, answer=None, initial_map=full,
                                            initial_score=score, initial_answer=None,

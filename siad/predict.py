@@ -123,7 +123,8 @@ def predict_paths(detector: Any, paths: Sequence[Path], class_name: str, out: Pa
             chunk_rows: dict[Path, Prediction] = {}
             for path in chunk:
                 try:
-                    loaded.append((path, load_rgb(path, detector.config.max_input_side).rgb))
+                    loaded.append((path, load_rgb(path, detector.config.max_input_side,
+                                                  detector.config.max_input_pixels).rgb))
                 except (ValueError, OSError) as error:
                     chunk_rows[path] = Prediction(path=str(path), error=str(error))
             for path, rgb, result, error in _detect_each(detector, loaded, class_name, description, chat,
