@@ -146,17 +146,11 @@ def load_safetensors(path: str | Path, *, expected: Mapping[str, tuple[int, ...]
 
 
 # ---------------------------------------------------------------------- saving
-def _render_card(model: "SIADModel", card: str | None) -> str:
-    if card is not None:
-        return card
-    from siad.model_card import render_model_card
-
-    return render_model_card(model.config)
-
-
 def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_encoder: bool = True,
-                      card: str | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write the folder described in this module's docstring. dtype: cast floating weights (e.g. bf16)."""
+                      card: str | None = None, dtype: torch.dtype | None = None, model_id: str | None = None) -> Path:
+    """Write the folder described in this module's docstring. dtype: cast floating weights (e.g. bf16);
+    card: the README.md text (default: `render_model_card` for this model; model_id: the Hub id its
+    usage example names)."""
     from safetensors.torch import save_file
 
     folder = Path(save_directory)
@@ -199,7 +193,12 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
         base.config.save_pretrained(str(llm_dir))
         save_file(_strip_base_layer(base_state), str(llm_dir / WEIGHTS_NAME), metadata={"format": "pt"})
         model.llm_tokenizer.save_pretrained(str(llm_dir))
-    (folder / CARD_NAME).write_text(_render_card(model, card), encoding="utf-8")
+    if card is None:
+        from siad.model_card import parameter_counts, render_model_card
+
+        card = render_model_card(config, model_id=model_id, encoder_saved=save_encoder,
+                                 parameters=parameter_counts(model))
+    (folder / CARD_NAME).write_text(card, encoding="utf-8")
     return folder
 
 

@@ -1,7 +1,11 @@
 """What `pip install siad-llm` gets: lower-bounded core dependencies (no app, no plots), extras, the
-`siad` command."""
+`siad` command, and the model card template inside the wheel."""
 
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -36,3 +40,23 @@ def test_requirements_files_keep_the_space_pins_and_install_the_test_extra():
     assert "torch==2.14.1" in pinned and any(line.startswith("gradio") for line in pinned)
     test = (ROOT / "requirements-test.txt").read_text().splitlines()
     assert "-r requirements.txt" in test and "-e .[test]" in test
+
+
+def test_the_wheel_holds_the_card_template_and_the_command(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "siad", source / "siad", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
+                           "-q", "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "dist").glob("siad_llm-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        template = archive.read("siad/templates/model_card.md").decode()
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "siad/cli.py" in names and "siad/model_card.py" in names
+    assert template == (ROOT / "siad" / "templates" / "model_card.md").read_text()
+    assert "siad = siad.cli:main" in entry_points
