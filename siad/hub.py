@@ -202,6 +202,36 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
     return folder
 
 
+# ---------------------------------------------------------------------- uploading
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_config.json",
+                  f"{ADAPTER_DIR}/adapter_model.safetensors", CARD_NAME)
+
+
+def upload_model_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                        branch: str | None = None, create_pr: bool = False,
+                        commit_message: str | None = None) -> str:
+    """Upload a saved model folder to the Hub exactly as it is, in one commit; returns the commit URL.
+
+    The repo is created if needed. Only the files of a model folder (`HUB_PATTERNS`: config.json,
+    model.safetensors, llm_adapter/, llm/, README.md) are uploaded, and files of those patterns that
+    the folder no longer has are deleted from the repo in the same commit (e.g. an llm/ left by an
+    earlier upload, which would otherwise be loaded instead of the LM the config names). Nothing is
+    saved again: the dtype, card and encoder are those of the folder.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a saved SIAD model folder: {missing} missing")
+    SIADConfig.load(folder / CONFIG_NAME)  # a folder whose config does not load is not uploaded
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), repo_type="model", revision=branch,
+                             create_pr=create_pr, commit_message=commit_message or "Upload a SIAD-LLM model",
+                             allow_patterns=HUB_PATTERNS, delete_patterns=HUB_PATTERNS)
+
+
 def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating tensors that hold a NaN or an infinity."""
     return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
