@@ -14,6 +14,9 @@ Loading never builds a float32 copy first: the skeleton is built with empty weig
 tensor is read by the safetensors library, one at a time, straight into the requested dtype
 (`load_safetensors`); headers are validated and every shape is checked against the model's before
 anything is read; expected keys that are missing and unknown keys that are present are refused by name.
+
+Uploading (`upload_model_folder`) sends a saved folder as it is: `save_pretrained(..., push_to_hub=True)`
+and `push_to_hub` save once and upload that folder.
 """
 
 from __future__ import annotations
@@ -38,10 +41,13 @@ WEIGHTS_NAME = "model.safetensors"
 ADAPTER_DIR = "llm_adapter"
 LLM_DIR = "llm"
 CARD_NAME = "README.md"
-HUB_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME]
+HUB_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME)
 
-# The safetensors library refuses larger headers too; the diagnosis below never reads more.
+# For the diagnosis of a header the safetensors library refused: it refuses larger headers too,
+# and these are the bytes per element of its dtypes.
 _MAX_HEADER_BYTES = 100_000_000
+_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+             "U16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 # ---------------------------------------------------------------------- safetensors reading
@@ -95,10 +101,6 @@ def _diagnose_header(path: Path) -> str:
             return f" (tensor {name}: shape {shape} needs {math.prod(shape) * itemsize} bytes, " \
                    f"data_offsets give {offsets[1] - offsets[0]})"
     return ""
-
-
-_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
-             "U16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -229,7 +231,7 @@ def upload_model_folder(folder: str | Path, repo_id: str, *, token: str | None =
     repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
     return api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), repo_type="model", revision=branch,
                              create_pr=create_pr, commit_message=commit_message or "Upload a SIAD-LLM model",
-                             allow_patterns=HUB_PATTERNS, delete_patterns=HUB_PATTERNS)
+                             allow_patterns=list(HUB_PATTERNS), delete_patterns=list(HUB_PATTERNS))
 
 
 def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -266,7 +268,7 @@ def resolve_model_folder(model_id: str | Path, *, revision: str | None = None, c
 
     try:
         folder = snapshot_download(str(model_id), revision=revision, cache_dir=cache_dir, force_download=force_download,
-                                   local_files_only=local_files_only, token=token, allow_patterns=HUB_PATTERNS)
+                                   local_files_only=local_files_only, token=token, allow_patterns=list(HUB_PATTERNS))
     except Exception as error:  # offline without a cache, unknown repo, no network, ...
         raise OSError(f"'{model_id}' is neither a local folder nor a SIAD model that can be fetched from the Hub or "
                       f"found in its cache ({type(error).__name__}: {error}). Give a local folder, or download the "

@@ -165,7 +165,7 @@ def _check_bf16_card_no_encoder(upload: dict, model) -> None:
     assert {v.dtype for v in _weights(files["llm_adapter/adapter_model.safetensors"]).values()} == {torch.bfloat16}
     from siad.hub import HUB_PATTERNS
 
-    assert upload["allow_patterns"] == HUB_PATTERNS and upload["delete_patterns"] == HUB_PATTERNS
+    assert upload["allow_patterns"] == list(HUB_PATTERNS) == upload["delete_patterns"]
 
 
 def test_save_pretrained_with_push_uploads_exactly_the_folder_it_saved(tmp_path, monkeypatch):
@@ -265,3 +265,21 @@ def test_model_card_parses(tmp_path):
     card = ModelCard.load(tmp_path / "m" / "README.md")
     assert card.data.library_name == "siad-llm"
     assert "anomaly-detection" in card.data.tags
+
+
+def test_a_folder_saved_by_a_newer_siad_loads_with_a_warning_and_an_older_one_is_upgraded(tmp_path):
+    model = _tiny()
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved["format_version"] == 2
+    path.write_text(json.dumps({**saved, "format_version": 3, "map_head_dtype": "float32"}))
+    with pytest.warns(UserWarning, match=r"newer siad.*\['map_head_dtype'\]"):
+        newer = SIADModel.from_pretrained(tmp_path / "m")
+    _same_detection(model.detect(IMAGES, "bottle", chat=False), newer.detect(IMAGES, "bottle", chat=False))
+    del saved["format_version"]  # a folder written before the format version existed
+    path.write_text(json.dumps(saved))
+    assert SIADModel.from_pretrained(tmp_path / "m").config == model.config
+    path.write_text(json.dumps({**saved, "threshold": "0.5"}))
+    with pytest.raises(ValueError, match="SIADConfig.threshold='0.5'"):
+        SIADModel.from_pretrained(tmp_path / "m")
