@@ -209,7 +209,7 @@ def _encoder_from_model_folder(model_id: str, dtype: torch.dtype,
     `encoder.*` tensors of model.safetensors (or the official checkpoint the config names)."""
     from accelerate import init_empty_weights
 
-    from siad.hub import CONFIG_NAME, WEIGHTS_NAME, read_safetensors, resolve_model_folder, safetensors_header
+    from siad.hub import CONFIG_NAME, WEIGHTS_NAME, load_safetensors, resolve_model_folder, safetensors_shapes
 
     folder = resolve_model_folder(model_id)
     config = SIADConfig.load(folder / CONFIG_NAME)
@@ -218,17 +218,18 @@ def _encoder_from_model_folder(model_id: str, dtype: torch.dtype,
         raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: {WEIGHTS_NAME} is missing")
     with init_empty_weights(include_buffers=False):
         encoder = ImageBindEncoder(config)
-    stored = {k for k in safetensors_header(weights) if k.startswith("encoder.")}
+    stored = {k for k in safetensors_shapes(weights) if k.startswith("encoder.")}
     if not stored:
         if not config.encoder_checkpoint:
             raise ValueError(f"{weights} holds no encoder weights and config.encoder_checkpoint is not set")
         return _official_encoder(config, Path(config.encoder_checkpoint), dtype, device), config
-    state = {k[len("encoder."):]: v for k, v in read_safetensors(weights, dtype=dtype, device=device, keys=stored)}
-    expected = set(encoder.state_dict())
-    if set(state) != expected:
-        missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+    expected = {f"encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
+    if stored != set(expected):
+        missing, unknown = sorted(set(expected) - stored), sorted(stored - set(expected))
         raise ValueError(f"{weights}: the stored encoder does not match its config (missing {missing[:5]}, "
                          f"unknown {unknown[:5]})")
+    state = {k[len("encoder."):]: v for k, v in load_safetensors(weights, expected=expected, keys=stored, dtype=dtype,
+                                                                 device=device).items()}
     encoder.load_state_dict(state, strict=True, assign=True)
     return encoder.to(device), config
 

@@ -6,8 +6,15 @@ The names follow the paper (stage prompts, adapter, SEM, PEM, self-improvement) 
 - `SIADConfig.siad_llm()`: ImageBind-Huge + Vicuna-7B with the paper's values;
 - `SIADConfig.tiny()`: a model that builds in well under a second on a CPU, for tests.
 
-A config is validated when it is constructed: an impossible value raises `ValueError`
-naming the field.
+A config is validated when it is constructed: a value of the wrong type (e.g. the string "0.5"
+for a float) or an impossible value raises `ValueError` naming the field.
+
+Saved configs (config.json) carry `format_version` (`CONFIG_FORMAT_VERSION`). Reading one
+(`SIADConfig.load`, `from_json_string`, `from_saved_dict`) follows these rules: a config without
+a version (written before versions existed: format 1) or of an older version is brought to the
+current format by `upgrade_config_dict`; one written by a newer siad loads with a warning that names
+the keys this version does not know (they are dropped); unknown keys in a config of this or an older
+format are refused. `SIADConfig.from_dict` is for dicts a user writes: it refuses unknown keys.
 """
 
 from __future__ import annotations
@@ -15,9 +22,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+# The format of a saved config.json. 1: the configs written before the version existed (no
+# "format_version" key); 2: the version key itself. A newer siad that changes the meaning of a field
+# raises this and adds the step to `upgrade_config_dict`.
+CONFIG_FORMAT_VERSION = 2
+FORMAT_VERSION_KEY = "format_version"
+
+# Inputs larger than this on their longer side are refused as a setting of max_input_side: the
+# bound exists to keep memory bounded, so it cannot be switched off with a huge value.
+MAX_INPUT_SIDE_LIMIT = 8192
 
 # Stage phrases of the paper's Table 6; Case 3 is the paper's default.
 STAGE_PHRASE_CASES: dict[int, tuple[str, ...]] = {
@@ -114,7 +134,8 @@ class SIADConfig:
         image_size, image_mean, image_std: the encoder's input.
         resize_mode: "squash" (the whole image resized to image_size x image_size, so the map
             covers every pixel) or "center_crop" (ImageBind's own resize + centre crop).
-        max_input_side: larger inputs are downscaled to this side first (bounded memory).
+        max_input_side: larger inputs are downscaled to this side first (bounded memory); an
+            integer in [1, MAX_INPUT_SIDE_LIMIT = 8192].
         score_smoothing_sigma: Gaussian sigma applied to the map before the image score (0: off).
         threshold: the score above which an image is called anomalous.
         max_input_pixels: inputs of more pixels are refused before they are decoded (a JPEG is
@@ -202,9 +223,23 @@ class SIADConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 setattr(self, name, tuple(value))
+        self._check_types()
         self._validate()
 
     # ------------------------------------------------------------------ validation
+    def _check_types(self) -> None:
+        """Every field against its annotation (an int is a valid float and is stored as one;
+        floats must be finite; bool is not an int)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise ValueError(f"SIADConfig.{f.name}={value!r}: must be of type {f.type}"
+                                 f"{' (a finite number)' if 'float' in str(f.type) else ''}, "
+                                 f"got {type(value).__name__}")
+            if hints[f.name] is float:
+                setattr(self, f.name, float(value))
+
     def _validate(self) -> None:
         def fail(name: str, message: str) -> None:
             raise ValueError(f"SIADConfig.{name}={getattr(self, name)!r}: {message}")
@@ -216,6 +251,8 @@ class SIADConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(name, "must be a positive integer")
+        if self.max_input_side > MAX_INPUT_SIDE_LIMIT:
+            fail("max_input_side", f"must be at most {MAX_INPUT_SIDE_LIMIT} (the bound keeps memory bounded)")
         for name, (dim, heads) in {
             "vision_num_heads": (self.vision_embed_dim, self.vision_num_heads),
             "text_num_heads": (self.text_embed_dim, self.text_num_heads),
@@ -336,33 +373,130 @@ class SIADConfig:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+        """The fields as JSON values, with the current `format_version`."""
+        data = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+        data[FORMAT_VERSION_KEY] = CONFIG_FORMAT_VERSION
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SIADConfig":
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Mapping[str, Any]) -> "SIADConfig":
+        """A config from a dict a user wrote: unknown keys are refused. `format_version` may be
+        given only as the current version (a saved config of another version: `from_saved_dict`)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"SIADConfig: expected a mapping of fields, got {type(data).__name__}")
+        fields = dict(data)
+        version = fields.pop(FORMAT_VERSION_KEY, CONFIG_FORMAT_VERSION)
+        if version != CONFIG_FORMAT_VERSION:
+            raise ValueError(f"SIADConfig.from_dict: format_version={version!r} is not this siad's "
+                             f"{CONFIG_FORMAT_VERSION}; read saved configs with SIADConfig.load / from_saved_dict")
+        unknown = sorted(set(fields) - _init_fields())
         if unknown:
             raise ValueError(f"SIADConfig: unknown field(s) {unknown}")
-        return cls(**data)
+        return cls(**fields)
+
+    @classmethod
+    def from_saved_dict(cls, data: Any, source: str = "config") -> "SIADConfig":
+        """A config from a saved config.json's content (see the module docstring for the rules).
+        source: what to call it in messages (e.g. the file's path)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: a SIAD config must be a JSON object, got {type(data).__name__}")
+        version = saved_format_version(data, source)
+        if version > CONFIG_FORMAT_VERSION:
+            unknown = sorted(set(data) - _init_fields() - {FORMAT_VERSION_KEY})
+            dropped = f"; keys this version does not know, ignored: {unknown}" if unknown else ""
+            warnings.warn(f"{source} was written by a newer siad (config format {version}, this siad reads "
+                          f"{CONFIG_FORMAT_VERSION}){dropped}. Upgrade siad to use every setting.", stacklevel=2)
+            fields = {k: v for k, v in data.items() if k in _init_fields()}
+        else:
+            fields = upgrade_config_dict(data, source)
+            fields.pop(FORMAT_VERSION_KEY)
+            unknown = sorted(set(fields) - _init_fields())
+            if unknown:
+                raise ValueError(f"{source}: unknown field(s) {unknown} in a config of format {version}")
+        return cls(**fields)
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json_string(cls, text: str) -> "SIADConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json_string(cls, text: str, source: str = "config") -> "SIADConfig":
+        """A saved config's JSON text (the rules of `from_saved_dict`)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source} is not valid JSON: {error}") from error
+        return cls.from_saved_dict(data, source)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json_string(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "SIADConfig":
-        return cls.from_json_string(Path(path).read_text(encoding="utf-8"))
+        """A saved config.json (older formats upgraded, newer ones read with a warning)."""
+        return cls.from_json_string(Path(path).read_text(encoding="utf-8"), source=str(path))
 
     def replace(self, **changes: Any) -> "SIADConfig":
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def _init_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(SIADConfig) if f.init}
+
+
+def saved_format_version(data: Mapping[str, Any], source: str = "config") -> int:
+    """The format version of a saved config dict: its `format_version`, 1 when there is none."""
+    version = data.get(FORMAT_VERSION_KEY, 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{source}: format_version={version!r} must be a positive integer")
+    return version
+
+
+def upgrade_config_dict(data: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """A saved config dict of this or an older format -> a new dict in the current format
+    (`format_version` = CONFIG_FORMAT_VERSION). Each format step is one block below.
+
+    1 -> 2: format 1 is every config written before the version key existed; its fields mean what
+    they mean in format 2 (fields added since then take their defaults), so only the key is added.
+    """
+    version = saved_format_version(data, source)
+    if version > CONFIG_FORMAT_VERSION:
+        raise ValueError(f"{source}: format {version} is newer than this siad's {CONFIG_FORMAT_VERSION}; "
+                         f"it cannot be upgraded, only read (SIADConfig.from_saved_dict)")
+    upgraded = dict(data)
+    if version == 1:
+        version = 2
+    upgraded[FORMAT_VERSION_KEY] = version
+    return upgraded
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a config value matches a field annotation (the few forms SIADConfig uses)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1])
+                                               for k, v in value.items())
+    raise TypeError(f"SIADConfig: no type check for the annotation {hint!r}")
 
 
 def _jsonable(value: Any) -> Any:

@@ -55,9 +55,9 @@ def read_imagebind(path: str | Path, config: SIADConfig) -> dict[str, torch.Tens
         raise FileNotFoundError(f"ImageBind checkpoint not found: {path}")
     expected_kind = "an ImageBind checkpoint (imagebind_huge.pth)"
     if path.suffix == ".safetensors":
-        from siad.hub import read_safetensors
+        from siad.hub import load_safetensors
 
-        state = dict(read_safetensors(path))
+        state = load_safetensors(path)
     else:
         state = _tensor_dict(safe_torch_load(path, expected_kind), path, expected_kind)
     kept = filter_official_state_dict(state)

@@ -11,16 +11,23 @@ A saved model folder:
 
 The base LLM is otherwise named in the config (`llm_name_or_path`) and loaded from its own repo or path.
 Loading never builds a float32 copy first: the skeleton is built with empty weights and every
-tensor is read straight into the requested dtype (`read_safetensors`); expected keys that are
-missing and unknown keys that are present are refused by name.
+tensor is read by the safetensors library, one at a time, straight into the requested dtype
+(`load_safetensors`); headers are validated and every shape is checked against the model's before
+anything is read; expected keys that are missing and unknown keys that are present are refused by name.
+
+Uploading (`upload_model_folder`) sends a saved folder as it is: `save_pretrained(..., push_to_hub=True)`
+and `push_to_hub` save once and upload that folder.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -34,79 +41,118 @@ WEIGHTS_NAME = "model.safetensors"
 ADAPTER_DIR = "llm_adapter"
 LLM_DIR = "llm"
 CARD_NAME = "README.md"
-HUB_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME]
+HUB_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME)
 
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-# ---------------------------------------------------------------------- safetensors streaming
-def safetensors_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file: name -> {dtype, shape, data_offsets} (and __metadata__)."""
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path} is not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > 100_000_000:
-            raise ValueError(f"{path} is not a safetensors file (header of {length} bytes)")
-        try:
-            return json.loads(handle.read(length))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a safetensors file: {error}") from error
+# For the diagnosis of a header the safetensors library refused: it refuses larger headers too,
+# and these are the bytes per element of its dtypes.
+_MAX_HEADER_BYTES = 100_000_000
+_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+             "U16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-def read_safetensors(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-                     keys: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) from a safetensors file one tensor at a time.
+# ---------------------------------------------------------------------- safetensors reading
+@contextmanager
+def _safetensors_file(path: Path) -> Iterator[Any]:
+    """`safe_open(path)`; anything the library refuses (header type, fields, offsets outside the
+    file or not matching the shapes, dtypes) becomes a ValueError naming the file and, where one
+    is at fault, the tensor."""
+    from safetensors import SafetensorError, safe_open
 
-    Each tensor is read straight from the file into its own buffer (no memory map, no second copy
-    of the file), then cast to `dtype` (floating tensors only) and moved to `device`. Peak memory is
-    the loaded tensors plus one tensor in flight.
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            yield handle
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a valid safetensors file{_diagnose_header(path)}: {error}") from error
+
+
+def _diagnose_header(path: Path) -> str:
+    """Which entry of a header the library refused, for the message: ' (tensor NAME: why)', or ''.
+    Only run after the library refused the file; the library's checks are the ones that count."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(8)
+            length = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+            if not 0 < length <= _MAX_HEADER_BYTES:
+                return ""
+            header = json.loads(handle.read(length))
+            data_size = os.fstat(handle.fileno()).st_size - 8 - length
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(header, dict):
+        return f" (the header is a JSON {type(header).__name__}, not an object of tensors)"
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            return f" (tensor {name}: its entry is not an object)"
+        absent = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+        if absent:
+            return f" (tensor {name}: field {absent[0]} is missing)"
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            return f" (tensor {name}: shape {shape!r} is not a list of non-negative integers)"
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_size):
+            return f" (tensor {name}: data_offsets {offsets!r} do not lie within the file's {data_size} data bytes)"
+        itemsize = _ITEMSIZE.get(info["dtype"])
+        if itemsize is None:
+            return f" (tensor {name}: dtype {info['dtype']!r} is not supported)"
+        if math.prod(shape) * itemsize != offsets[1] - offsets[0]:
+            return f" (tensor {name}: shape {shape} needs {math.prod(shape) * itemsize} bytes, " \
+                   f"data_offsets give {offsets[1] - offsets[0]})"
+    return ""
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in a safetensors file, from its header (validated by the
+    safetensors library); nothing is read or allocated."""
+    with _safetensors_file(Path(path)) as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+
+
+def load_safetensors(path: str | Path, *, expected: Mapping[str, tuple[int, ...]] | None = None,
+                     keys: Iterable[str] | None = None, dtype: torch.dtype | None = None,
+                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (only `keys`, if given), each cast to `dtype` (floating
+    tensors only) and moved to `device`, one tensor at a time.
+
+    The safetensors library validates the header (a JSON object of entries with dtype, shape and
+    data_offsets, offsets inside the file and matching the shapes) and memory-maps the file;
+    a tensor kept in its stored dtype on the CPU stays backed by the file's pages (copy on write),
+    any other is copied out one at a time. expected: the shape each tensor must have (the model's);
+    every tensor read must be in it with that shape, checked from the header before any tensor is
+    read. Anything wrong is a ValueError naming the file and the tensor.
     """
-    header = safetensors_header(path)
-    start = 8 + struct.unpack("<Q", Path(path).open("rb").read(8))[0]
+    path = Path(path)
     device = torch.device(device)
-    entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
-    with open(path, "rb", buffering=0) as handle:
-        for name, info in entries:
-            if keys is not None and name not in keys:
-                continue
-            stored = _ST_DTYPES.get(info["dtype"])
-            if stored is None:
-                raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-            begin, end = info["data_offsets"]
-            tensor = torch.empty(info["shape"], dtype=stored)
-            view = tensor.view(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
-            if view.numel() != end - begin:
-                raise ValueError(f"{path}: tensor {name} has {end - begin} bytes for shape {info['shape']}")
-            handle.seek(start + begin)
-            if view.numel():
-                got = handle.readinto(memoryview(view.numpy()))
-                if got != view.numel():
-                    raise ValueError(f"{path}: file ends inside tensor {name}")
+    with _safetensors_file(path) as handle:
+        names = list(handle.keys()) if keys is None else list(dict.fromkeys(keys))
+        stored = set(handle.keys())
+        for name in names:
+            if name not in stored:
+                raise ValueError(f"{path}: tensor {name} is not in the file")
+            if expected is not None:
+                shape = tuple(handle.get_slice(name).get_shape())
+                if name not in expected:
+                    raise ValueError(f"{path}: tensor {name} is not a weight of this model")
+                if shape != tuple(expected[name]):
+                    raise ValueError(f"{path}: tensor {name} has shape {list(shape)}, the model expects "
+                                     f"{list(expected[name])}")
+        state: dict[str, torch.Tensor] = {}
+        for name in names:
+            tensor = handle.get_tensor(name)
             if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
                 tensor = tensor.to(dtype)
-            if device.type != "cpu":
-                tensor = tensor.to(device)
-            yield name, tensor
+            state[name] = tensor.to(device) if device.type != "cpu" else tensor
+    return state
 
 
 # ---------------------------------------------------------------------- saving
-def _render_card(model: "SIADModel", card: str | None) -> str:
-    if card is not None:
-        return card
-    from siad.model_card import render_model_card
-
-    return render_model_card(model.config)
-
-
 def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_encoder: bool = True,
-                      card: str | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write the folder described in this module's docstring. dtype: cast floating weights (e.g. bf16)."""
+                      card: str | None = None, dtype: torch.dtype | None = None, model_id: str | None = None) -> Path:
+    """Write the folder described in this module's docstring. dtype: cast floating weights (e.g. bf16);
+    card: the README.md text (default: `render_model_card` for this model; model_id: the Hub id its
+    usage example names)."""
     from safetensors.torch import save_file
 
     folder = Path(save_directory)
@@ -149,8 +195,43 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
         base.config.save_pretrained(str(llm_dir))
         save_file(_strip_base_layer(base_state), str(llm_dir / WEIGHTS_NAME), metadata={"format": "pt"})
         model.llm_tokenizer.save_pretrained(str(llm_dir))
-    (folder / CARD_NAME).write_text(_render_card(model, card), encoding="utf-8")
+    if card is None:
+        from siad.model_card import parameter_counts, render_model_card
+
+        card = render_model_card(config, model_id=model_id, encoder_saved=save_encoder,
+                                 parameters=parameter_counts(model))
+    (folder / CARD_NAME).write_text(card, encoding="utf-8")
     return folder
+
+
+# ---------------------------------------------------------------------- uploading
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_config.json",
+                  f"{ADAPTER_DIR}/adapter_model.safetensors", CARD_NAME)
+
+
+def upload_model_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                        branch: str | None = None, create_pr: bool = False,
+                        commit_message: str | None = None) -> str:
+    """Upload a saved model folder to the Hub exactly as it is, in one commit; returns the commit URL.
+
+    The repo is created if needed. Only the files of a model folder (`HUB_PATTERNS`: config.json,
+    model.safetensors, llm_adapter/, llm/, README.md) are uploaded, and files of those patterns that
+    the folder no longer has are deleted from the repo in the same commit (e.g. an llm/ left by an
+    earlier upload, which would otherwise be loaded instead of the LM the config names). Nothing is
+    saved again: the dtype, card and encoder are those of the folder.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a saved SIAD model folder: {missing} missing")
+    SIADConfig.load(folder / CONFIG_NAME)  # a folder whose config does not load is not uploaded
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), repo_type="model", revision=branch,
+                             create_pr=create_pr, commit_message=commit_message or "Upload a SIAD-LLM model",
+                             allow_patterns=list(HUB_PATTERNS), delete_patterns=list(HUB_PATTERNS))
 
 
 def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -187,7 +268,7 @@ def resolve_model_folder(model_id: str | Path, *, revision: str | None = None, c
 
     try:
         folder = snapshot_download(str(model_id), revision=revision, cache_dir=cache_dir, force_download=force_download,
-                                   local_files_only=local_files_only, token=token, allow_patterns=HUB_PATTERNS)
+                                   local_files_only=local_files_only, token=token, allow_patterns=list(HUB_PATTERNS))
     except Exception as error:  # offline without a cache, unknown repo, no network, ...
         raise OSError(f"'{model_id}' is neither a local folder nor a SIAD model that can be fetched from the Hub or "
                       f"found in its cache ({type(error).__name__}: {error}). Give a local folder, or download the "
@@ -237,22 +318,22 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
                                              quantization=llm_quantization, cache_dir=cache_dir)
     with init_empty_weights(include_buffers=False):
         model = SIADModel(config, dtype=dtype, device=device, llm=llm, llm_tokenizer=tokenizer)
-    expected = {k for k in model.state_dict() if not k.startswith("llm.")}
-    header = safetensors_header(weights)
-    found = {k for k in header if k != "__metadata__"}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("llm.")}
+    found = set(safetensors_shapes(weights))
     has_encoder = any(k.startswith("encoder.") for k in found)
     if not has_encoder:
         if not config.encoder_checkpoint:
             raise ValueError(f"{weights} holds no encoder weights and config.encoder_checkpoint is not set")
-        expected = {k for k in expected if not k.startswith("encoder.")}
-    _check_keys(expected, found, str(weights))
-    state = dict(read_safetensors(weights, dtype=dtype, device=device))
+        expected = {k: v for k, v in expected.items() if not k.startswith("encoder.")}
+    _check_keys(set(expected), found, str(weights))
+    state = load_safetensors(weights, expected=expected, dtype=dtype, device=device)
     model.load_state_dict(state, strict=False, assign=True)
     del state
     if not has_encoder:
         load_official_checkpoint(model.encoder, config.encoder_checkpoint, dtype=dtype, device=device)
-    adapter = dict(read_safetensors(adapter_file, dtype=dtype, device=device))
-    _check_keys(_expected_adapter_keys(model), set(adapter), str(adapter_file))
+    expected_adapter = _expected_adapter_shapes(model)
+    _check_keys(set(expected_adapter), set(safetensors_shapes(adapter_file)), str(adapter_file))
+    adapter = load_safetensors(adapter_file, expected=expected_adapter, dtype=dtype, device=device)
     result = set_peft_model_state_dict(model.llm, adapter, low_cpu_mem_usage=True)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"{adapter_file}: unknown adapter weights {sorted(result.unexpected_keys)[:10]}")
@@ -264,10 +345,10 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     return model
 
 
-def _expected_adapter_keys(model: "SIADModel") -> set[str]:
+def _expected_adapter_shapes(model: "SIADModel") -> dict[str, tuple[int, ...]]:
     from peft import get_peft_model_state_dict
 
-    return set(get_peft_model_state_dict(model.llm, save_embedding_layers=False).keys())
+    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model.llm, save_embedding_layers=False).items()}
 
 
 def _check_adapter_config(path: Path, config: SIADConfig) -> None:
@@ -311,11 +392,12 @@ def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -
     with init_empty_weights(include_buffers=False):
         llm = AutoModelForCausalLM.from_config(llm_config, dtype=dtype, **NO_REMOTE_CODE)
     weights = llm_dir / WEIGHTS_NAME
-    expected = set(llm.state_dict())
-    found = {k for k in safetensors_header(weights) if k != "__metadata__"}
-    tied = {k for k in expected - found if _is_tied(llm, k)}
-    _check_keys(expected - tied, found, str(weights))
-    llm.load_state_dict(dict(read_safetensors(weights, dtype=dtype, device=device)), strict=False, assign=True)
+    expected = {k: tuple(v.shape) for k, v in llm.state_dict().items()}
+    found = set(safetensors_shapes(weights))
+    tied = {k for k in set(expected) - found if _is_tied(llm, k)}
+    _check_keys(set(expected) - tied, found, str(weights))
+    llm.load_state_dict(load_safetensors(weights, expected=expected, dtype=dtype, device=device), strict=False,
+                        assign=True)
     if tied:
         llm.tie_weights()
     llm.to(device)

@@ -163,23 +163,40 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, save_directory: str | Path, *, save_encoder: bool = True, card: str | None = None,
-                        dtype: torch.dtype | None = None, config: Any = None, repo_id: str | None = None,
-                        push_to_hub: bool = False, model_card_kwargs: dict | None = None,
-                        **push_to_hub_kwargs: Any) -> str | None:
-        """Save the model as a folder of parts (see `siad.hub`).
+                        dtype: torch.dtype | None = None, push_to_hub: bool = False, repo_id: str | None = None,
+                        token: str | None = None, private: bool | None = None, branch: str | None = None,
+                        create_pr: bool = False, commit_message: str | None = None) -> str | None:
+        """Save the model as a folder of parts (see `siad.hub`); with push_to_hub=True, upload that
+        same folder to `repo_id` (default: the folder's name) and return the commit URL. repo_id
+        also names the model in the card's usage example.
 
         save_encoder=False leaves the ImageBind trunks out (config.encoder_checkpoint must then name
         the official checkpoint); card: the README.md text (default: the rendered model card);
         dtype: cast the saved weights (e.g. torch.bfloat16).
         """
-        from siad.hub import save_model_folder
+        from siad.hub import save_model_folder, upload_model_folder
 
-        if config is not None and config != self.config:
-            raise ValueError("save_pretrained saves the model's own config; change model.config instead")
-        save_model_folder(self, save_directory, save_encoder=save_encoder, card=card, dtype=dtype)
-        if push_to_hub:
-            return self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
-        return None
+        repo = repo_id if repo_id is not None or not push_to_hub else Path(save_directory).name
+        save_model_folder(self, save_directory, save_encoder=save_encoder, card=card, dtype=dtype, model_id=repo)
+        if not push_to_hub:
+            return None
+        return upload_model_folder(save_directory, repo, token=token, private=private, branch=branch,
+                                   create_pr=create_pr, commit_message=commit_message)
+
+    def push_to_hub(self, repo_id: str, *, save_encoder: bool = True, card: str | None = None,
+                    dtype: torch.dtype | None = None, token: str | None = None, private: bool | None = None,
+                    branch: str | None = None, create_pr: bool = False, commit_message: str | None = None) -> str:
+        """Save the model once into a temporary folder, with the options of `save_pretrained`, and
+        upload that folder (`siad.hub.upload_model_folder`); returns the commit URL."""
+        import tempfile
+
+        from siad.hub import save_model_folder, upload_model_folder
+
+        with tempfile.TemporaryDirectory(prefix="siad-push-") as tmp:
+            folder = save_model_folder(self, Path(tmp) / "model", save_encoder=save_encoder, card=card, dtype=dtype,
+                                       model_id=repo_id)
+            return upload_model_folder(folder, repo_id, token=token, private=private, branch=branch,
+                                       create_pr=create_pr, commit_message=commit_message)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, dtype: torch.dtype = torch.float32,

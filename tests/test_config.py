@@ -1,9 +1,11 @@
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 
 from siad import SIADConfig
-from siad.config import STAGE_PHRASE_CASES
+from siad.config import CONFIG_FORMAT_VERSION, MAX_INPUT_SIDE_LIMIT, STAGE_PHRASE_CASES, upgrade_config_dict
 
 
 def test_presets_are_valid_and_hold_the_paper_values():
@@ -64,3 +66,103 @@ def test_unknown_field_is_refused():
     data["lamda"] = 0.2
     with pytest.raises(ValueError, match="lamda"):
         SIADConfig.from_dict(data)
+
+
+# ---------------------------------------------------------------------- types and bounds of every field
+@pytest.mark.parametrize("changes, field", [
+    (dict(threshold="0.5"), "threshold"),
+    (dict(threshold=float("nan")), "threshold"),
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(max_input_side=1e9), "max_input_side"),
+    (dict(max_input_side=2048.0), "max_input_side"),
+    (dict(max_input_side=10**9), "max_input_side"),
+    (dict(max_input_side=True), "max_input_side"),
+    (dict(use_sem=1), "use_sem"),
+    (dict(use_sem="false"), "use_sem"),
+    (dict(stage_blocks=(7.0, 15, 23, 31)), "stage_blocks"),
+    (dict(stage_phrases=("a", "b", "c", 4)), "stage_phrases"),
+    (dict(image_mean=(0.5, 0.5)), "image_mean"),
+    (dict(llm_name_or_path=7), "llm_name_or_path"),
+    (dict(llm_architecture=["hidden_size", 64]), "llm_architecture"),
+    (dict(lora_target_modules="q_proj"), "lora_target_modules"),
+])
+def test_a_value_of_the_wrong_type_is_a_value_error_naming_the_field(changes, field):
+    with pytest.raises(ValueError, match=f"SIADConfig.{field}="):
+        SIADConfig.siad_llm(**changes)
+
+
+def test_a_saved_config_with_a_string_threshold_names_the_field(tmp_path):
+    data = SIADConfig.tiny().to_dict()
+    data["threshold"] = "0.5"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="SIADConfig.threshold='0.5'"):
+        SIADConfig.load(path)
+
+
+def test_ints_are_valid_floats_and_stored_as_floats():
+    config = SIADConfig.siad_llm(threshold=1, logit_scale=50)
+    assert config.threshold == 1.0 and isinstance(config.threshold, float)
+    assert isinstance(config.logit_scale, float)
+    assert SIADConfig.siad_llm(max_input_side=MAX_INPUT_SIDE_LIMIT).max_input_side == MAX_INPUT_SIDE_LIMIT
+
+
+# ---------------------------------------------------------------------- format versions
+def test_saved_config_carries_the_format_version(tmp_path):
+    path = tmp_path / "config.json"
+    SIADConfig.tiny().save(path)
+    assert json.loads(path.read_text())["format_version"] == CONFIG_FORMAT_VERSION == 2
+
+
+def test_an_older_config_without_a_version_is_upgraded(tmp_path):
+    old = SIADConfig.tiny(threshold=0.7).to_dict()
+    del old["format_version"]
+    del old["min_new_tokens"]  # a field added after the config was written takes its default
+    assert upgrade_config_dict(old) == {**old, "format_version": CONFIG_FORMAT_VERSION}
+    assert "format_version" not in old  # the input is left alone
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an upgrade is silent
+        loaded = SIADConfig.load(path)
+    assert loaded == SIADConfig.tiny(threshold=0.7)
+    # and an older config still refuses keys that no version of siad wrote
+    old["lamda"] = 0.2
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="lamda"):
+        SIADConfig.load(path)
+
+
+def test_the_bundled_mini_config_has_no_version_and_loads():
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "siad-mini" / "config.json"
+    assert "format_version" not in json.loads(path.read_text())
+    assert SIADConfig.load(path).num_stages == 4
+
+
+def test_a_newer_config_with_unknown_keys_loads_with_a_warning_naming_them(tmp_path):
+    newer = SIADConfig.tiny(threshold=0.6).to_dict()
+    newer.update(format_version=CONFIG_FORMAT_VERSION + 1, map_head_dtype="float32", fancy_option=[1, 2])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(newer))
+    with pytest.warns(UserWarning, match=r"newer siad.*\['fancy_option', 'map_head_dtype'\]") as caught:
+        loaded = SIADConfig.load(path)
+    assert str(path) in str(caught[0].message)
+    assert loaded == SIADConfig.tiny(threshold=0.6)
+    with pytest.raises(ValueError, match="newer"):
+        upgrade_config_dict(newer)
+
+
+def test_user_dicts_stay_strict_and_versions_must_be_integers():
+    data = SIADConfig.tiny().to_dict()
+    assert SIADConfig.from_dict(data) == SIADConfig.tiny()  # to_dict round-trips
+    data["format_version"] = CONFIG_FORMAT_VERSION + 1
+    with pytest.raises(ValueError, match="format_version"):
+        SIADConfig.from_dict(data)
+    for version in ("2", 0, 1.5, True):
+        data["format_version"] = version
+        with pytest.raises(ValueError, match="format_version"):
+            SIADConfig.from_saved_dict(data)
+    with pytest.raises(ValueError, match="JSON object"):
+        SIADConfig.from_saved_dict([1, 2])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        SIADConfig.from_json_string("{oops")

@@ -107,28 +107,125 @@ def test_from_pretrained_hub_id_offline_from_the_cache(tmp_path, monkeypatch):
         SIADModel.from_pretrained("org/absent", cache_dir=cache)
 
 
-def test_push_to_hub_uploads_the_folder(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
+class FakeHub:
+    """HfApi.create_repo and upload_folder replaced: what would be uploaded is recorded, nothing
+    leaves the machine."""
 
-    calls = {}
+    def __init__(self, monkeypatch):
+        from huggingface_hub import HfApi
 
-    def create_repo(self, repo_id, **kwargs):
-        calls["create"] = (repo_id, kwargs.get("private"), self.token)
-        return SimpleNamespace(repo_id=repo_id)
+        self.created: list[tuple] = []
+        self.uploads: list[dict] = []
+        hub = self
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        folder = Path(folder_path)
-        calls["upload"] = (repo_id, sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
-        return SimpleNamespace(commit_oid="0" * 40)  # what a commit would be, without any address
+        def create_repo(api, repo_id, **kwargs):
+            hub.created.append((repo_id, kwargs.get("private"), api.token))
+            return SimpleNamespace(repo_id=repo_id)
 
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+        def upload_folder(api, *, repo_id, folder_path, **kwargs):
+            folder = Path(folder_path)
+            files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+            hub.uploads.append(dict(repo_id=repo_id, folder=folder, files=files, **kwargs))
+            return f"https://hub.invalid/{repo_id}/commit/{'0' * 40}"  # a commit URL, never reached
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+
+def _weights(raw: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(raw)
+
+
+def _count_saves(monkeypatch) -> list:
+    import siad.hub
+
+    saves = []
+    real = siad.hub.save_model_folder
+
+    def counting(*args, **kwargs):
+        saves.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(siad.hub, "save_model_folder", counting)
+    return saves
+
+
+CARD = "---\nlibrary_name: siad-llm\nlicense: cc-by-nc-sa-4.0\n---\n\n# my card\n"
+
+
+def _check_bf16_card_no_encoder(upload: dict, model) -> None:
+    files = upload["files"]
+    assert files["README.md"].decode() == CARD
+    weights = _weights(files["model.safetensors"])
+    assert weights and not any(k.startswith("encoder.") for k in weights)
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}
+    assert torch.equal(weights["llama_proj.weight"], model.llama_proj.weight.to(torch.bfloat16))
+    assert {v.dtype for v in _weights(files["llm_adapter/adapter_model.safetensors"]).values()} == {torch.bfloat16}
+    from siad.hub import HUB_PATTERNS
+
+    assert upload["allow_patterns"] == list(HUB_PATTERNS) == upload["delete_patterns"]
+
+
+def test_save_pretrained_with_push_uploads_exactly_the_folder_it_saved(tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    saves = _count_saves(monkeypatch)
+    model = _tiny(encoder_checkpoint=str(tmp_path / "imagebind_huge.pth"))
+    url = model.save_pretrained(tmp_path / "m", dtype=torch.bfloat16, card=CARD, save_encoder=False,
+                                push_to_hub=True, repo_id="org/siad-llm", private=True, token="hf_test")
+    assert len(saves) == 1 and len(hub.uploads) == 1
+    assert hub.created == [("org/siad-llm", True, "hf_test")]
+    upload = hub.uploads[0]
+    assert upload["repo_id"] == "org/siad-llm" and upload["folder"] == tmp_path / "m"
+    assert url == f"https://hub.invalid/org/siad-llm/commit/{'0' * 40}"
+    _check_bf16_card_no_encoder(upload, model)
+    on_disk = {str(p.relative_to(tmp_path / "m")): p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    assert upload["files"] == on_disk  # byte for byte what was saved
+
+
+def test_push_to_hub_saves_once_with_the_save_options(tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    saves = _count_saves(monkeypatch)
+    model = _tiny(encoder_checkpoint=str(tmp_path / "imagebind_huge.pth"))
+    model.push_to_hub("org/siad-llm", dtype=torch.bfloat16, card=CARD, save_encoder=False, branch="dev",
+                      commit_message="bf16, no encoder")
+    assert len(saves) == 1 and len(hub.uploads) == 1
+    upload = hub.uploads[0]
+    assert (upload["revision"], upload["commit_message"], upload["create_pr"]) == ("dev", "bf16, no encoder", False)
+    _check_bf16_card_no_encoder(upload, model)
+    assert not upload["folder"].exists()  # the temporary folder is gone
+
+
+def test_push_to_hub_defaults_upload_the_whole_model_with_its_card(monkeypatch):
+    hub = FakeHub(monkeypatch)
     _tiny().push_to_hub("org/siad-llm", private=True, token="hf_test")
-    assert calls["create"] == ("org/siad-llm", True, "hf_test")
-    assert calls["upload"] == ("org/siad-llm", [
+    assert hub.created == [("org/siad-llm", True, "hf_test")]
+    files = hub.uploads[0]["files"]
+    assert sorted(files) == [
         "README.md", "config.json", "llm/config.json", "llm/model.safetensors", "llm/tokenizer.json",
         "llm/tokenizer_config.json", "llm_adapter/adapter_config.json", "llm_adapter/adapter_model.safetensors",
-        "model.safetensors"])
+        "model.safetensors"]
+    assert any(k.startswith("encoder.") for k in _weights(files["model.safetensors"]))
+    assert 'SIADModel.from_pretrained("org/siad-llm"' in files["README.md"].decode()  # the card names the repo
+
+
+def test_upload_model_folder_uploads_a_saved_folder_and_refuses_anything_else(tmp_path, monkeypatch):
+    from siad.hub import upload_model_folder
+
+    hub = FakeHub(monkeypatch)
+    _tiny().save_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    (tmp_path / "m" / "notes.txt").write_text("not part of the model")
+    upload_model_folder(tmp_path / "m", "org/siad-llm")
+    assert "notes.txt" in hub.uploads[0]["files"]  # in the folder, but the allow patterns leave it out
+    from huggingface_hub.utils import filter_repo_objects
+
+    sent = list(filter_repo_objects(hub.uploads[0]["files"], allow_patterns=hub.uploads[0]["allow_patterns"]))
+    assert "notes.txt" not in sent and "model.safetensors" in sent and "llm/model.safetensors" in sent
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        upload_model_folder(tmp_path / "m", "org/siad-llm")
+    assert len(hub.uploads) == 1 and len(hub.created) == 1  # refused before the repo is created
 
 
 def test_missing_and_unknown_weights_are_named(tmp_path):
@@ -168,3 +265,21 @@ def test_model_card_parses(tmp_path):
     card = ModelCard.load(tmp_path / "m" / "README.md")
     assert card.data.library_name == "siad-llm"
     assert "anomaly-detection" in card.data.tags
+
+
+def test_a_folder_saved_by_a_newer_siad_loads_with_a_warning_and_an_older_one_is_upgraded(tmp_path):
+    model = _tiny()
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved["format_version"] == 2
+    path.write_text(json.dumps({**saved, "format_version": 3, "map_head_dtype": "float32"}))
+    with pytest.warns(UserWarning, match=r"newer siad.*\['map_head_dtype'\]"):
+        newer = SIADModel.from_pretrained(tmp_path / "m")
+    _same_detection(model.detect(IMAGES, "bottle", chat=False), newer.detect(IMAGES, "bottle", chat=False))
+    del saved["format_version"]  # a folder written before the format version existed
+    path.write_text(json.dumps(saved))
+    assert SIADModel.from_pretrained(tmp_path / "m").config == model.config
+    path.write_text(json.dumps({**saved, "threshold": "0.5"}))
+    with pytest.raises(ValueError, match="SIADConfig.threshold='0.5'"):
+        SIADModel.from_pretrained(tmp_path / "m")

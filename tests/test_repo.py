@@ -48,10 +48,9 @@ def test_model_card_parses_offline():
     card = ModelCard(render_model_card(SIADConfig.siad_llm()))
     data = card.data
     assert data.library_name == "siad-llm" and data.pipeline_tag and data.base_model == "lmsys/vicuna-7b-v1.5"
-    assert data.license and data.datasets and "anomaly-detection" in data.tags
-    results = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
-    assert results[("MVTec AD (trained on VisA)", "image_auroc")] == 72.8  # the paper's Table 1
-    assert all("reported in the paper" in r.metric_name for r in data.eval_results)
+    assert data.license and "anomaly-detection" in data.tags
+    assert not data.eval_results  # the metadata holds only results measured on the weights
+    assert "| MVTec AD | VisA | 72.8 | 86.0 |" in card.text  # the paper's Table 1, labelled, in the prose
     for text in ("ImageBind", "Vicuna", "PandaGPT", "MVTec AD", "Citation", "train/train.py", "siad.evaluate"):
         assert text in card.text, text
     assert "{{" not in card.content

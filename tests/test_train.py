@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -86,12 +87,18 @@ def uninterrupted(tmp_path_factory, data_root, train_script, pushed) -> Path:
     """A 3-step run from start to end (with TensorBoard logging and a mocked upload)."""
     tmp = tmp_path_factory.mktemp("a")
 
-    def fake_push(model, repo_id, **kwargs):
-        pushed.append((repo_id, {k: v.detach().clone() for k, v in model.trainable_parameters()}))
+    from huggingface_hub import HfApi
+
+    def fake_upload(api, *, repo_id, folder_path, **kwargs):  # the Hub is mocked: what would be uploaded
+        from siad import SIADModel
+
+        uploaded = SIADModel.from_pretrained(folder_path)
+        pushed.append((repo_id, {k: v.detach().clone() for k, v in uploaded.named_parameters()}, Path(folder_path)))
         return f"mocked upload of {repo_id}"
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("siad.model.SIADModel.push_to_hub", fake_push)
+        patch.setattr(HfApi, "create_repo", lambda api, repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
+        patch.setattr(HfApi, "upload_folder", fake_upload)
         config = _config(tmp, data_root, output={"log_with": "tensorboard"})
         assert train_script.main(["--config", str(config), "--push-to-hub", "org/siad-test"]) == 0
     return tmp / "run"
@@ -126,7 +133,8 @@ def test_three_steps_lower_the_loss_and_write_checkpoints(uninterrupted, pushed)
     for name, value in trained.items():
         assert torch.equal(params[name], value), name
     # --push-to-hub uploaded the trained model
-    assert [repo for repo, _ in pushed] == ["org/siad-test"]
+    assert [repo for repo, _, _ in pushed] == ["org/siad-test"]
+    assert pushed[0][2] == final  # the folder saved once, not a second save
     assert all(torch.equal(pushed[0][1][name], value) for name, value in trained.items())
 
 

@@ -267,11 +267,13 @@ def save_final(accelerator: Any, model: Any, out: Path, push_to_hub: str | None)
                 import shutil
 
                 shutil.rmtree(tmp)
-            unwrapped.save_pretrained(tmp)
+            unwrapped.save_pretrained(tmp, repo_id=push_to_hub)
             T.commit_folder(tmp, final)
         accelerator.print(f"saved the model to {final}")
         if push_to_hub:
-            url = unwrapped.push_to_hub(push_to_hub)
+            from siad.hub import upload_model_folder
+
+            url = upload_model_folder(final, push_to_hub)  # the folder just saved: one save, one upload
             accelerator.print(f"pushed the model to {url or push_to_hub}")
     accelerator.wait_for_everyone()
     return final

@@ -1,0 +1,122 @@
+"""The `siad` command (installed with the package):
+
+    siad detect --model M --class NAME IMAGE [IMAGE ...] [--out DIR] [--description TEXT]
+                [--no-chat] [--no-self-improve] [--device cpu] [--dtype float32]
+    siad predict ...      = python -m siad.predict ...     (overlays and predictions.csv for many images)
+    siad evaluate ...     = python -m siad.evaluate ...    (the paper's metrics, reports)
+    siad calibrate ...    = python -m siad.calibrate ...   (the decision threshold)
+
+`detect` prints, for each image, the score and verdict and the answers (refined R' and first R);
+with --out it also writes `<out>/<stem>_overlay.png`, the map over the image. predict, evaluate and
+calibrate take exactly the options of their `python -m` forms (`siad predict --help`).
+
+Overlays and evaluation figures need matplotlib (`pip install "siad-llm[plots]"`); the command
+says so before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Sequence
+
+# subcommand -> (module whose main() it runs, one-line help)
+DELEGATED: dict[str, tuple[str, str]] = {
+    "predict": ("siad.predict", "overlays and predictions.csv for many images (python -m siad.predict)"),
+    "evaluate": ("siad.evaluate", "per-class metrics and reports, as the paper's Table 1 (python -m siad.evaluate)"),
+    "calibrate": ("siad.calibrate", "choose the decision threshold (python -m siad.calibrate)"),
+}
+PLOTS_HINT = 'matplotlib: pip install "siad-llm[plots]"'
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siad", description="SIAD-LLM: explainable zero-shot anomaly detection (maps, scores, answers).",
+        epilog="Example:\n  siad detect --model checkpoints/siad-mini --class gear part.png --out runs/overlays",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    detect = commands.add_parser("detect", help="score, verdict and answers for a few images",
+                                 description="Detect anomalies in images of one class: print the score, the verdict "
+                                             "and the answers; --out writes the overlays.")
+    detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    detect.add_argument("--model", required=True, help="SIAD model folder or Hub id (or zero-shot:<encoder>)")
+    detect.add_argument("--class", dest="class_name", required=True, help="the class name of the images")
+    detect.add_argument("--description", default=None, help="class description for the language model (default: "
+                                                             "the paper's table, or the generic one)")
+    detect.add_argument("--out", type=Path, default=None, help="write <stem>_overlay.png here (created)")
+    detect.add_argument("--no-chat", action="store_true", help="map and score only: no language model, no answers")
+    detect.add_argument("--no-self-improve", action="store_true", help="pass 1 only (answer R, no refined pass)")
+    detect.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    detect.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    for name, (_, text) in DELEGATED.items():
+        commands.add_parser(name, help=text, add_help=False)  # listed here, parsed by their own main()
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in DELEGATED:
+        command, rest = args[0], args[1:]
+        needs_plots = command == "predict" or (command == "evaluate" and "--no-plots" not in rest)
+        if needs_plots and not {"-h", "--help"} & set(rest) and importlib.util.find_spec("matplotlib") is None:
+            print(f"siad {command}: the overlays and figures need {PLOTS_HINT}"
+                  f"{' (or pass --no-plots)' if command == 'evaluate' else ''}", file=sys.stderr)
+            return 2
+        return importlib.import_module(DELEGATED[command][0]).main(rest)
+    parser = _parser()
+    parsed = parser.parse_args(args)
+    return detect(parser, parsed)
+
+
+def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`siad detect`: 0 when every image was scored, 1 when some could not be read; bad arguments or
+    a model that does not load exit with status 2."""
+    if not args.class_name.strip():
+        parser.error("--class must not be empty")
+    if args.out is not None and importlib.util.find_spec("matplotlib") is None:
+        parser.exit(2, f"siad detect: --out (the overlay) needs {PLOTS_HINT}\n")
+    from siad.baseline import has_llm, load_detector, parse_dtype
+    from siad.image import load_rgb
+    from siad.predict import _UniqueNames
+
+    try:
+        detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        parser.exit(2, f"siad detect: error: {error}\n")
+    chat = not args.no_chat and has_llm(detector)
+    names = _UniqueNames()
+    failed = 0
+    for path in args.images:
+        try:
+            rgb = load_rgb(path, detector.config.max_input_side).rgb
+            result = detector.detect([rgb], args.class_name, descriptions=args.description, chat=chat,
+                                     self_improve=not args.no_self_improve)[0]
+        except (ValueError, OSError, RuntimeError) as error:
+            print(f"{path}: error: {error}")
+            failed += 1
+            continue
+        verdict = "anomalous" if result.is_anomalous else "normal"
+        print(f"{path}: score {result.score:.4f} (pass 1: {result.initial_score:.4f}), {verdict} "
+              f"(threshold {detector.config.threshold:.4f})")
+        if result.answer is not None:
+            print(f"  answer: {result.answer}")
+            if result.initial_answer != result.answer:
+                print(f"  first answer: {result.initial_answer}")
+        if args.out is not None:
+            from PIL import Image
+
+            from siad.visualize import overlay
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            target = args.out / names(path.stem)
+            Image.fromarray(overlay(rgb, result.anomaly_map)).save(target)
+            print(f"  overlay: {target}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
