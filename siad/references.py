@@ -34,8 +34,9 @@ showed. Notation: B query images, K stages, G x G patch grid (N = G^2 patches), 
   The result is cached on the model (attribute `_siad_reference_fingerprints`, not in the state
   dict), keyed by the config values and each tensor's version counter, storage address, dtype and
   device, so an optimizer step, `load_state_dict` or `.to()` recomputes it; a check costs microseconds.
-- Files (`ReferenceBank.save` / `load`): `NAME.safetensors` (stage_0 .. stage_{K-1}, normal_scale)
-  and `NAME.json` (the fields and the tensor file's SHA-256); no pickle; loading validates everything.
+- Files (`ReferenceBank.save` / `load`): `NAME.safetensors` (stage_0 .. stage_{K-1}, normal_scale;
+  the fields in its metadata) and `NAME.json` (the same fields, readable, and the tensor file's
+  SHA-256); no pickle; loading validates everything and refuses an edited sidecar or tensor file.
 """
 
 from __future__ import annotations
@@ -153,17 +154,18 @@ class ReferenceBank:
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"stage_{k}": s.detach().to("cpu").contiguous() for k, s in enumerate(self.stages)}
         tensors["normal_scale"] = self.normal_scale.detach().to("cpu", torch.float32).contiguous()
-        temporary = tensors_path.with_name(tensors_path.name + ".tmp")
-        save_file(tensors, str(temporary), metadata={"format": BANK_FORMAT})
-        digest = _sha256(temporary)
-        os.replace(temporary, tensors_path)
-        sidecar = {
+        fields = {
             "format": BANK_FORMAT, "version": BANK_VERSION, "class_name": self.class_name,
             "features": self.features, "num_shots": self.num_shots, "stage_blocks": list(self.stage_blocks),
             "grid_size": self.grid_size, "fingerprint": self.fingerprint,
             "max_bank_patches": self.max_bank_patches, "seed": self.seed, "dtype": _dtype_name(self.dtype),
-            "shapes": [list(s.shape) for s in self.stages], "sha256": digest,
+            "shapes": [list(s.shape) for s in self.stages],
         }
+        # The fields also go into the tensor file's metadata, so that its checksum covers them.
+        temporary = tensors_path.with_name(tensors_path.name + ".tmp")
+        save_file(tensors, str(temporary), metadata={"format": BANK_FORMAT, "bank": json.dumps(fields, sort_keys=True)})
+        sidecar = {**fields, "sha256": _sha256(temporary)}
+        os.replace(temporary, tensors_path)
         temporary = sidecar_path.with_name(sidecar_path.name + ".tmp")
         temporary.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
         os.replace(temporary, sidecar_path)
@@ -174,7 +176,7 @@ class ReferenceBank:
         """Read a bank written by `save` onto `device`. Every field, the file's checksum, the tensor
         names, shapes, dtypes and values (finite, unit rows, positive scales) are checked: anything
         wrong is a ValueError naming it (a missing file is a FileNotFoundError)."""
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         tensors_path, sidecar_path = bank_paths(path)
@@ -186,9 +188,18 @@ class ReferenceBank:
             raise ValueError(f"{tensors_path} does not match its sidecar {sidecar_path.name} (checksum differs): "
                              "the files were changed or come from two different banks")
         try:
+            with safe_open(str(tensors_path), framework="pt") as handle:
+                stored = handle.metadata() or {}
             tensors = load_file(str(tensors_path), device=str(device))
         except SafetensorError as error:
             raise ValueError(f"{tensors_path} is not a readable safetensors file: {error}") from error
+        try:
+            stored_fields = json.loads(stored.get("bank", ""))
+        except json.JSONDecodeError:
+            stored_fields = None
+        if stored_fields != {k: v for k, v in meta.items() if k != "sha256"}:
+            raise ValueError(f"{sidecar_path.name} does not match the fields stored in {tensors_path.name}: "
+                             "the sidecar was edited")
         count = len(meta["shapes"])
         expected = {f"stage_{k}" for k in range(count)} | {"normal_scale"}
         if set(tensors) != expected:
