@@ -11,12 +11,13 @@ a reference), and image AUROC / pixel AUROC (siad.metrics) are computed for:
 - "trunk-raw": the trunk distances without the normal scale (R = min(d, 1)), to show what the
   scale does to the fusion.
 
-Final map = mean over stages; image score = its maximum (the text maps' score; no smoothing).
+Final map = mean over stages; image score = its maximum (the text maps' score; no smoothing unless
+--smooth-sigma, as siad.evaluate).
 Pixel metrics at 224 x 224 (the encoder's grid, masks resized with nearest neighbours, as
 `siad.evaluate --eval-size 224`). Metrics per class, then the mean over classes, then over seeds.
 
 Run: python benchmarks/few_shot_fusion.py [--model PATH] [--data DIR] [--shots 1 4] [--seeds 0 1]
-     [--weights 0.25 0.5 0.75 0.9 1.0] [--max-test-per-class N] [--json OUT]
+     [--weights 0.25 0.5 0.75 0.9 1.0] [--max-test-per-class N] [--smooth-sigma 4] [--json OUT]
 SIAD-Synth is made in --data when it is missing (`python -m siad.data.synth --out DIR`, ~1 min).
 """
 
@@ -68,9 +69,10 @@ def encode(model: SIADModel, paths: list[Path], class_name: str, batch_size: int
     return Encoded(join(trunk), join(visual), torch.cat(maps) if with_maps else None)
 
 
-def metrics(stage_maps: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
-    """B x K x S x S stage maps -> (image AUROC, pixel AUROC) of the mean map and its maximum."""
-    final = stage_maps.mean(dim=1)
+def metrics(stage_maps: torch.Tensor, labels: np.ndarray, masks: np.ndarray, sigma: float = 0.0) -> tuple[float, float]:
+    """B x K x S x S stage maps -> (image AUROC, pixel AUROC) of the mean map (Gaussian-smoothed when
+    sigma > 0, as detect's score_smoothing_sigma) and its maximum."""
+    final = AnomalyMapHead.smooth(AnomalyMapHead.combine(stage_maps), sigma)
     scores = final.flatten(1).amax(dim=1).numpy()
     return image_auroc(labels, scores), pixel_auroc(masks, final.numpy())
 
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 0.9, 1.0])
     parser.add_argument("--max-test-per-class", type=int, default=0, help="0: every test image")
+    parser.add_argument("--smooth-sigma", type=float, default=0.0, help="Gaussian sigma on the maps (0: none)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
@@ -127,7 +130,7 @@ def main() -> None:
         masks = np.stack([load_mask(s.mask_path, size) if s.mask_path else np.zeros((size, size), bool)
                           for s in samples])
         query = encode(model, [s.image_path for s in samples], class_name, args.batch_size, with_maps=True)
-        record("zero-shot", 0, 0, class_name, metrics(query.text_maps, labels, masks))
+        record("zero-shot", 0, 0, class_name, metrics(query.text_maps, labels, masks, args.smooth_sigma))
         normals = [s.image_path for s in trains[class_name] if s.label == 0]
         pool = encode(model, normals, class_name, args.batch_size, with_maps=False)
         for shots in args.shots:
@@ -145,7 +148,7 @@ def main() -> None:
                            else AnomalyMapHead.upsample(distances, size).clamp(max=1.0))
                     for weight in args.weights:
                         fused = fuse_stage_maps(query.text_maps, ref, weight)
-                        record(f"{kind} w={weight:g}", shots, seed, class_name, metrics(fused, labels, masks))
+                        record(f"{kind} w={weight:g}", shots, seed, class_name, metrics(fused, labels, masks, args.smooth_sigma))
         print(f"{class_name}: {len(samples)} test images, {len(normals)} normal references available "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -159,7 +162,8 @@ def main() -> None:
     zero = mean("zero-shot", 0)
     print(f"\nSIAD-Synth unseen test classes ({len(classes)}: {', '.join(classes)}), {used} test images"
           f"{' (subset)' if args.max_test_per_class else ''}; model {args.model}; seeds {args.seeds}; "
-          "mean over classes, then seeds; image AUROC / pixel AUROC (224 px, no smoothing)")
+          "mean over classes, then seeds; image AUROC / pixel AUROC (224 px, "
+          f"{'no smoothing' if not args.smooth_sigma else f'Gaussian sigma {args.smooth_sigma:g}'})")
     header = f"{'maps':<22}" + "".join(f"{f'{k}-shot':>17}" for k in args.shots)
     print(header)
     print(f"{'zero-shot (text M_k)':<22}" + "".join(f"{zero[0]:>9.3f} / {zero[1]:.3f}" for _ in args.shots))
