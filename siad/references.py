@@ -532,12 +532,15 @@ def kcenter_greedy(features: torch.Tensor, count: int, *, seed: int = 0,
     if dim > projection_dim:
         projection = torch.randn(dim, projection_dim, generator=generator) / math.sqrt(projection_dim)
         points = points @ projection.to(points.device)
+    squares = points.square().sum(dim=1)  # |x|^2: each step is then one matrix-vector product
     current = torch.randint(rows, (1,), generator=generator).to(points.device)
     chosen = torch.empty(count, dtype=torch.int64, device=points.device)
     nearest = torch.full((rows,), math.inf, device=points.device)
     for i in range(count):
         chosen[i] = current[0]
-        nearest = torch.minimum(nearest, (points - points[current]).square().sum(dim=1))
+        # |x - c|^2 = |x|^2 + |c|^2 - 2 x.c (the index stays a tensor: no device sync per step)
+        distances = torch.addmv(squares + squares[current], points, points[current][0], alpha=-2.0)
+        nearest = torch.minimum(nearest, distances)
         current = nearest.argmax().view(1)
     return torch.unique(chosen)
 
