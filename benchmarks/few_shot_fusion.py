@@ -148,7 +148,8 @@ def main() -> None:
                            else AnomalyMapHead.upsample(distances, size).clamp(max=1.0))
                     for weight in args.weights:
                         fused = fuse_stage_maps(query.text_maps, ref, weight)
-                        record(f"{kind} w={weight:g}", shots, seed, class_name, metrics(fused, labels, masks, args.smooth_sigma))
+                        record(f"{kind} w={weight:g}", shots, seed, class_name,
+                               metrics(fused, labels, masks, args.smooth_sigma))
         print(f"{class_name}: {len(samples)} test images, {len(normals)} normal references available "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 
