@@ -245,6 +245,12 @@ class AnomalyMapHead(nn.Module):
         """B x K x 2 x S x S logits -> B x K x S x S abnormal probabilities."""
         return logits.softmax(dim=2)[:, :, 1]
 
+    @staticmethod
+    def upsample(grids: torch.Tensor, image_size: int) -> torch.Tensor:
+        """B x C x G x G -> B x C x S x S: how every patch grid becomes a map (bilinear,
+        align_corners=True), the text logits' and the few-shot reference distances' (siad.references)."""
+        return F.interpolate(grids, size=(image_size, image_size), mode="bilinear", align_corners=True)
+
     def forward(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         return self.probabilities(self.logits(features, text))
 
