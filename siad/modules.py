@@ -230,12 +230,16 @@ class AnomalyMapHead(nn.Module):
         self.logit_scale = logit_scale
 
     def logits(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """B x K x 2 x S x S float32 logits, whatever the dtype of the features and text.
+
+        The cosine similarity runs in float32: in bfloat16 a logit of scale * cos (scale 100) would be
+        rounded to steps of up to 0.5, i.e. up to a few hundredths in probability."""
         out = []
         for k, f in enumerate(features):
             batch, count, _ = f.shape
             side = math.isqrt(count)
-            logits = self.logit_scale * torch.einsum("bnd,bsd->bsn", F.normalize(f, dim=-1), text[:, k].to(f.dtype))
-            logits = logits.reshape(batch, 2, side, side).float()
+            similarity = torch.einsum("bnd,bsd->bsn", F.normalize(f.float(), dim=-1), text[:, k].float())
+            logits = (self.logit_scale * similarity).reshape(batch, 2, side, side)
             out.append(F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                      align_corners=True))
         return torch.stack(out, dim=1)
