@@ -147,8 +147,11 @@ def test_switches_change_what_they_name():
     assert build_tiny(0, use_sem=False).sem is None
     no_pem = build_tiny(0, use_pem=False)
     assert no_pem.pem is None and no_pem.map_tokens(torch.zeros(1, 4, 224, 224)) is None
-    no_sp = build_tiny(0, use_stage_prompts=False)
-    assert not [n for n, _ in no_sp.trainable_parameters() if n.startswith("prompt_learner.")]
+    no_sp = build_tiny(0, use_stage_prompts=False)  # "w/o SP": the vectors stay and train, the phrase goes
+    assert {n for n, _ in no_sp.trainable_parameters() if n.startswith("prompt_learner.")} == {
+        "prompt_learner.normal_vectors", "prompt_learner.abnormal_vectors"}
+    text = no_sp.class_text_features(["bottle"])
+    assert all(torch.equal(text[0, k], text[0, 0]) for k in range(4))
     no_si = build_tiny(0, use_self_improvement=False).eval()
     r = no_si.detect(_images()[:1], "bottle")[0]
     assert np.array_equal(r.anomaly_map, r.initial_map) and r.answer == r.initial_answer

@@ -108,14 +108,36 @@ def test_ensemble_is_the_mean_of_normalised_sentences(text_side):
     assert learner.ensemble_features(encoder, tokenizer, "bottle") is e  # cached
 
 
-def test_without_stage_prompts_the_text_is_the_ensemble(text_side):
+def test_without_stage_prompts_only_the_stage_phrase_goes(text_side):
+    """The "w/o SP" ablation (Table 3) keeps the learnable vectors, the ensemble and the mode, and
+    removes the stage phrase: the prompts are the same for every stage."""
     encoder, tokenizer = text_side
-    learner = StagePromptLearner(SIADConfig.tiny(use_stage_prompts=False))
-    assert not list(learner.parameters())
-    out = learner(encoder, tokenizer, ["wood"])
-    e = learner.ensemble_features(encoder, tokenizer, "wood")
-    for k in range(4):
-        assert torch.allclose(out[0, k], e)
+    with_sp = StagePromptLearner(SIADConfig.tiny())
+    without = StagePromptLearner(SIADConfig.tiny(use_stage_prompts=False))
+    bare_expected = ([tokenizer.sot_id] + [tokenizer.placeholder_id] * 4 + tokenizer.encode("metal nut")
+                     + tokenizer.encode("with damaged") + [tokenizer.eot_id])
+    for stage in range(4):
+        ids, mask = with_sp._stage_prompt_ids(tokenizer, "metal_nut", stage, "abnormal")
+        bare, bare_mask = without._stage_prompt_ids(tokenizer, "metal_nut", stage, "abnormal")
+        phrase = tokenizer.encode(with_sp.stage_phrases[stage])
+        assert phrase and ids == [tokenizer.sot_id] + phrase + bare[1:]
+        assert bare == bare_expected
+        assert bare_mask == [False] + [True] * 4 + [False] * (len(bare) - 5)
+        assert mask == [False] * (1 + len(phrase)) + bare_mask[1:]
+    assert {n for n, _ in without.named_parameters()} == {"normal_vectors", "abnormal_vectors"}
+    out = without(encoder, tokenizer, ["wood"])
+    assert out.shape == (1, 4, 2, 32)
+    assert all(torch.equal(out[0, k], out[0, 0]) for k in range(4))
+    e = without.ensemble_features(encoder, tokenizer, "wood")
+    assert not torch.allclose(out[0, 0], e, atol=1e-3)  # the stage prompt is there (sum mode) ...
+    with_out = with_sp(encoder, tokenizer, ["wood"])
+    assert not torch.allclose(with_out[0, 0], with_out[0, 3])  # ... and only the phrase made stages differ
+    out.sum().backward()
+    assert without.normal_vectors.grad.abs().sum() > 0 and without.abnormal_vectors.grad.abs().sum() > 0
+    optimizer = torch.optim.SGD(without.parameters(), lr=10.0)
+    optimizer.step()
+    with torch.no_grad():
+        assert not torch.allclose(without(encoder, tokenizer, ["wood"]), out)
 
 
 def test_long_class_names_are_truncated(text_side):
