@@ -177,7 +177,8 @@ def test_map_head_similarity_runs_in_float32_for_bfloat16_inputs():
     features = []
     for k in range(4):
         normal, abnormal = text[:, k, 0][:, None], text[:, k, 1][:, None]
-        f = torch.randn(2, 256, 1024) / 32 + 0.2 * (normal + abnormal) + 0.003 * torch.randn(2, 256, 1) * (abnormal - normal)
+        f = (torch.randn(2, 256, 1024) / 32 + 0.2 * (normal + abnormal)
+             + 0.003 * torch.randn(2, 256, 1) * (abnormal - normal))
         features.append(f.bfloat16())
     low = head.logits(features, text.bfloat16())
     assert low.dtype == torch.float32
