@@ -658,7 +658,8 @@ def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationCo
     """Read a model folder's `generation_config.json` into `model.generation_config`, so that every
     answer of the model follows it. Returns the loaded `GenerationConfig`, or None when the folder
     has no such file (the settings built from the SIADConfig stay). A file that transformers refuses,
-    or one without a positive max_new_tokens, is a ValueError naming it."""
+    or one whose max_new_tokens is not a positive integer below the LM's context, is a ValueError
+    naming it."""
     path = Path(folder) / GENERATION_CONFIG_FILE
     if not path.is_file():
         return None
@@ -667,8 +668,12 @@ def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationCo
     except Exception as error:  # malformed JSON, invalid values, ...
         raise ValueError(f"{path}: not a valid generation config ({error})") from error
     limit = loaded.max_new_tokens
+    context = getattr(model.llm.config, "max_position_embeddings", None)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         raise ValueError(f"{path}: max_new_tokens must be a positive integer, got {limit!r}")
+    if context is not None and limit >= int(context):
+        raise ValueError(f"{path}: max_new_tokens={limit} leaves no room for a prompt in the LM's context of "
+                         f"{context} positions")
     model.generation_config = loaded
     return loaded
 

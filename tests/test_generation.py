@@ -311,9 +311,10 @@ def test_a_broken_generation_config_file_is_refused(tmp_path):
     (tmp_path / "generation_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="generation_config.json"):
         load_generation_config(model, tmp_path)
-    (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": 0}))
-    with pytest.raises(ValueError, match="generation_config.json"):
-        load_generation_config(model, tmp_path)
+    for limit in (0, 10**9):  # the tiny LM has 512 positions
+        (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": limit}))
+        with pytest.raises(ValueError, match="generation_config.json"):
+            load_generation_config(model, tmp_path)
     assert model.generation_config.max_new_tokens == model.config.max_new_tokens  # unchanged
 
 
