@@ -9,6 +9,9 @@ Every answer is generated to exactly max_new_tokens tokens (min_new_tokens = max
 that both passes decode the same number of tokens whatever the random weights say.
 The stage calls show what is reused: the vision trunk runs once per batch for both passes, the
 class text is computed once per class (cached), and pass 1's answer is capped at 77 tokens.
+Then the cost of a follow-up question (`chat`) after `detect`, with the passes of the image taken
+from the model's cache (one generation) and without it (the cache cleared before each question:
+Algorithm 1 again, three generations), and the ratio, measured in the same run.
 
 Run: python benchmarks/bench_model.py [--device cpu|cuda] [--dtype float32|bfloat16] [--repeats 3]
 """
@@ -23,6 +26,7 @@ import torch
 
 from siad import SIADConfig, SIADModel
 from siad.profiling import StageTimer
+from siad.prompts import QUESTION
 
 STAGES = ("preprocess", "vision", "visual_modules", "class_text", "maps", "pem", "llm_prompt", "llm_prefill",
           "llm_decode", "response_text", "postprocess")
@@ -48,6 +52,34 @@ def run_path(model: SIADModel, images: list, path: str, repeats: int) -> tuple[f
     total = time.perf_counter() - start
     model.timer = None
     return 1000.0 * total / (repeats * len(images)), timer
+
+
+def follow_up_cost(model: SIADModel, image: np.ndarray, repeats: int) -> dict[str, tuple[float, float]]:
+    """ms and LM generations per follow-up question, with and without the cache of passes."""
+    generations = [0]
+    generate = model.llm.generate
+
+    def counting(*args, **kwargs):
+        generations[0] += 1
+        return generate(*args, **kwargs)
+
+    model.llm.generate = counting
+    try:
+        answer = model.detect([image], "bottle")[0].answer  # as the app's Detect: fills the cache
+        history = [(QUESTION, answer)]
+        costs = {}
+        for mode in ("cached", "uncached"):
+            model.chat(image, "bottle", history, "Where is it?")  # warm-up
+            generations[0] = 0
+            start = time.perf_counter()
+            for r in range(repeats):
+                if mode == "uncached":
+                    model.clear_chat_cache()
+                model.chat(image, "bottle", history, f"Question {r}?")
+            costs[mode] = (1000.0 * (time.perf_counter() - start) / repeats, generations[0] / repeats)
+        return costs
+    finally:
+        del model.llm.generate
 
 
 def main() -> None:
@@ -88,6 +120,11 @@ def main() -> None:
             print(f"ratio full / chat (two passes / one pass with chat) = {ratio:.2f}  "
                   f"({'within' if ratio <= 2.0 else 'ABOVE'} the 2.0 target); full / map = "
                   f"{per_image['full'] / per_image['map']:.1f}")
+        costs = follow_up_cost(model, rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), args.repeats)
+        (cached_ms, cached_gen), (uncached_ms, uncached_gen) = costs["cached"], costs["uncached"]
+        print(f"-- follow-up question after detect: {cached_ms:.1f} ms, {cached_gen:g} generation(s) with the cache "
+              f"of passes; {uncached_ms:.1f} ms, {uncached_gen:g} generations without; "
+              f"ratio without / with = {uncached_ms / cached_ms:.2f}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,13 @@ class SIADConfig:
             the LLM is built with random weights from it, with SIAD's own small tokenizer.
         lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter (peft).
         max_new_tokens, min_new_tokens, do_sample, temperature, top_p: generation (greedy by
-            default; min_new_tokens > 0 ignores EOS and `###` before that many tokens, for benchmarks).
+            default; min_new_tokens > 0 ignores EOS before that many tokens, and with min_new_tokens
+            = max_new_tokens every answer has exactly that many tokens, `###` too: for benchmarks).
+            They make the model's transformers `GenerationConfig` (`model.generation_config`).
+        max_text_tokens: the most LM tokens of each user text in a prompt (description, follow-up
+            question, each earlier turn); longer ones are refused (older turns left out).
+        chat_cache_size: how many images' passes (Algorithm 1) `detect` and `chat` keep for
+            follow-up questions, each then one generation (0: none kept).
 
     What trains:
         train_encoder: also train the ImageBind trunks (only for models without pretrained
@@ -187,6 +193,8 @@ class SIADConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    max_text_tokens: int = 256
+    chat_cache_size: int = 16
 
     # --- what trains (the paper: the visual modules, prompt vectors, PEM, llama_proj, LoRA) ---
     train_encoder: bool = False
@@ -299,6 +307,10 @@ class SIADConfig:
             fail("image_std", "image_mean and image_std need 3 values, std positive")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             fail("min_new_tokens", f"must lie in [0, max_new_tokens={self.max_new_tokens}]")
+        for name, least in (("max_text_tokens", 1), ("chat_cache_size", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                fail(name, f"must be an integer >= {least}")
         if self.temperature <= 0:
             fail("temperature", "must be positive")
         if not 0.0 < self.top_p <= 1.0:

@@ -5,21 +5,29 @@
   random weights from a transformers config dict (`SIADConfig.llm_architecture`) together with
   SIAD's own small BPE tokenizer (`build_siad_tokenizer`).
 - `add_lora()`: the LoRA adapter through peft with the config's values.
-- `PromptBuilder`: the Vicuna/PandaGPT format of DESIGN 3.8:
+- `conversation_segments()`, `PromptBuilder`: the Vicuna/PandaGPT format of DESIGN 3.8:
   `### Human: <Img>{image token}</Img> {map tokens}{description} {question}\n### Assistant:`,
-  turns end with `\n###`.
-- `generate()`: greedy decoding by default, with a KV cache, stopping at `###` or EOS.
+  turns end with `\n###`; user text enters it only through `sanitize_user_text()`.
+- `TextLimits`: caps on user text and on the whole prompt, in LM tokens.
+- `build_generation_config()`, `generate()`: transformers' own `generate` on the prompt embeddings
+  with a `GenerationConfig` (greedy by default, stop string `###`, EOS), optionally streaming
+  through `AnswerStreamer`.
 """
 
 from __future__ import annotations
 
+import copy
+import queue
+import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn as nn
+from transformers.generation import BaseStreamer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from siad.config import SIADConfig
 from siad.prompts import (ABNORMAL_STATES, CLASS_DESCRIPTIONS, NORMAL_ANSWER, NORMAL_STATES, POSITION_WORDS,
@@ -128,6 +136,30 @@ def add_lora(model: nn.Module, config: SIADConfig) -> nn.Module:
         return get_peft_model(model, lora, autocast_adapter_dtype=False)
 
 
+# ---------------------------------------------------------------------- user text
+# Runs of '#' (ASCII and full-width forms): "###" opens and closes the turns of the prompt format.
+_TURN_MARKS = re.compile(r"[#\uff03\ufe5f]{2,}")
+# The image tags of the prompt format, also with spaces or another case ("< /IMG >").
+_IMAGE_TAGS = re.compile(r"<\s*/?\s*img\s*>", re.IGNORECASE)
+# Line and paragraph breaks: the turns of the prompt format start on a new line.
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def sanitize_user_text(text: str) -> str:
+    """User text (a description, a class name's description, a question, an earlier answer) as it may
+    enter the prompt: on one line, without the image tags `<Img>` / `</Img>` and without runs of
+    '#' (each becomes one '#'), so that it can neither open a turn ("### Human:", "### Assistant:")
+    nor end the answer, nor close or open the image. Tokens such as `</s>` are kept as literal text
+    by `PromptBuilder` (`split_special_tokens`). Text without these marks is unchanged (but stripped).
+    """
+    text = _LINE_BREAKS.sub(" ", text)
+    while True:  # removing a tag can join two halves into a new one: "<Im<Img>g>"
+        text, removed = _IMAGE_TAGS.subn("", text)
+        if not removed:
+            break
+    return _TURN_MARKS.sub("#", text).strip()
+
+
 # ---------------------------------------------------------------------- prompts
 @dataclass
 class LLMInputs:
@@ -139,27 +171,44 @@ class LLMInputs:
     labels: torch.Tensor | None = None
 
 
-def conversation_segments(image_token: torch.Tensor, map_tokens: torch.Tensor | None, description: str,
-                          turns: list[tuple[str, str | None]]) -> list[Segment]:
-    """The segments of one conversation (DESIGN 3.8).
-
-    image_token: 1 x H (llama_proj of the image embedding); map_tokens: Kg x H (PEM) or None;
-    turns: (question, answer) pairs; the last answer may be None (to be generated).
-    The first question is preceded by the class description.
-    """
+def conversation_texts(description: str, turns: Sequence[tuple[str, str | None]]) -> list[str]:
+    """The text segments of a conversation after the image and map tokens (DESIGN 3.8): the class
+    description before the first question, then each question and, except for the last turn, its
+    answer. Every piece of user text goes through `sanitize_user_text` here, the one place where it
+    enters a prompt."""
     if not turns:
         raise ValueError("a conversation needs at least one question")
+    texts: list[str] = []
+    for index, (question, answer) in enumerate(turns):
+        question = sanitize_user_text(question)
+        if index == 0:
+            texts.append(f"{sanitize_user_text(description)} {question}\n### Assistant:")
+        else:
+            texts.append(f" Human: {question}\n### Assistant:")
+        if index < len(turns) - 1:
+            texts.append(f"{sanitize_user_text(answer or '')}\n{STOP_STRING}")
+    return texts
+
+
+def conversation_header(image_token: torch.Tensor, map_tokens: torch.Tensor | None) -> list[Segment]:
+    """The start of every conversation: `### Human: <Img>{image token}</Img> {map tokens}`.
+
+    image_token: 1 x H (llama_proj of the image embedding); map_tokens: Kg x H (PEM) or None.
+    """
     segments: list[Segment] = ["### Human: <Img>", image_token, "</Img> "]
     if map_tokens is not None:
         segments.append(map_tokens)
-    for index, (question, answer) in enumerate(turns):
-        if index == 0:
-            segments.append(f"{description} {question}\n### Assistant:")
-        else:
-            segments.append(f" Human: {question}\n### Assistant:")
-        if index < len(turns) - 1:
-            segments.append(f"{answer or ''}\n{STOP_STRING}")
     return segments
+
+
+def conversation_segments(image_token: torch.Tensor, map_tokens: torch.Tensor | None, description: str,
+                          turns: Sequence[tuple[str, str | None]]) -> list[Segment]:
+    """The segments of one conversation (DESIGN 3.8):
+    `### Human: <Img>{image token}</Img> {map tokens}{description} {question}\n### Assistant:`.
+
+    turns: (question, answer) pairs; the last answer may be None (to be generated).
+    """
+    return conversation_header(image_token, map_tokens) + conversation_texts(description, turns)
 
 
 class PromptBuilder:
@@ -170,7 +219,22 @@ class PromptBuilder:
         self.embedding = embedding
 
     def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        # split_special_tokens: "</s>" or "<unk>" in user text stay text, never become control tokens
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+
+    def length(self, segments: Sequence[Segment], memo: dict[str, int] | None = None) -> int:
+        """The number of LLM positions `build` gives these segments (BOS included); memo: token
+        counts of strings already seen (filled here)."""
+        memo = {} if memo is None else memo
+        total = 1 if self.tokenizer.bos_token_id is not None else 0
+        for segment in segments:
+            if not isinstance(segment, str):
+                total += int(segment.shape[0])
+                continue
+            if segment not in memo:
+                memo[segment] = len(self._ids(segment))
+            total += memo[segment]
+        return total
 
     def build(self, conversations: list[list[Segment]], targets: list[str] | None = None,
               padding_side: str = "left") -> LLMInputs:
@@ -218,82 +282,224 @@ class PromptBuilder:
         return LLMInputs(embeds, mask, labels_out if targets is not None else None)
 
 
+# ---------------------------------------------------------------------- text limits
+class TextLimits:
+    """Bounds on the user text of a prompt, in LM tokens (bounded work per request).
+
+    max_text_tokens: the most tokens of each user text (description, question, earlier answer);
+    max_prompt_tokens: the most positions of a whole prompt (the LM's context minus the answer
+    budget), None when the LM states no context. A text is counted after `sanitize_user_text`; one
+    whose UTF-8 length exceeds max_text_tokens times the longest token of the vocabulary (in bytes)
+    cannot fit and is refused without being tokenized (tokenizing is superlinear on long words).
+    """
+
+    def __init__(self, builder: PromptBuilder, max_text_tokens: int, max_prompt_tokens: int | None,
+                 token_bytes: int) -> None:
+        self.builder = builder
+        self.max_text_tokens = max_text_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.token_bytes = token_bytes  # `longest_token_bytes` of the tokenizer
+
+    def _count(self, text: str) -> int | None:
+        """Tokens of a sanitized text, or None when it has more than max_text_tokens."""
+        if len(text.encode("utf-8", errors="replace")) > self.max_text_tokens * self.token_bytes:
+            return None
+        count = len(self.builder._ids(sanitize_user_text(text)))
+        return count if count <= self.max_text_tokens else None
+
+    def check(self, text: str, what: str) -> None:
+        """ValueError naming `what` when the text is longer than max_text_tokens."""
+        if self._count(text) is None:
+            raise ValueError(f"the {what} is too long: at most {self.max_text_tokens} LM tokens "
+                             f"(SIADConfig.max_text_tokens)")
+
+    def fit(self, description: str, turns: Sequence[tuple[str, str | None]], header: Sequence[Segment],
+            what: str = "description and the question") -> list[tuple[str, str | None]]:
+        """The newest turns that fit the prompt after `header` (`conversation_header`; only the shapes
+        of its tensors count); older turns, and any earlier turn with a text over max_text_tokens, are
+        left out, oldest first. ValueError naming `what` when even the last turn does not fit."""
+        turns = list(turns)
+        budget = self.max_prompt_tokens
+        kept = len(turns)
+        memo: dict[str, int] = {}
+        for start in range(len(turns) - 1, -1, -1):
+            if start < len(turns) - 1 and any(self._count(t or "") is None for t in turns[start]):
+                break
+            if budget is not None:
+                length = self.builder.length([*header, *conversation_texts(description, turns[start:])], memo)
+                if length > budget:
+                    if start == len(turns) - 1:
+                        raise ValueError(f"too long for the LM: the prompt with the {what} needs {length} tokens, "
+                                         f"the LM reads at most {budget} (its context minus the answer budget)")
+                    break
+            kept = start
+        return turns[kept:]
+
+
+def longest_token_bytes(tokenizer: Any) -> int:
+    """The longest entry of the tokenizer's vocabulary in UTF-8 bytes: an upper bound on the bytes of
+    text one token covers (byte-level BPE, SentencePiece with byte fallback)."""
+    return max((len(token.encode("utf-8", errors="replace")) for token in tokenizer.get_vocab()), default=1)
+
+
 # ---------------------------------------------------------------------- generation
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
+def build_generation_config(config: SIADConfig, tokenizer: Any) -> GenerationConfig:
+    """The transformers `GenerationConfig` of a SIAD model from the SIADConfig's generation fields:
+    greedy unless config.do_sample (then with temperature and top_p, no top-k), at most
+    max_new_tokens, EOS masked for the first min_new_tokens, stopping at the stop string `###` or EOS.
+
+    The penalties and the beam count are set explicitly, so that the base LM's own
+    generation_config.json (e.g. Vicuna's sampling settings) does not change SIAD's answers."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    sampling = dict(temperature=config.temperature, top_p=config.top_p, top_k=0) if config.do_sample else {}
+    return GenerationConfig(
+        max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens, do_sample=config.do_sample,
+        num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, stop_strings=STOP_STRING,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=pad, **sampling)
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+def generation_settings(base: GenerationConfig, max_new_tokens: int | None = None) -> GenerationConfig:
+    """A copy of `base` for one call: max_new_tokens capped, min_new_tokens at most that.
+
+    When min_new_tokens reaches max_new_tokens (fixed-length answers, as the benchmarks ask) the stop
+    string is off too, so that every answer is exactly that long (EOS is masked by min_new_tokens).
+    Between 0 and max_new_tokens, min_new_tokens masks EOS only (transformers' meaning); the answer
+    text is the same either way, as it is cut before the first `###`."""
+    settings = copy.deepcopy(base)
+    limit = int(base.max_new_tokens)
+    if max_new_tokens is not None:
+        limit = min(limit, int(max_new_tokens))
+    settings.max_new_tokens = limit
+    settings.min_new_tokens = min(int(base.min_new_tokens or 0), limit)
+    if settings.min_new_tokens >= limit:
+        settings.stop_strings = None
+    return settings
 
 
-def _next_tokens(logits: torch.Tensor, settings: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
-    if not settings.do_sample:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
-    if settings.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < settings.top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+def answer_text_of(text: str) -> str:
+    """The answer in decoded generated text: everything before the first `###`, stripped."""
+    return text.split(STOP_STRING)[0].strip()
+
+
+class AnswerStreamer(BaseStreamer):
+    """The answer of a one-row `generate`, as text while it is produced (transformers' streamer API).
+
+    Iterate over it in another thread than the one that generates: each item is the answer so far,
+    cut before the stop string and stripped; a trailing '#' or '##' (perhaps the start of `###`) and
+    an incomplete character wait for the next token. The last item is the whole answer, exactly what
+    `generate` returns. `fail(error)` (from the generating thread) makes the iteration raise it.
+    """
+
+    _END = object()
+
+    def __init__(self, tokenizer: Any, timeout: float | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.timeout = timeout
+        self._queue: queue.Queue = queue.Queue()
+        self._tokens: list[int] = []
+        self._prompt_seen = False
+        self._shown: str | None = None
+
+    def _text(self) -> str:
+        return self.tokenizer.decode(self._tokens, skip_special_tokens=True)
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate first hands over the prompt's ids (none with inputs_embeds)
+            self._prompt_seen = True
+            return
+        if value.numel() != 1:
+            raise ValueError("AnswerStreamer streams one answer at a time (batch size 1)")
+        self._tokens.append(int(value.reshape(-1)[0]))
+        text = self._text()
+        if STOP_STRING in text:
+            partial = answer_text_of(text)
+        else:
+            partial = text.rstrip("#").rstrip("\ufffd").strip()
+        if partial and partial != self._shown:
+            self._shown = partial
+            self._queue.put(partial)
+
+    def end(self) -> None:
+        final = answer_text_of(self._text())
+        if final != self._shown:
+            self._shown = final
+            self._queue.put(final)
+        self._queue.put(self._END)
+
+    def fail(self, error: BaseException) -> None:
+        self._queue.put(error)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            item = self._queue.get(timeout=self.timeout)
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class _StageClock(BaseStreamer):
+    """Splits the time of one `generate` call into "llm_prefill" (until the first new token) and
+    "llm_decode", for a timer (a context-manager factory such as `StageTimer`), and passes the tokens
+    on to another streamer."""
+
+    def __init__(self, timer: Callable[[str], Any], streamer: BaseStreamer | None) -> None:
+        self.timer = timer
+        self.streamer = streamer
+        self._puts = 0
+        self._stage: Any = None
+
+    def _switch(self, name: str | None) -> None:
+        if self._stage is not None:
+            self._stage.__exit__(None, None, None)
+        self._stage = None
+        if name is not None:
+            self._stage = self.timer(name)
+            self._stage.__enter__()
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._puts < 2:
+            self._switch(("llm_prefill", "llm_decode")[self._puts])
+        self._puts += 1
+        if self.streamer is not None:
+            self.streamer.put(value)
+
+    def end(self) -> None:
+        self._switch(None)
+        if self.streamer is not None:
+            self.streamer.end()
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops every row once `event` is set (a consumer that stopped reading a stream)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
 def generate(llm: nn.Module, tokenizer: Any, inputs: LLMInputs, settings: GenerationConfig,
+             streamer: BaseStreamer | None = None, cancel: threading.Event | None = None,
              timer: Callable[[str], Any] | None = None) -> list[str]:
-    """Decode answers for a left-padded batch; each stops at `###` or EOS or max_new_tokens.
+    """Answers for a left-padded batch, by transformers' `generate` on the prompt embeddings.
 
-    timer: an optional context-manager factory, called with "llm_prefill" and "llm_decode".
-    Returns the answers, cut before `###` and stripped.
+    settings: a transformers `GenerationConfig` (see `build_generation_config`, `generation_settings`);
+    streamer: receives the new tokens as they come (e.g. `AnswerStreamer`, batch size 1); cancel: an
+    event that stops the generation when set; timer: an optional context-manager factory, called with
+    "llm_prefill" and "llm_decode". Returns the answers, cut before `###` and stripped.
     """
-    from contextlib import nullcontext
-
-    timed = timer if timer is not None else (lambda name: nullcontext())
-    embedding = llm.get_input_embeddings()
-    attention_mask = inputs.attention_mask
-    position_ids = _position_ids(attention_mask)
-    batch = attention_mask.shape[0]
-    generator = None
-    if settings.do_sample and settings.seed is not None:
-        generator = torch.Generator(device=attention_mask.device).manual_seed(settings.seed)
-    eos = tokenizer.eos_token_id
-    produced: list[list[int]] = [[] for _ in range(batch)]
-    texts = [""] * batch
-    finished = [False] * batch
-    with timed("llm_prefill"):
-        out = llm(inputs_embeds=inputs.inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=True, logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1]
-    with timed("llm_decode"):
-        for step in range(settings.max_new_tokens):
-            early = step < settings.min_new_tokens
-            if early and eos is not None:
-                logits = logits.clone()
-                logits[:, eos] = float("-inf")
-            tokens = _next_tokens(logits, settings, generator)
-            for b in range(batch):
-                if finished[b]:
-                    continue
-                token = int(tokens[b])
-                if token == eos:
-                    finished[b] = True
-                    continue
-                produced[b].append(token)
-                texts[b] = tokenizer.decode(produced[b], skip_special_tokens=True)
-                if STOP_STRING in texts[b] and not early:
-                    finished[b] = True
-            if all(finished) or step == settings.max_new_tokens - 1:
-                break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-            position_ids = position_ids[:, -1:] + 1
-            out = llm(inputs_embeds=embedding(tokens[:, None]), attention_mask=attention_mask,
-                      position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1)
-            cache, logits = out.cache, out.logits[:, -1]
-    return [text.split(STOP_STRING)[0].strip() for text in texts]
+    clock = _StageClock(timer, streamer) if timer is not None else streamer
+    criteria = StoppingCriteriaList([_Cancelled(cancel)] if cancel is not None else [])
+    try:
+        sequences = llm.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                                 generation_config=settings, tokenizer=tokenizer, streamer=clock,
+                                 stopping_criteria=criteria)
+    finally:
+        if isinstance(clock, _StageClock):
+            clock._switch(None)
+    return [answer_text_of(tokenizer.decode(row, skip_special_tokens=True)) for row in sequences]

@@ -9,26 +9,34 @@ One forward pass (DESIGN 3):
 Self-improvement (Algorithm 1): R is embedded as "R with damaged" / "R without damaged", fused
 with t, and a second map M' and response R' come from the same visual features.
 
-Public API: `forward(batch)` (training losses), `detect(...)`, `chat(...)`.
+Public API: `forward(batch)` (training losses), `detect(...)`, `chat(...)`, `chat_stream(...)`;
+`save_generation_config` / `load_generation_config` write and read a model folder's
+`generation_config.json`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
+from transformers.generation import GenerationConfig
 
 from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer, VisionFeatures
 from siad.image import ImageInput, load_rgb, map_to_original, normalize, resize_for_encoder
-from siad.llm import GenerationConfig, PromptBuilder, add_lora, conversation_segments, generate, load_language_model
+from siad.llm import (AnswerStreamer, LLMInputs, PromptBuilder, TextLimits, add_lora, build_generation_config,
+                      conversation_header, conversation_segments, generate, generation_settings, load_language_model,
+                      longest_token_bytes)
 from siad.losses import dice_loss, focal_loss
 from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, StageEnhancementModule,
                           StagePromptLearner, StageProjection, parameter_version)
@@ -36,6 +44,7 @@ from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
 
 Conversation = Sequence[Any]
+GENERATION_CONFIG_FILE = "generation_config.json"  # transformers' name (GenerationConfig.save_pretrained)
 
 
 @dataclass
@@ -83,6 +92,70 @@ class _Pass:
     anomaly_map: torch.Tensor
 
 
+@dataclass
+class _Algorithm1:
+    """Algorithm 1 on a batch: pass 1 (M, R) and pass 2 (M', R'; pass 1 again without
+    self-improvement); the image tokens B x 1 x H and the PEM tokens of the final map B x Kg x H
+    (None without PEM), what a follow-up question is grounded in. Without chat, no LLM ran: the
+    answers and tokens are None."""
+
+    first: _Pass
+    response: list[str] | None
+    final: _Pass
+    refined: list[str] | None
+    image_tokens: torch.Tensor | None
+    final_map_tokens: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _FollowUpContext:
+    """What a follow-up question about one image needs from its passes: image token 1 x H and the
+    final map's PEM tokens Kg x H (None without PEM)."""
+
+    image_tokens: torch.Tensor
+    map_tokens: torch.Tensor | None
+
+
+class PassCache:
+    """A bounded, thread-safe LRU map from an image's pass key (see `SIADModel._pass_key`) to its
+    `_FollowUpContext`; capacity 0 keeps nothing. A copied or unpickled cache starts empty."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, _FollowUpContext] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> _FollowUpContext | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: Hashable, item: _FollowUpContext) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(int(state["capacity"]))
+
+
 class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                 repo_url="https://github.com/siad-llm/siad-llm",
                 tags=["anomaly-detection", "zero-shot", "imagebind", "siad-llm"]):
@@ -123,6 +196,11 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
             self.llm.requires_grad_(True)
         self.timer: StageTimer | None = None
         self._class_text_cache: dict[tuple, torch.Tensor] = {}
+        # generation settings used by every answer (see `build_generation_config`); a model folder's
+        # generation_config.json replaces them (`load_generation_config`)
+        self.generation_config = build_generation_config(config, llm_tokenizer)
+        self._pass_cache = PassCache(config.chat_cache_size)
+        self._token_bytes = longest_token_bytes(llm_tokenizer)  # for TextLimits
         # The LLM is already in its dtype (and keeps its float32 rotary buffers); the rest is cast.
         for name, child in self.named_children():
             if name != "llm" and not any(p.is_meta for p in child.parameters()):
@@ -292,20 +370,27 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return [conversation_segments(image_tokens[b], None if map_tokens is None else map_tokens[b],
                                       descriptions[b], list(turns[b])) for b in range(image_tokens.shape[0])]
 
-    def respond(self, image_tokens: torch.Tensor, map_tokens: torch.Tensor | None, descriptions: Sequence[str],
-                turns: Sequence[list[tuple[str, str | None]]] | None = None, max_new_tokens: int | None = None) -> list[str]:
-        """Generate one answer per image (greedy unless the config samples)."""
-        if turns is None:
-            turns = [[(QUESTION, None)] for _ in descriptions]
+    def _prompt_inputs(self, conversations: list[list]) -> LLMInputs:
         builder = PromptBuilder(self.llm_tokenizer, self.llm.get_input_embeddings())
         with self._timed("llm_prompt"), torch.no_grad():
-            inputs = builder.build(self._conversations(image_tokens, map_tokens, descriptions, turns), padding_side="left")
-        config = self.config
-        limit = max_new_tokens or config.max_new_tokens
-        settings = GenerationConfig(max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit),
-                                    do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p)
+            return builder.build(conversations, padding_side="left")
+
+    def _generate(self, inputs: LLMInputs, max_new_tokens: int | None = None, streamer: Any = None,
+                  cancel: threading.Event | None = None) -> list[str]:
+        """Answers for a left-padded prompt batch with `self.generation_config` (max_new_tokens caps it)."""
+        settings = generation_settings(self.generation_config, max_new_tokens)
         with self._llm_eval():
-            return generate(self.llm, self.llm_tokenizer, inputs, settings, timer=self.timer)
+            return generate(self.llm, self.llm_tokenizer, inputs, settings, streamer=streamer, cancel=cancel,
+                            timer=self.timer)
+
+    def respond(self, image_tokens: torch.Tensor, map_tokens: torch.Tensor | None, descriptions: Sequence[str],
+                turns: Sequence[list[tuple[str, str | None]]] | None = None,
+                max_new_tokens: int | None = None) -> list[str]:
+        """Generate one answer per image (greedy unless the generation config samples)."""
+        if turns is None:
+            turns = [[(QUESTION, None)] for _ in descriptions]
+        inputs = self._prompt_inputs(self._conversations(image_tokens, map_tokens, descriptions, turns))
+        return self._generate(inputs, max_new_tokens)
 
     def response_text_features(self, responses: Sequence[str]) -> torch.Tensor:
         """t^res: B x 2 x D, each response R embedded as "R without damaged" and "R with damaged".
@@ -331,23 +416,25 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return F.normalize(text + response, dim=-1)
 
     def _passes(self, vision: VisionFeatures, class_names: Sequence[str], descriptions: Sequence[str],
-                chat: bool, self_improve: bool) -> tuple[_Pass, list[str] | None, _Pass, list[str] | None]:
+                chat: bool, self_improve: bool) -> _Algorithm1:
         """Algorithm 1: pass 1 (M, R), then pass 2 (M', R') from the same visual features."""
         features = self.visual_features(vision)
         text = self.class_text_features(class_names)
         first = self.anomaly_maps(features, text)
         if not chat:
-            return first, None, first, None
+            return _Algorithm1(first, None, first, None, None, None)
         image_tokens = self.image_tokens(vision)
+        first_tokens = self.map_tokens(first.stage_maps)
         # R feeds the text encoder, which reads at most 77 tokens: longer generation is wasted.
-        cap = min(self.config.max_new_tokens, self.config.text_context_length)
-        response = self.respond(image_tokens, self.map_tokens(first.stage_maps), descriptions, max_new_tokens=cap)
+        cap = min(int(self.generation_config.max_new_tokens), self.config.text_context_length)
+        response = self.respond(image_tokens, first_tokens, descriptions, max_new_tokens=cap)
         if not (self_improve and self.config.use_self_improvement):
-            return first, response, first, response
+            return _Algorithm1(first, response, first, response, image_tokens, first_tokens)
         refined_text = self.refine_text(text, self.response_text_features(response))
         second = self.anomaly_maps(features, refined_text)
-        refined = self.respond(image_tokens, self.map_tokens(second.stage_maps), descriptions)
-        return first, response, second, refined
+        second_tokens = self.map_tokens(second.stage_maps)
+        refined = self.respond(image_tokens, second_tokens, descriptions)
+        return _Algorithm1(first, response, second, refined, image_tokens, second_tokens)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any]) -> SIADOutput:
@@ -368,7 +455,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         if config.use_self_improvement:
             if config.si_train_response == "generated":
                 with torch.no_grad():
-                    cap = min(config.max_new_tokens, config.text_context_length)
+                    cap = min(int(self.generation_config.max_new_tokens), config.text_context_length)
                     tokens = self.map_tokens(passes[0].stage_maps)
                     responses = self.respond(image_tokens.detach(), None if tokens is None else tokens.detach(),
                                              descriptions, max_new_tokens=cap)
@@ -410,13 +497,21 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         chat=False: no LLM runs at all (map and score of pass 1). self_improve=False: pass 1 only.
         score_smoothing_sigma: Gaussian sigma on the maps before scoring, for this call (None: the config's;
         the verdict still compares the score with the config's threshold).
+        With chat, a description (or a class name, through its generic description) longer than
+        config.max_text_tokens LM tokens, or one that does not fit the LM's context, is a ValueError,
+        raised before any work; each image's passes are kept for `chat` (config.chat_cache_size).
         """
         if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
             raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
         images_list, names, descs = detection_inputs(images, class_names, descriptions)
-        descs = [d or describe(n) for d, n in zip(descs, names)]
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        prompts = [_prompt_description(d or None, n) for d, n in zip(descs, names)]
+        if chat:
+            limits = self._text_limits()
+            for desc, what in dict.fromkeys(prompts):
+                self._check_prompt(limits, desc, what, [(QUESTION, None)], what)
+        descs = [desc for desc, _ in prompts]
         results: list[DetectionResult] = []
         starts = range(0, len(images_list), batch_size)
         if progress and len(images_list) > batch_size:
@@ -432,10 +527,16 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                       self_improve: bool, sigma: float | None = None) -> list[DetectionResult]:
         with self._timed("preprocess"):
             pixels, sizes = self.prepare_images(images)
+        versions = parameter_version(self) if chat else ()
+        keys = [self._pass_key(pixels[b], names[b], descs[b], self_improve, versions) for b in range(len(names))
+                ] if chat else []
         vision = self.encode_images(pixels)
-        first, response, second, refined = self._passes(vision, names, descs, chat, self_improve)
+        run = self._passes(vision, names, descs, chat, self_improve)
+        first, second = run.first, run.final
         maps1, scores1 = self._scores(first.anomaly_map, sigma)
         maps2, scores2 = (maps1, scores1) if second is first else self._scores(second.anomaly_map, sigma)
+        for b, key in enumerate(keys):  # what follow-up questions about these images need
+            self._pass_cache.put(key, _follow_up_context(run, b))
         results = []
         with self._timed("postprocess"):
             mode, cap = self.config.resize_mode, self.config.max_map_pixels
@@ -444,29 +545,163 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                 final_map = initial_map if second is first else map_to_original(maps2[b], size, mode, cap)
                 score = float(scores2[b])
                 results.append(DetectionResult(
-                    anomaly_map=final_map, score=score, answer=None if refined is None else refined[b],
+                    anomaly_map=final_map, score=score, answer=None if run.refined is None else run.refined[b],
                     initial_map=initial_map, initial_score=float(scores1[b]),
-                    initial_answer=None if response is None else response[b],
+                    initial_answer=None if run.response is None else run.response[b],
                     is_anomalous=score >= self.config.threshold, class_name=names[b]))
         return results
 
+    # ------------------------------------------------------------------ follow-up questions
     @torch.no_grad()
     def chat(self, image: ImageInput, class_name: str, history: Conversation | None, message: str,
              description: str | None = None, self_improve: bool = True) -> str:
         """A follow-up answer about the same image, grounded in its image token and (refined) map.
 
         history: earlier turns, as Gradio-style messages ({"role": "user"|"assistant", "content": ...})
-        or (question, answer) pairs; message: the new question.
+        or (question, answer) pairs; message: the new question; description: the class description
+        (None or blank: the paper's, or the generic one naming the class).
+
+        The image's passes (Algorithm 1: two answers) come from the model's cache when `detect` or
+        `chat` already ran them for the same image content, class, description and settings with
+        the same weights; a follow-up then costs one generation. Text limits: the description and the
+        message may have at most config.max_text_tokens LM tokens each (ValueError naming which);
+        earlier turns are left out, oldest first, until the prompt fits the LM's context minus the
+        answer budget (generation_config.max_new_tokens). A wrong type is a ValueError naming the argument.
         """
+        return self._generate(self._follow_up_inputs(image, class_name, history, message, description, self_improve))[0]
+
+    def chat_stream(self, image: ImageInput, class_name: str, history: Conversation | None, message: str,
+                    description: str | None = None, self_improve: bool = True) -> Iterator[str]:
+        """`chat`, streamed: an iterator over the answer so far, one item each time it grows, while it
+        is generated; the last item is the whole answer (what `chat` returns). The checks and the
+        image's passes run in this call (errors are raised here); the generation runs in a thread
+        while the caller iterates, and stops when the iterator is closed. For a Gradio generator:
+
+            for partial in model.chat_stream(image, name, history, message):
+                yield history + [{"role": "user", "content": message}, {"role": "assistant", "content": partial}]
+        """
+        with torch.no_grad():
+            inputs = self._follow_up_inputs(image, class_name, history, message, description, self_improve)
+        return self._stream(inputs)
+
+    def _stream(self, inputs: LLMInputs) -> Iterator[str]:
+        streamer = AnswerStreamer(self.llm_tokenizer)
+        cancel = threading.Event()
+
+        def run() -> None:
+            try:
+                self._generate(inputs, streamer=streamer, cancel=cancel)
+            except BaseException as error:  # handed to the iterating thread
+                streamer.fail(error)
+
+        thread = threading.Thread(target=run, name="siad-chat-stream", daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            cancel.set()
+            thread.join()
+
+    def clear_chat_cache(self) -> None:
+        """Forget every image's passes kept for follow-up questions."""
+        self._pass_cache.clear()
+
+    def _follow_up_inputs(self, image: ImageInput, class_name: Any, history: Any, message: Any,
+                          description: Any, self_improve: bool) -> LLMInputs:
+        """Check the arguments and limits, get the image's passes (cached), build the prompt."""
         name = _check_class_name(class_name)
-        if not isinstance(message, str) or not message.strip():
-            raise ValueError("the message is empty")
-        desc = description if description and description.strip() else describe(name)
-        turns = _history_turns(history) + [(message.strip(), None)]
+        desc, what = _prompt_description(_check_description(description), name)
+        question = _check_message(message)
+        limits = self._text_limits()
+        limits.check(question, "message")
+        turns = self._check_prompt(limits, desc, what, _history_turns(history) + [(question, None)],
+                                   f"{what} and the message")
         pixels, _ = self.prepare_images([image])
-        vision = self.encode_images(pixels)
-        _, _, final, _ = self._passes(vision, [name], [desc], chat=True, self_improve=self_improve)
-        return self.respond(self.image_tokens(vision), self.map_tokens(final.stage_maps), [desc], [turns])[0]
+        context = self._follow_up_context(pixels, name, desc, self_improve)
+        return self._prompt_inputs([conversation_segments(context.image_tokens, context.map_tokens, desc, turns)])
+
+    def _follow_up_context(self, pixels: torch.Tensor, class_name: str, description: str,
+                           self_improve: bool) -> _FollowUpContext:
+        key = self._pass_key(pixels[0], class_name, description, self_improve)
+        context = self._pass_cache.get(key)
+        if context is None:
+            run = self._passes(self.encode_images(pixels), [class_name], [description], chat=True,
+                               self_improve=self_improve)
+            context = _follow_up_context(run, 0)
+            self._pass_cache.put(key, context)
+        return context
+
+    def _pass_key(self, pixels: torch.Tensor, class_name: str, description: str, self_improve: bool,
+                  versions: tuple[int, ...] | None = None) -> tuple:
+        """What an image's passes depend on: its pixels as the encoder sees them (3 x S x S), the
+        class, the description, whether self-improvement runs, every setting (config and generation
+        config), the device and dtype, and the version counters of every parameter (they change on
+        every in-place update: training steps, `load_state_dict`)."""
+        image = hashlib.sha256(pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+        settings = hashlib.sha256((self.config.to_json_string() + self.generation_config.to_json_string())
+                                  .encode("utf-8")).hexdigest()
+        improve = bool(self_improve and self.config.use_self_improvement)
+        return (image, class_name, description, improve, settings, str(self.device), str(self.dtype),
+                versions if versions is not None else parameter_version(self))
+
+    # ------------------------------------------------------------------ text limits
+    def _text_limits(self) -> TextLimits:
+        """config.max_text_tokens per user text; the whole prompt within the LM's context
+        (max_position_embeddings) minus the answer budget (generation_config.max_new_tokens)."""
+        context = getattr(self.llm.config, "max_position_embeddings", None)
+        budget = None if context is None else int(context) - int(self.generation_config.max_new_tokens)
+        builder = PromptBuilder(self.llm_tokenizer, self.llm.get_input_embeddings())
+        return TextLimits(builder, self.config.max_text_tokens, budget, self._token_bytes)
+
+    def _check_prompt(self, limits: TextLimits, description: str, what: str, turns: list[tuple[str, str | None]],
+                      fit_what: str) -> list[tuple[str, str | None]]:
+        """The description's length, then the turns that fit (see `TextLimits.fit`), before any work:
+        the header's image and map tokens are counted by their shapes."""
+        limits.check(description, what)
+        hidden = self.llama_proj.out_features
+        rows = self.config.pem_groups if self.pem is not None else 0
+        header = conversation_header(torch.empty(1, hidden, device="meta"),
+                                     torch.empty(rows, hidden, device="meta") if rows else None)
+        return limits.fit(description, turns, header, what=fit_what)
+
+
+def _follow_up_context(run: _Algorithm1, index: int) -> _FollowUpContext:
+    """Image `index`'s tokens from a batch's passes (copied: the batch tensors are not kept alive)."""
+    assert run.image_tokens is not None
+    tokens = None if run.final_map_tokens is None else run.final_map_tokens[index].detach().clone()
+    return _FollowUpContext(run.image_tokens[index].detach().clone(), tokens)
+
+
+def save_generation_config(model: SIADModel, folder: str | Path) -> Path:
+    """Write the model's generation settings (`model.generation_config`) as `generation_config.json`
+    into a model folder; returns the file's path."""
+    folder = Path(folder)
+    model.generation_config.save_pretrained(folder)
+    return folder / GENERATION_CONFIG_FILE
+
+
+def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationConfig | None:
+    """Read a model folder's `generation_config.json` into `model.generation_config`, so that every
+    answer of the model follows it. Returns the loaded `GenerationConfig`, or None when the folder
+    has no such file (the settings built from the SIADConfig stay). A file that transformers refuses,
+    or one whose max_new_tokens is not a positive integer below the LM's context, is a ValueError
+    naming it."""
+    path = Path(folder) / GENERATION_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        loaded = GenerationConfig.from_pretrained(Path(folder), local_files_only=True)
+    except Exception as error:  # malformed JSON, invalid values, ...
+        raise ValueError(f"{path}: not a valid generation config ({error})") from error
+    limit = loaded.max_new_tokens
+    context = getattr(model.llm.config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        raise ValueError(f"{path}: max_new_tokens must be a positive integer, got {limit!r}")
+    if context is not None and limit >= int(context):
+        raise ValueError(f"{path}: max_new_tokens={limit} leaves no room for a prompt in the LM's context of "
+                         f"{context} positions")
+    model.generation_config = loaded
+    return loaded
 
 
 def detection_inputs(images: Any, class_names: Any, descriptions: Any = None
@@ -504,6 +739,31 @@ def _check_class_name(name: Any) -> str:
     return " ".join(name.split())
 
 
+def _check_description(description: Any) -> str | None:
+    """A description argument: a string (stripped; None when blank) or None."""
+    if description is None:
+        return None
+    if not isinstance(description, str):
+        raise ValueError(f"the description must be a string or None, got {type(description).__name__}")
+    return description.strip() or None
+
+
+def _check_message(message: Any) -> str:
+    if not isinstance(message, str):
+        raise ValueError(f"the message must be a string, got {type(message).__name__}")
+    if not message.strip():
+        raise ValueError("the message is empty")
+    return message.strip()
+
+
+def _prompt_description(description: str | None, class_name: str) -> tuple[str, str]:
+    """The description a prompt uses and what to call it in an error: the given one
+    ("description"), else the paper's or the generic one, which names the class ("class name")."""
+    if description:
+        return description, "description"
+    return describe(class_name), "class name"
+
+
 def _message_text(content: Any) -> str:
     """The text of a chat message's content: a string, or Gradio's list of parts ({"type": "text", ...})."""
     if isinstance(content, str):
@@ -519,8 +779,11 @@ def _message_text(content: Any) -> str:
 def _history_turns(history: Conversation | None) -> list[tuple[str, str | None]]:
     """Gradio messages or (question, answer) pairs -> (question, answer) pairs."""
     turns: list[tuple[str, str | None]] = []
-    if not history:
+    if history is None:
         return turns
+    if not isinstance(history, (list, tuple)):
+        raise ValueError(f"the history must be a list of messages or (question, answer) pairs, got "
+                         f"{type(history).__name__}")
     pending: str | None = None
     for item in history:
         if isinstance(item, dict):

@@ -106,7 +106,9 @@ class StagePromptLearner(nn.Module):
     1 abnormal), for the C given class names:
     - mode "sum" (default): t_{k,s} = norm(norm(T(g_{k,s})) + e_s);
     - mode "concat": t_{k,s} = norm(mean_j norm(T(g_{k,s} + sentence_{s,j})));
-    - use_stage_prompts=False (ablation "w/o SP"): t_{k,s} = e_s, no learnable vectors.
+    - use_stage_prompts=False (ablation "w/o SP", the paper's Table 3): only the stage phrase goes,
+      g_s = [E learnable vectors][class][state words], the same for every stage (computed once);
+      the learnable vectors, the ensemble and the mode are unchanged.
     """
 
     def __init__(self, config: SIADConfig) -> None:
@@ -115,17 +117,15 @@ class StagePromptLearner(nn.Module):
         self.stage_phrases = config.resolved_stage_phrases
         self.mode = config.stage_prompt_mode
         self.use_stage_prompts = config.use_stage_prompts
-        if self.use_stage_prompts:
-            self.normal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
-            self.abnormal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
-            self.reset_parameters()
+        self.normal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
+        self.abnormal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
+        self.reset_parameters()
         self._ensemble_cache: dict[tuple, torch.Tensor] = {}
 
     def reset_parameters(self) -> None:
         """The learnable prompt vectors start as small random word embeddings (std 0.02)."""
-        if self.use_stage_prompts:
-            nn.init.normal_(self.normal_vectors, std=0.02)
-            nn.init.normal_(self.abnormal_vectors, std=0.02)
+        nn.init.normal_(self.normal_vectors, std=0.02)
+        nn.init.normal_(self.abnormal_vectors, std=0.02)
 
     def clear_cache(self) -> None:
         self._ensemble_cache.clear()
@@ -153,7 +153,9 @@ class StagePromptLearner(nn.Module):
     # ------------------------------------------------------------------ stage prompts
     def _stage_prompt_ids(self, tokenizer: ImageBindTokenizer, class_name: str, stage: int, state: str,
                           tail: list[int] | None = None) -> tuple[list[int], list[bool]]:
-        phrase = tokenizer.encode(self.stage_phrases[stage])
+        """The token ids of g_{stage,state} (followed by `tail`, mode "concat") and the mask of the
+        placeholder positions that take the learnable vectors. Without stage prompts, no phrase."""
+        phrase = tokenizer.encode(self.stage_phrases[stage]) if self.use_stage_prompts else []
         placeholders = [tokenizer.placeholder_id] * self.num_vectors
         name = tokenizer.encode(prompt_class_name(class_name))
         suffix = tokenizer.encode(STATE_SUFFIXES[state])
@@ -165,10 +167,9 @@ class StagePromptLearner(nn.Module):
 
     def forward(self, encoder: ImageBindEncoder, tokenizer: ImageBindTokenizer,
                 class_names: list[str]) -> torch.Tensor:
-        num_stages = len(self.stage_phrases)
+        # without stage phrases every stage has the same prompts: compute them once, expand below
+        num_stages = len(self.stage_phrases) if self.use_stage_prompts else 1
         ensembles = torch.stack([self.ensemble_features(encoder, tokenizer, c) for c in class_names])  # C x 2 x D
-        if not self.use_stage_prompts:
-            return ensembles[:, None].expand(-1, num_stages, -1, -1)
         device = ensembles.device
         sequences: list[list[int]] = []
         masks: list[list[bool]] = []
@@ -200,8 +201,10 @@ class StagePromptLearner(nn.Module):
         counts = torch.bincount(group_index, minlength=num_groups).to(features.dtype)
         stage_features = (summed / counts[:, None]).view(len(class_names), num_stages, 2, -1)
         if self.mode == "concat":
-            return F.normalize(stage_features, dim=-1)
-        return F.normalize(stage_features + ensembles[:, None].to(stage_features.dtype), dim=-1)
+            stage_features = F.normalize(stage_features, dim=-1)
+        else:
+            stage_features = F.normalize(stage_features + ensembles[:, None].to(stage_features.dtype), dim=-1)
+        return stage_features.expand(-1, len(self.stage_phrases), -1, -1)
 
 
 def _version(module: nn.Module) -> tuple[int, ...]:
@@ -230,12 +233,16 @@ class AnomalyMapHead(nn.Module):
         self.logit_scale = logit_scale
 
     def logits(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """B x K x 2 x S x S float32 logits, whatever the dtype of the features and text.
+
+        The cosine similarity runs in float32: in bfloat16 a logit of scale * cos (scale 100) would be
+        rounded to steps of up to 0.5, i.e. up to a few hundredths in probability."""
         out = []
         for k, f in enumerate(features):
             batch, count, _ = f.shape
             side = math.isqrt(count)
-            logits = self.logit_scale * torch.einsum("bnd,bsd->bsn", F.normalize(f, dim=-1), text[:, k].to(f.dtype))
-            logits = logits.reshape(batch, 2, side, side).float()
+            similarity = torch.einsum("bnd,bsd->bsn", F.normalize(f.float(), dim=-1), text[:, k].float())
+            logits = (self.logit_scale * similarity).reshape(batch, 2, side, side)
             out.append(F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                      align_corners=True))
         return torch.stack(out, dim=1)

@@ -147,8 +147,11 @@ def test_switches_change_what_they_name():
     assert build_tiny(0, use_sem=False).sem is None
     no_pem = build_tiny(0, use_pem=False)
     assert no_pem.pem is None and no_pem.map_tokens(torch.zeros(1, 4, 224, 224)) is None
-    no_sp = build_tiny(0, use_stage_prompts=False)
-    assert not [n for n, _ in no_sp.trainable_parameters() if n.startswith("prompt_learner.")]
+    no_sp = build_tiny(0, use_stage_prompts=False)  # "w/o SP": the vectors stay and train, the phrase goes
+    assert {n for n, _ in no_sp.trainable_parameters() if n.startswith("prompt_learner.")} == {
+        "prompt_learner.normal_vectors", "prompt_learner.abnormal_vectors"}
+    text = no_sp.class_text_features(["bottle"])
+    assert all(torch.equal(text[0, k], text[0, 0]) for k in range(4))
     no_si = build_tiny(0, use_self_improvement=False).eval()
     r = no_si.detect(_images()[:1], "bottle")[0]
     assert np.array_equal(r.anomaly_map, r.initial_map) and r.answer == r.initial_answer
@@ -244,3 +247,38 @@ def test_history_in_gradio_message_parts():
                {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
                {"role": "user", "content": "Sure?"}]
     assert _history_turns(history) == [("Is there any anomaly?", "No."), ("Sure?", "")]
+
+
+def test_bfloat16_maps_match_float32_maps():
+    """A bf16 copy of a float32 model (1024-d joint space, as ImageBind's) gives maps close to the
+    float32 model's: its map head computes in float32, so only the trunk's bf16 rounding remains."""
+    from siad.modules import AnomalyMapHead
+
+    config = SIADConfig.tiny(embed_dim=1024)
+    torch.manual_seed(0)
+    full = SIADModel(config).eval()
+    half = SIADModel(config, dtype=torch.bfloat16).eval()
+    half.load_state_dict(full.state_dict())
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
+    grid_head = AnomalyMapHead(config.grid_size, config.logit_scale)  # the patch grid, before upsampling
+
+    def grid_maps(model):
+        with torch.no_grad():
+            pixels, _ = model.prepare_images(images)
+            features = model.visual_features(model.encode_images(pixels))
+            text = model.class_text_features(["bottle"] * 3)
+            return features, text, grid_head(features, text)
+
+    _, _, reference = grid_maps(full)
+    features, text, maps = grid_maps(half)
+    assert maps.dtype == torch.float32
+    # the bf16 model's maps are exactly the float32 computation on its own features
+    exact = grid_head([f.float() for f in features], text.float())
+    assert (maps - exact).abs().max() < 1e-6
+    assert (maps - reference).abs().max() < 0.03
+    distinct = [maps[b, k].unique().numel() for b in range(3) for k in range(4)]
+    assert min(distinct) >= 250  # of 256 patches (bf16 logits: as few as 215)
+    r_full = full.detect(images, "bottle", chat=False)
+    r_half = half.detect(images, "bottle", chat=False)
+    assert max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) for a, b in zip(r_full, r_half)) < 0.03

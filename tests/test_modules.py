@@ -108,14 +108,36 @@ def test_ensemble_is_the_mean_of_normalised_sentences(text_side):
     assert learner.ensemble_features(encoder, tokenizer, "bottle") is e  # cached
 
 
-def test_without_stage_prompts_the_text_is_the_ensemble(text_side):
+def test_without_stage_prompts_only_the_stage_phrase_goes(text_side):
+    """The "w/o SP" ablation (Table 3) keeps the learnable vectors, the ensemble and the mode, and
+    removes the stage phrase: the prompts are the same for every stage."""
     encoder, tokenizer = text_side
-    learner = StagePromptLearner(SIADConfig.tiny(use_stage_prompts=False))
-    assert not list(learner.parameters())
-    out = learner(encoder, tokenizer, ["wood"])
-    e = learner.ensemble_features(encoder, tokenizer, "wood")
-    for k in range(4):
-        assert torch.allclose(out[0, k], e)
+    with_sp = StagePromptLearner(SIADConfig.tiny())
+    without = StagePromptLearner(SIADConfig.tiny(use_stage_prompts=False))
+    bare_expected = ([tokenizer.sot_id] + [tokenizer.placeholder_id] * 4 + tokenizer.encode("metal nut")
+                     + tokenizer.encode("with damaged") + [tokenizer.eot_id])
+    for stage in range(4):
+        ids, mask = with_sp._stage_prompt_ids(tokenizer, "metal_nut", stage, "abnormal")
+        bare, bare_mask = without._stage_prompt_ids(tokenizer, "metal_nut", stage, "abnormal")
+        phrase = tokenizer.encode(with_sp.stage_phrases[stage])
+        assert phrase and ids == [tokenizer.sot_id] + phrase + bare[1:]
+        assert bare == bare_expected
+        assert bare_mask == [False] + [True] * 4 + [False] * (len(bare) - 5)
+        assert mask == [False] * (1 + len(phrase)) + bare_mask[1:]
+    assert {n for n, _ in without.named_parameters()} == {"normal_vectors", "abnormal_vectors"}
+    out = without(encoder, tokenizer, ["wood"])
+    assert out.shape == (1, 4, 2, 32)
+    assert all(torch.equal(out[0, k], out[0, 0]) for k in range(4))
+    e = without.ensemble_features(encoder, tokenizer, "wood")
+    assert not torch.allclose(out[0, 0], e, atol=1e-3)  # the stage prompt is there (sum mode) ...
+    with_out = with_sp(encoder, tokenizer, ["wood"])
+    assert not torch.allclose(with_out[0, 0], with_out[0, 3])  # ... and only the phrase made stages differ
+    out.sum().backward()
+    assert without.normal_vectors.grad.abs().sum() > 0 and without.abnormal_vectors.grad.abs().sum() > 0
+    optimizer = torch.optim.SGD(without.parameters(), lr=10.0)
+    optimizer.step()
+    with torch.no_grad():
+        assert not torch.allclose(without(encoder, tokenizer, ["wood"]), out)
 
 
 def test_long_class_names_are_truncated(text_side):
@@ -142,3 +164,29 @@ def test_focal_loss_keeps_its_gradient_when_saturated():
     assert torch.allclose(focal_loss(torch.zeros(1, 2, 1, 1), torch.ones(1, 1, 1)), expected)
     perfect = target.clone()
     assert dice_loss(perfect, target) < 1e-6 and dice_loss(torch.zeros_like(target), torch.zeros_like(target)) == 0
+
+
+def test_map_head_similarity_runs_in_float32_for_bfloat16_inputs():
+    """Paper size (1024-d joint space, logit scale 100, cosines around 0.2 as ImageBind's): bf16
+    features and text give the maps of their float32 values. With the similarity in bf16 the logits
+    were rounded by up to 0.17 here (0.025 in probability) and the 256 patches of a stage took only
+    about 140 distinct values."""
+    torch.manual_seed(0)
+    head = AnomalyMapHead(image_size=16, logit_scale=100.0)  # image size = grid: no upsampling
+    text = F.normalize(torch.randn(2, 4, 2, 1024), dim=-1)
+    features = []
+    for k in range(4):
+        normal, abnormal = text[:, k, 0][:, None], text[:, k, 1][:, None]
+        f = (torch.randn(2, 256, 1024) / 32 + 0.2 * (normal + abnormal)
+             + 0.003 * torch.randn(2, 256, 1) * (abnormal - normal))
+        features.append(f.bfloat16())
+    low = head.logits(features, text.bfloat16())
+    assert low.dtype == torch.float32
+    reference = head.logits([f.float() for f in features], text.bfloat16().float())
+    assert (low - reference).abs().max() < 1e-4
+    maps, maps_ref = head.probabilities(low), head.probabilities(reference)
+    assert (maps - maps_ref).abs().max() < 1e-5
+    assert 1e-7 < maps_ref.min() and maps_ref.max() < 1 - 1e-7  # not saturated: every patch counts
+    for b in range(2):
+        for k in range(4):
+            assert maps[b, k].unique().numel() == maps_ref[b, k].unique().numel() == 256
