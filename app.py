@@ -174,19 +174,25 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
 
     @gpu_decorator(gpu_seconds(tokens, generations=1))
     def follow_up(message: str, session: dict | None):
-        """A follow-up turn; the conversation lives in the session state (the same for the UI and the API)."""
+        """A follow-up turn, streamed into the chat; the conversation lives in the session state (the same
+        for the UI and the API)."""
         if not session:
             raise gr.Error("Run Detect on an image first, then ask about it.")
         message = text(message, "question", limits.max_message_chars)
         if not message.strip():
             raise gr.Error("Type a question.")
         history = list(session["history"])
-        try:
-            answer = model.chat(session["image"], session["class_name"], history, message, session["description"])
+        try:  # the checks and the image's passes run here; the answer then streams in as it is generated
+            stream = model.chat_stream(session["image"], session["class_name"], history, message,
+                                       session["description"])
         except ValueError as error:
             raise gr.Error(str(error)) from None
-        history += [{"role": "user", "content": message.strip()}, {"role": "assistant", "content": answer}]
-        return history, "", {**session, "history": history}
+        asked = history + [{"role": "user", "content": message.strip()}]
+        answer = ""
+        for answer in stream:
+            yield asked + [{"role": "assistant", "content": answer}], "", session
+        history = asked + [{"role": "assistant", "content": answer}]
+        yield history, "", {**session, "history": history}
 
     def fill_description(class_name: str | None) -> str:
         name = " ".join((class_name or "").split())

@@ -4,6 +4,7 @@ A saved model folder:
 
     config.json                   SIADConfig
     model.safetensors             trainable parts and, by default, the ImageBind vision and text trunks
+    generation_config.json        how answers are generated (transformers' GenerationConfig); edit it to change them
     llm_adapter/                  the LoRA adapter in PEFT's format (adapter_config.json, adapter_model.safetensors)
     llm/                          only when the base LLM is not an external one (built by SIAD, e.g. the
                                   bundled mini model): its config, weights and tokenizer
@@ -41,7 +42,8 @@ WEIGHTS_NAME = "model.safetensors"
 ADAPTER_DIR = "llm_adapter"
 LLM_DIR = "llm"
 CARD_NAME = "README.md"
-HUB_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME)
+GENERATION_NAME = "generation_config.json"
+HUB_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, GENERATION_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME)
 
 # For the diagnosis of a header the safetensors library refused: it refuses larger headers too,
 # and these are the bytes per element of its dtypes.
@@ -200,6 +202,9 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
 
         card = render_model_card(config, model_id=model_id, encoder_saved=save_encoder,
                                  parameters=parameter_counts(model))
+    from siad.model import save_generation_config
+
+    save_generation_config(model, folder)
     (folder / CARD_NAME).write_text(card, encoding="utf-8")
     return folder
 
@@ -342,6 +347,9 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     if meta:
         raise ValueError(f"{folder}: weights were never loaded for {meta[:10]}")
     model.encoder.requires_grad_(config.train_encoder)
+    from siad.model import load_generation_config
+
+    load_generation_config(model, folder)  # a saved generation_config.json takes effect
     return model
 
 

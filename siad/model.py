@@ -33,6 +33,7 @@ from transformers.generation import GenerationConfig
 
 from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer, VisionFeatures
+from siad.hub import GENERATION_NAME  # transformers' file name (GenerationConfig.save_pretrained)
 from siad.image import ImageInput, load_rgb, map_to_original, normalize, resize_for_encoder
 from siad.llm import (AnswerStreamer, LLMInputs, PromptBuilder, TextLimits, add_lora, build_generation_config,
                       conversation_header, conversation_segments, generate, generation_settings, load_language_model,
@@ -44,7 +45,6 @@ from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
 
 Conversation = Sequence[Any]
-GENERATION_CONFIG_FILE = "generation_config.json"  # transformers' name (GenerationConfig.save_pretrained)
 
 
 @dataclass
@@ -677,7 +677,7 @@ def save_generation_config(model: SIADModel, folder: str | Path) -> Path:
     into a model folder; returns the file's path."""
     folder = Path(folder)
     model.generation_config.save_pretrained(folder)
-    return folder / GENERATION_CONFIG_FILE
+    return folder / GENERATION_NAME
 
 
 def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationConfig | None:
@@ -686,7 +686,7 @@ def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationCo
     has no such file (the settings built from the SIADConfig stay). A file that transformers refuses,
     or one whose max_new_tokens is not a positive integer below the LM's context, is a ValueError
     naming it."""
-    path = Path(folder) / GENERATION_CONFIG_FILE
+    path = Path(folder) / GENERATION_NAME
     if not path.is_file():
         return None
     try:

@@ -80,6 +80,25 @@ def test_follow_up_chat_turn(running_app):
         fresh.predict("Where?", api_name="/chat")
 
 
+def test_follow_up_answers_stream_into_the_chat(running_app):
+    """The follow-up event yields the growing answer; the last output is the whole turn."""
+    from gradio_client import Client
+
+    client = Client(running_app["url"], verbose=False)
+    _detect(client, EXAMPLES / "gear_good.png")
+    job = client.submit("Describe the image.", api_name="/chat")
+    final, cleared = job.result(timeout=300)
+    def text(message):
+        content = message["content"]
+        return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+    answers = [text(out[0][-1]) for out in job.outputs()]
+    assert text(final[-1]) == answers[-1] and cleared == ""
+    assert len(answers) >= 2, "the answer came in one piece"
+    assert all(answers[-1].startswith(a.rstrip("\ufffd")) for a in answers)  # each a prefix of the answer
+    client.close()
+
+
 def test_readable_errors(running_app, tmp_path):
 
     client = running_app["client"]

@@ -42,7 +42,8 @@ def test_round_trip_fp32_is_bit_identical(tmp_path):
     model = _tiny()
     model.save_pretrained(tmp_path / "m")
     files = sorted(str(p.relative_to(tmp_path / "m")) for p in (tmp_path / "m").rglob("*") if p.is_file())
-    assert files == ["README.md", "config.json", "llm/config.json", "llm/model.safetensors", "llm/tokenizer.json",
+    assert files == ["README.md", "config.json", "generation_config.json", "llm/config.json", "llm/model.safetensors",
+                     "llm/tokenizer.json",
                      "llm/tokenizer_config.json", "llm_adapter/adapter_config.json",
                      "llm_adapter/adapter_model.safetensors", "model.safetensors"]
     loaded = SIADModel.from_pretrained(tmp_path / "m")
@@ -203,7 +204,7 @@ def test_push_to_hub_defaults_upload_the_whole_model_with_its_card(monkeypatch):
     assert hub.created == [("org/siad-llm", True, "hf_test")]
     files = hub.uploads[0]["files"]
     assert sorted(files) == [
-        "README.md", "config.json", "llm/config.json", "llm/model.safetensors", "llm/tokenizer.json",
+        "README.md", "config.json", "generation_config.json", "llm/config.json", "llm/model.safetensors", "llm/tokenizer.json",
         "llm/tokenizer_config.json", "llm_adapter/adapter_config.json", "llm_adapter/adapter_model.safetensors",
         "model.safetensors"]
     assert any(k.startswith("encoder.") for k in _weights(files["model.safetensors"]))
@@ -283,3 +284,22 @@ def test_a_folder_saved_by_a_newer_siad_loads_with_a_warning_and_an_older_one_is
     path.write_text(json.dumps({**saved, "threshold": "0.5"}))
     with pytest.raises(ValueError, match="SIADConfig.threshold='0.5'"):
         SIADModel.from_pretrained(tmp_path / "m")
+
+
+def test_saved_generation_config_takes_effect_on_loading(tmp_path):
+    """A model folder's generation_config.json (written by save_pretrained, editable by hand) sets how
+    the loaded model answers."""
+    import json
+
+    model = _tiny()
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "generation_config.json"
+    settings = json.loads(path.read_text())
+    assert settings["max_new_tokens"] == model.config.max_new_tokens
+    settings["max_new_tokens"] = 2
+    path.write_text(json.dumps(settings))
+    loaded = SIADModel.from_pretrained(tmp_path / "m")
+    assert loaded.generation_config.max_new_tokens == 2
+    short = loaded.chat(IMAGES[0], "bottle", [], "Where is it?")
+    full = model.chat(IMAGES[0], "bottle", [], "Where is it?")  # the same weights with max_new_tokens=16
+    assert len(short) < len(full)
