@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 # The format of a saved config.json. 1: the configs written before the version existed (no
-# "format_version" key); 2: the version key itself. A newer siad that changes the meaning of a field
-# raises this and adds the step to `upgrade_config_dict`.
-CONFIG_FORMAT_VERSION = 2
+# "format_version" key); 2: the version key itself; 3: `pem_norm` (PEM's normalisation, before always
+# a per-patch LayerNorm) and `use_stage_prompts=False` keeping the prompt vectors. A newer siad that
+# changes the meaning of a field raises this and adds the step to `upgrade_config_dict`.
+CONFIG_FORMAT_VERSION = 3
 FORMAT_VERSION_KEY = "format_version"
 
 # Inputs larger than this on their longer side are refused as a setting of max_input_side: the
@@ -80,6 +81,7 @@ _ENUMS: dict[str, tuple[Any, ...]] = {
     "stage_phrase_case": (1, 2, 3),
     "stage_prompt_mode": ("sum", "concat"),
     "si_fusion": ("add", "replace"),
+    "pem_norm": ("center", "layer"),
     "si_train_response": ("generated", "target"),
     "resize_mode": ("squash", "center_crop"),
     "train_llm": ("lora", "full"),
@@ -110,6 +112,10 @@ class SIADConfig:
         use_adapter, use_sem, use_pem, use_stage_prompts, use_self_improvement: the switches of
             the paper's ablations (Table 3). "w/o EM" is use_sem=False and use_pem=False.
         pem_patch_size, pem_groups: P and K of eq. 8-11 (K a square number: a sqrt(K) x sqrt(K) grid).
+        pem_norm: the "Norm" of eq. 9 on each flattened map patch. "center": the map probabilities
+            centred and scaled, (x - 0.5) / 0.5, which keeps each patch's level (how anomalous it is);
+            "layer": a per-patch LayerNorm, which removes the level, so that an all-0 and an all-1
+            map give the same tokens (every model before format 3 was trained with it; kept to load them).
         logit_scale: the scale of the cosine logits between patch and text features.
 
     LLM side:
@@ -179,6 +185,7 @@ class SIADConfig:
     use_self_improvement: bool = True
     pem_patch_size: int = 16
     pem_groups: int = 9
+    pem_norm: str = "center"
     logit_scale: float = 100.0
 
     # --- LLM -----------------------------------------------------------------------
@@ -470,6 +477,9 @@ def upgrade_config_dict(data: Mapping[str, Any], source: str = "config") -> dict
 
     1 -> 2: format 1 is every config written before the version key existed; its fields mean what
     they mean in format 2 (fields added since then take their defaults), so only the key is added.
+    2 -> 3: those models' PEM normalised each map patch with a LayerNorm (`pem_norm="layer"`, whose
+    weights they hold). Their "w/o SP" ablation (`use_stage_prompts=False`) had no prompt vectors,
+    which format 3's keeps: such a folder cannot be loaded (ValueError saying so).
     """
     version = saved_format_version(data, source)
     if version > CONFIG_FORMAT_VERSION:
@@ -478,6 +488,13 @@ def upgrade_config_dict(data: Mapping[str, Any], source: str = "config") -> dict
     upgraded = dict(data)
     if version == 1:
         version = 2
+    if version == 2:
+        if upgraded.get("use_stage_prompts") is False:
+            raise ValueError(f"{source}: a 'w/o SP' ablation model of format 2 (use_stage_prompts=false without "
+                             f"learnable prompt vectors); since format 3 that switch keeps the vectors and removes "
+                             f"only the stage phrase, so this model cannot be loaded: train it again")
+        upgraded.setdefault("pem_norm", "layer")
+        version = 3
     upgraded[FORMAT_VERSION_KEY] = version
     return upgraded
 

@@ -189,7 +189,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         self.llm_tokenizer = llm_tokenizer
         hidden = int(self.llm.get_input_embeddings().weight.shape[1])
         self.pem = (PatchEnhancementModule(config.num_stages, config.image_size, config.pem_patch_size,
-                                           config.pem_groups, hidden) if config.use_pem else None)
+                                           config.pem_groups, hidden, config.pem_norm) if config.use_pem else None)
         self.llama_proj = nn.Linear(config.embed_dim, hidden)
         self.encoder.requires_grad_(config.train_encoder)
         if config.train_llm == "full":

@@ -298,20 +298,31 @@ class AnomalyMapHead(nn.Module):
         return scores
 
 
+class _CenterProbabilities(nn.Module):
+    """Probabilities in [0, 1] -> [-1, 1]: a fixed normalisation that keeps the level of a map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) * 2.0
+
+
 class PatchEnhancementModule(nn.Module):
     """PEM, eq. 8-11: B x C x S x S stage maps -> B x Kg x H tokens for the LLM.
 
-    The maps are cut into P x P patches (N = (S/P)^2 patches of P*P*C values), LayerNorm, an MLP to
-    the LLM width H, then the (S/P) x (S/P) patch grid is split into a g x g grid of groups
+    The maps are cut into P x P patches (N = (S/P)^2 patches of P*P*C values), normalised (eq. 9's
+    "Norm", `norm`: "center" maps the probabilities [0, 1] to [-1, 1] and keeps each patch's level;
+    "layer" is a per-patch LayerNorm, which removes it: every constant map gives the same tokens), an
+    MLP to the LLM width H, then the (S/P) x (S/P) patch grid is split into a g x g grid of groups
     (Kg = g^2 = 9 by default, matching the 3 x 3 position words) and each group is averaged.
     """
 
     def __init__(self, num_channels: int, image_size: int, patch_size: int, num_groups: int,
-                 out_dim: int) -> None:
+                 out_dim: int, norm: str = "center") -> None:
         super().__init__()
         self.patch_size = patch_size
         in_dim = patch_size * patch_size * num_channels
-        self.norm = nn.LayerNorm(in_dim)
+        if norm not in ("center", "layer"):
+            raise ValueError(f"PEM norm must be 'center' or 'layer', got {norm!r}")
+        self.norm = nn.LayerNorm(in_dim) if norm == "layer" else _CenterProbabilities()
         self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
         per_side = image_size // patch_size
         groups_side = math.isqrt(num_groups)

@@ -111,26 +111,38 @@ def test_ints_are_valid_floats_and_stored_as_floats():
 def test_saved_config_carries_the_format_version(tmp_path):
     path = tmp_path / "config.json"
     SIADConfig.tiny().save(path)
-    assert json.loads(path.read_text())["format_version"] == CONFIG_FORMAT_VERSION == 2
+    assert json.loads(path.read_text())["format_version"] == CONFIG_FORMAT_VERSION == 3
 
 
 def test_an_older_config_without_a_version_is_upgraded(tmp_path):
     old = SIADConfig.tiny(threshold=0.7).to_dict()
     del old["format_version"]
     del old["min_new_tokens"]  # a field added after the config was written takes its default
-    assert upgrade_config_dict(old) == {**old, "format_version": CONFIG_FORMAT_VERSION}
+    del old["pem_norm"]
+    # their PEM had a per-patch LayerNorm: the upgrade says so
+    assert upgrade_config_dict(old) == {**old, "pem_norm": "layer", "format_version": CONFIG_FORMAT_VERSION}
     assert "format_version" not in old  # the input is left alone
     path = tmp_path / "config.json"
     path.write_text(json.dumps(old))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an upgrade is silent
         loaded = SIADConfig.load(path)
-    assert loaded == SIADConfig.tiny(threshold=0.7)
+    assert loaded == SIADConfig.tiny(threshold=0.7, pem_norm="layer")
     # and an older config still refuses keys that no version of siad wrote
     old["lamda"] = 0.2
     path.write_text(json.dumps(old))
     with pytest.raises(ValueError, match="lamda"):
         SIADConfig.load(path)
+
+
+def test_a_format_2_config_is_upgraded_to_the_layernorm_pem_and_an_old_wo_sp_model_is_refused():
+    old = SIADConfig.tiny().to_dict()
+    del old["pem_norm"]
+    old["format_version"] = 2
+    assert SIADConfig.from_saved_dict(old).pem_norm == "layer"
+    old["use_stage_prompts"] = False
+    with pytest.raises(ValueError, match="w/o SP.*cannot be loaded"):
+        upgrade_config_dict(old)
 
 
 def test_the_bundled_mini_config_has_no_version_and_loads():

@@ -55,6 +55,22 @@ def test_pem_groups_are_a_3x3_grid():
     assert differs.tolist() == [False] * 8 + [True]
 
 
+def test_pem_center_norm_keeps_the_level_of_a_map_and_layer_norm_loses_it():
+    """The diagnosis of siad-mini: a per-patch LayerNorm gives identical tokens for every constant map
+    (0, 0.3, 1), so the LLM cannot tell a clean map from a fully anomalous one. "center" keeps levels."""
+    torch.manual_seed(0)
+    levels = [torch.full((1, 4, 224, 224), v) for v in (0.0, 0.3, 1.0)]
+    layer = PatchEnhancementModule(4, 224, 16, 9, 24, norm="layer")
+    tokens = [layer(m) for m in levels]
+    assert torch.equal(tokens[0], tokens[1]) and torch.equal(tokens[0], tokens[2])
+    center = PatchEnhancementModule(4, 224, 16, 9, 24, norm="center")
+    tokens = [center(m) for m in levels]
+    assert all((a - b).abs().max() > 1e-3 for a, b in ((tokens[0], tokens[1]), (tokens[1], tokens[2])))
+    assert not any(name.startswith("norm.") for name in center.state_dict())  # a fixed normalisation
+    with pytest.raises(ValueError, match="norm"):
+        PatchEnhancementModule(4, 224, 16, 9, 24, norm="batch")
+
+
 def test_map_head_gives_probabilities():
     head = AnomalyMapHead(image_size=224, logit_scale=100.0)
     features = [torch.randn(2, 256, 8) for _ in range(4)]
