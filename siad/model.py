@@ -437,10 +437,16 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return _Algorithm1(first, response, second, refined, image_tokens, second_tokens)
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: dict[str, Any]) -> SIADOutput:
+    def forward(self, batch: dict[str, Any], teacher_maps: float = 0.0) -> SIADOutput:
         """Training losses for a batch (see `siad.data.collate_pairs`):
         images B x 3 x S x S (uint8, or float normalised), masks B x S x S, class_names, descriptions,
         answers (target texts). Returns the total loss and its parts (focal, dice, lm) over both passes.
+
+        teacher_maps: the probability that an image's map tokens for the LLM (and the answer R it
+        generates for pass 2) come from a teacher map made from its ground-truth mask
+        (`teacher_stage_maps`) instead of the predicted stage maps, so that the LLM learns to read
+        maps before the predicted ones are any good (a curriculum: train.py lowers it step by step).
+        The map losses always use the predicted maps.
         """
         config = self.config
         class_names = list(batch["class_names"])
@@ -452,11 +458,20 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         text = self.class_text_features(class_names)
         image_tokens = self.image_tokens(vision)
         passes = [self.anomaly_maps(features, text)]
+        taught = torch.rand(masks.shape[0], device=self.device) < teacher_maps if teacher_maps > 0 else None
+        teacher = teacher_stage_maps(masks, config.num_stages) if taught is not None else None
+
+        def llm_maps(stage_maps: torch.Tensor) -> torch.Tensor:
+            """What the LLM reads: the predicted stage maps, or the teacher's for the taught images."""
+            if taught is None:
+                return stage_maps
+            return torch.where(taught[:, None, None, None], teacher.to(stage_maps.dtype), stage_maps)
+
         if config.use_self_improvement:
             if config.si_train_response == "generated":
                 with torch.no_grad():
                     cap = min(int(self.generation_config.max_new_tokens), config.text_context_length)
-                    tokens = self.map_tokens(passes[0].stage_maps)
+                    tokens = self.map_tokens(llm_maps(passes[0].stage_maps))
                     responses = self.respond(image_tokens.detach(), None if tokens is None else tokens.detach(),
                                              descriptions, max_new_tokens=cap)
             else:
@@ -471,8 +486,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                 focal = focal + focal_loss(one.logits[:, k], masks, config.focal_gamma)
                 dice = dice + dice_loss(one.stage_maps[:, k], masks)
             turns = [[(QUESTION, None)] for _ in class_names]
-            inputs = builder.build(self._conversations(image_tokens, self.map_tokens(one.stage_maps), descriptions,
-                                                       turns), targets=answers, padding_side="right")
+            inputs = builder.build(self._conversations(image_tokens, self.map_tokens(llm_maps(one.stage_maps)),
+                                                       descriptions, turns), targets=answers, padding_side="right")
             with self._timed("llm_train"):
                 out = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                                labels=inputs.labels)
@@ -702,6 +717,32 @@ def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationCo
                          f"{context} positions")
     model.generation_config = loaded
     return loaded
+
+
+def teacher_stage_maps(masks: torch.Tensor, num_stages: int) -> torch.Tensor:
+    """Stage maps as a good detector would give them, from ground-truth masks: B x S x S in {0, 1} ->
+    B x K x S x S in [0, 1] (random, from torch's generator).
+
+    Each image gets a smooth background of false-alarm level up to 0.4 (low-resolution noise, shared by
+    the stages, as real stage maps are strongly correlated) and its mask, softened by a Gaussian of
+    1-4 px and brought to a peak level of 0.55-1.0 (a thin scratch too); each stage adds its own small noise. A normal image (empty mask) is
+    background only, so its map never reaches the defects' levels by much: the LLM learns that the
+    level of a map's peak, where it lies and how many regions there are make the answer.
+    """
+    batch, height, width = masks.shape
+    device = masks.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:  # one value per image
+        return low + (high - low) * torch.rand(batch, 1, 1, 1, device=device)
+
+    coarse = torch.rand(batch, 1, 6, 6, device=device)
+    background = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    background = background * uniform(0.0, 0.4)
+    sigma = float(1.0 + 3.0 * torch.rand(()).item())
+    soft = AnomalyMapHead.smooth(masks.float(), sigma).clamp(0, 1)[:, None]
+    soft = soft / soft.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6) * uniform(0.55, 1.0)  # thin ones too
+    maps = torch.maximum(background, soft).expand(batch, num_stages, height, width)
+    return (maps + 0.03 * torch.randn_like(maps)).clamp(0.0, 1.0)
 
 
 def detection_inputs(images: Any, class_names: Any, descriptions: Any = None

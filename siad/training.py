@@ -113,7 +113,12 @@ class DataSettings:
 
 @dataclass
 class TrainSettings:
-    """`train:` — the optimisation (see train/README.md)."""
+    """`train:` — the optimisation (see train/README.md).
+
+    lm_teacher_maps, lm_teacher_maps_steps: the LLM's curriculum: the probability that an image's map
+    tokens come from a teacher map of its ground-truth mask (`SIADModel.forward(teacher_maps=...)`),
+    lowered linearly to 0 over the first lm_teacher_maps_steps steps (0: constant).
+    """
 
     epochs: int = 1
     max_steps: int | None = None
@@ -134,6 +139,8 @@ class TrainSettings:
     log_every: int = 10
     ckpt_every: int = 500
     keep_last: int | None = 2
+    lm_teacher_maps: float = 0.0
+    lm_teacher_maps_steps: int = 0
 
 
 @dataclass
@@ -361,6 +368,10 @@ def validate_settings(settings: RunSettings) -> None:
     _int("train.log_every", t.log_every, 1)
     _int("train.ckpt_every", t.ckpt_every, 0)
     _int("train.keep_last", t.keep_last, 1, optional=True)
+    _float(t, "lm_teacher_maps", "train.lm_teacher_maps", minimum=0.0)
+    if t.lm_teacher_maps > 1.0:
+        _fail("train.lm_teacher_maps", t.lm_teacher_maps, "must be a probability in [0, 1]")
+    _int("train.lm_teacher_maps_steps", t.lm_teacher_maps_steps, 0)
     needed = {"bfloat16": "bf16", "float16": "fp16"}.get(m.dtype)
     if needed is not None and t.mixed_precision != needed:
         _fail("train.mixed_precision", t.mixed_precision,
@@ -577,6 +588,14 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, rank: 
             chunk = chunk + [order[i % num_items] for i in range(share * world_size - len(chunk))]
         batches.append(chunk[rank * share:(rank + 1) * share])
     return batches
+
+
+def teacher_maps_probability(step: int, start: float, steps: int) -> float:
+    """The LLM's teacher-map probability at optimizer step `step`: `start`, lowered linearly to 0
+    over `steps` steps (constant when steps is 0)."""
+    if steps <= 0:
+        return start
+    return start * max(0.0, 1.0 - step / steps)
 
 
 def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int) -> float:

@@ -282,3 +282,41 @@ def test_bfloat16_maps_match_float32_maps():
     r_full = full.detect(images, "bottle", chat=False)
     r_half = half.detect(images, "bottle", chat=False)
     assert max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) for a, b in zip(r_full, r_half)) < 0.03
+
+
+def test_teacher_stage_maps_follow_the_masks():
+    from siad.model import teacher_stage_maps
+
+    torch.manual_seed(0)
+    masks = torch.zeros(3, 224, 224)
+    masks[1, 20:60, 150:200] = 1.0
+    masks[2, 100:104, 10:200] = 1.0  # a thin scratch
+    maps = teacher_stage_maps(masks, 4)
+    assert maps.shape == (3, 4, 224, 224) and maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps[0].max() < 0.55  # a normal image: background only, below every defect's level
+    for b in (1, 2):
+        inside, outside = maps[b][:, masks[b] > 0].mean(), maps[b][:, masks[b] == 0].mean()
+        assert inside > 0.45 and inside > outside + 0.2
+
+
+def test_teacher_maps_replace_what_the_llm_reads_not_what_the_maps_learn():
+    """With teacher_maps=1 the LLM's loss no longer depends on the predicted maps; the map losses do."""
+    from siad.config import SIADConfig
+
+    torch.manual_seed(0)
+    model = SIADModel(SIADConfig.tiny(si_train_response="target"))
+    masks = torch.zeros(2, 224, 224)
+    masks[1, 50:90, 50:90] = 1.0
+    batch = {"images": torch.randint(0, 255, (2, 3, 224, 224), dtype=torch.uint8), "masks": masks,
+             "class_names": ["gear", "gear"], "answers": ["No, there is no anomaly in the image.",
+                                                         "Yes, there is an anomaly in the image, at the top left of "
+                                                         "the image."]}
+    outputs = []
+    for scale in (1.0, 50.0):  # two very different predicted maps
+        model.map_head.logit_scale = scale
+        torch.manual_seed(1)
+        outputs.append(model(batch, teacher_maps=1.0))
+    assert torch.allclose(outputs[0].lm, outputs[1].lm) and not torch.allclose(outputs[0].focal, outputs[1].focal)
+    torch.manual_seed(1)
+    taught_not = model(batch, teacher_maps=0.0)
+    assert not torch.allclose(taught_not.lm, outputs[1].lm)

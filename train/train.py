@@ -353,7 +353,8 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
                                 generator=torch.Generator().manual_seed(d.seed))  # keeps the global RNG untouched
             for batch in loader:
                 with accelerator.accumulate(model):
-                    output = model(batch)
+                    output = model(batch, teacher_maps=T.teacher_maps_probability(step, t.lm_teacher_maps,
+                                                                                  t.lm_teacher_maps_steps))
                     check_finite_loss(accelerator, output, step + 1)
                     accelerator.backward(output.loss)
                     if accelerator.sync_gradients and t.max_grad_norm:
