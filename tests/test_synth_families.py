@@ -151,23 +151,23 @@ def heldout_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_families_writer_layout_meta_and_summary(families_set: tuple[Path, dict]) -> None:
     root, summary = families_set
-    assert sorted(p.name for p in root.iterdir()) == sorted([*synth.TRAIN_FAMILIES, "meta.json", "families.json",
+    assert sorted(p.name for p in root.iterdir()) == sorted([*synth.FITTING_FAMILIES, "meta.json", "families.json",
                                                              "README.md"])
     assert json.loads((root / "families.json").read_text()) == summary
-    assert summary["total_images"] == len(synth.TRAIN_FAMILIES) and summary["seed"] == 2
+    assert summary["total_images"] == len(synth.FITTING_FAMILIES) and summary["seed"] == 2
     assert "time" not in json.dumps(summary).lower()
-    for name in synth.TRAIN_FAMILIES:
+    for name in synth.FITTING_FAMILIES:
         files = sorted((root / name / "train" / "good").iterdir())
         assert [p.name for p in files] == ["000.png"]
         with Image.open(files[0]) as image:
             assert image.mode == "RGB" and image.size == (SIZE, SIZE)
         assert summary["families"][name]["counts"] == {"train/good": 1}
     samples = read_meta(root, "train")
-    assert {s.class_name for s in samples} == set(synth.TRAIN_FAMILIES)
+    assert {s.class_name for s in samples} == set(synth.FITTING_FAMILIES)
     assert all(s.image_path.is_file() and s.label == 0 and s.mask_path is None for s in samples)
     assert read_meta(root, "test") == []
     readable = load_dataset("mvtec_format", root, "train")
-    assert sorted(s.class_name for s in readable) == sorted(synth.TRAIN_FAMILIES)
+    assert sorted(s.class_name for s in readable) == sorted(synth.FITTING_FAMILIES)
     assert "polka_dots" in (root / "README.md").read_text()
 
 
@@ -255,7 +255,7 @@ def test_family_output_folder_checks(families_set: tuple[Path, dict], heldout_se
 
 def test_plans_have_the_expected_counts() -> None:
     jobs = synth.plan_families(per_family=family_sets.FAMILIES_DEFAULTS["per_family"], size=256)
-    assert len(jobs) == len(synth.TRAIN_FAMILIES) * family_sets.FAMILIES_DEFAULTS["per_family"] >= 5000
+    assert len(jobs) == len(synth.FITTING_FAMILIES) * family_sets.FAMILIES_DEFAULTS["per_family"] >= 5000
     assert len({job.image for job in jobs}) == len(jobs)
     wide = synth.plan_families(per_family=1200, size=64)
     assert wide[-1].image.endswith("/1199.png") and wide[0].image.endswith("/0000.png")
@@ -273,7 +273,7 @@ def test_cli_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = tmp_path / "fam"
     assert synth.main(["families", "--out", str(out), "--per-family", "1", "--size", "64", "--seed", "5", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "images/s" in printed and f"{len(synth.TRAIN_FAMILIES)} families" in printed
+    assert "images/s" in printed and f"{len(synth.FITTING_FAMILIES)} families" in printed
     assert json.loads((out / "families.json").read_text())["seed"] == 5
     with pytest.raises(SystemExit) as error:
         synth.main(["families", "--out", str(out), "--per-family", "1", "--size", "64", "--quiet"])
@@ -299,3 +299,25 @@ def test_module_entry_point_families(tmp_path: Path) -> None:
     helped = subprocess.run([sys.executable, "-m", "siad.data.synth", "--help"], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "families" in helped.stdout and "heldout" in helped.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation families: a set for choosing a recipe, kept out of the training images
+
+
+def test_validation_families_are_training_families_kept_out_of_the_training_images(tmp_path):
+    from siad.data.readers import load_dataset
+    from siad.data.synth import family_sets
+    from siad.data.synth.families import FITTING_FAMILIES, TRAIN_FAMILIES, VALIDATION_FAMILIES
+
+    assert set(VALIDATION_FAMILIES) < set(TRAIN_FAMILIES) and len(VALIDATION_FAMILIES) == 6
+    assert {f.kind for f in VALIDATION_FAMILIES.values()} == {"texture", "part"}
+    assert set(FITTING_FAMILIES) == set(TRAIN_FAMILIES) - set(VALIDATION_FAMILIES)
+    written = family_sets.generate_families(tmp_path / "fam", per_family=1, size=64, progress=False)
+    assert set(written["families"]) == set(FITTING_FAMILIES)
+    summary = family_sets.generate_validation(tmp_path / "val", progress=False, **family_sets.HELDOUT_SMALL)
+    assert set(summary["families"]) == set(VALIDATION_FAMILIES)
+    assert (tmp_path / "val" / "validation.json").is_file()
+    samples = load_dataset("mvtec_format", tmp_path / "val", "test")
+    assert {s.class_name for s in samples} == set(VALIDATION_FAMILIES)
+    assert any(s.mask_path is not None for s in samples) and any(s.label == 0 for s in samples)

@@ -38,10 +38,10 @@ generators), `families` (the registries) and `family_sets` (writing their sets).
 from siad.data.synth.cli import main
 from siad.data.synth.common import MAX_SIZE, MIN_SIZE, ObjectScene, SynthError, rng_for
 from siad.data.synth.defects import CHANGE_TOLERANCE, DEFECT_KINDS, MIN_CONTRAST, apply_defect, exact_change
-from siad.data.synth.families import (HELDOUT_FAMILIES, TRAIN_FAMILIES, Family, get_family, make_family_image,
-                                      make_family_scene)
-from siad.data.synth.family_sets import (generate_families, generate_heldout, make_family_anomalous, plan_families,
-                                         plan_heldout)
+from siad.data.synth.families import (FITTING_FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, VALIDATION_FAMILIES,
+                                      Family, get_family, make_family_image, make_family_scene)
+from siad.data.synth.family_sets import (generate_families, generate_heldout, generate_validation,
+                                         make_family_anomalous, plan_families, plan_heldout)
 from siad.data.synth.medical import MEDICAL_CLASS, make_scan
 from siad.data.synth.parts import OBJECT_KINDS, make_object
 from siad.data.synth.textures import PHOTO_TEXTURES, PROCEDURAL_TEXTURES, TEXTURE_KINDS, make_texture
@@ -55,6 +55,7 @@ __all__ = [
     "make_anomalous", "make_normal", "make_object", "make_scan", "make_texture", "plan", "prepare_output",
     "rng_for",
     # generator families
-    "Family", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "generate_families", "generate_heldout", "get_family",
+    "FITTING_FAMILIES", "Family", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "VALIDATION_FAMILIES", "generate_families",
+    "generate_heldout", "generate_validation", "get_family",
     "make_family_anomalous", "make_family_image", "make_family_scene", "plan_families", "plan_heldout",
 ]

@@ -20,15 +20,16 @@ from siad.data.synth.common import SynthError
 from siad.data.synth.writing import DEFAULTS, SMALL, generate
 
 DESCRIPTION = "SIAD-Synth: MVTec-format anomaly-detection data made here, with no download."
-COMMANDS = ("families", "heldout")
+COMMANDS = ("families", "heldout", "validation")
 _EPILOG = ("other sets: `python -m siad.data.synth families --out DIR` (training images of the generator "
-           "families) and `python -m siad.data.synth heldout --out DIR` (a test set of the held-out families); "
+           "families), `python -m siad.data.synth heldout --out DIR` (a test set of the held-out families) and "
+           "`python -m siad.data.synth validation --out DIR` (a test set of the validation families); "
            "see their --help")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: `python -m siad.data.synth --out DIR [--seed N] [--small] [--size S] [--overwrite]`,
-    or a subcommand of `COMMANDS` first (`families`, `heldout`)."""
+    or a subcommand of `COMMANDS` first (`families`, `heldout`, `validation`)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in COMMANDS:
         return _family_main(arguments[0], arguments[1:])
@@ -65,10 +66,11 @@ def _family_main(command: str, arguments: list[str]) -> int:
         parser.add_argument("--per-family", type=int, default=None,
                             help=f"images per family (default {sets.FAMILIES_DEFAULTS['per_family']})")
     else:
+        which = "held-out families" if command == "heldout" else "validation families (kept out of `families`)"
         parser = argparse.ArgumentParser(prog=prog, description=(
-            "A test set of the held-out families in the layout of SIAD-Synth's test split: train/good "
-            "references, test/good, test/<defect> with drawn defects, exact ground_truth masks; meta.json, "
-            "heldout.json and README.md."))
+            f"A test set of the {which} in the layout of SIAD-Synth's test split: train/good references, "
+            f"test/good, test/<defect> with drawn defects, exact ground_truth masks; meta.json, {command}.json "
+            f"and README.md."))
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 256)")
@@ -83,7 +85,7 @@ def _family_main(command: str, arguments: list[str]) -> int:
         write = sets.generate_families
     else:
         settings = dict(sets.HELDOUT_SMALL if args.small else sets.HELDOUT_DEFAULTS)
-        write = sets.generate_heldout
+        write = sets.generate_heldout if command == "heldout" else sets.generate_validation
     if args.size is not None:
         settings["size"] = args.size
     start = time.perf_counter()

@@ -8,6 +8,10 @@ Two disjoint registries:
 - `HELDOUT_FAMILIES`: families whose generators no training family uses (`siad.data.synth.heldout`),
   for a second set of unseen test classes with drawn defects.
 
+`VALIDATION_FAMILIES` are six of `TRAIN_FAMILIES` (three textures, three parts) kept out of the training
+images (`FITTING_FAMILIES` are the others): a validation set with drawn defects for choosing a training
+recipe, so that neither test set (SIAD-Synth's test classes, the held-out families) is used to choose.
+
 Neither holds SIAD-Synth's test classes (gravel, fibrous, wood, perforated, connector, capsule, gear,
 bracket) or their generators. A family's name is its class name: readable words joined by underscores
 (the prompts read them as spaces, see `siad.prompts.prompt_class_name`).
@@ -140,6 +144,12 @@ HELDOUT_FAMILIES: Mapping[str, Family] = _registry([
     ("sim_card", P, h.sim_card, "a card with a clipped corner, a contact pad and print"),
     ("utility_blade", P, h.utility_blade, "a trapezoid blade with notches and a ground edge"),
 ])
+
+
+VALIDATION_FAMILIES: Mapping[str, Family] = MappingProxyType({name: TRAIN_FAMILIES[name] for name in (
+    "terrazzo_floor", "herringbone_tiles", "knit_fabric", "ball_bearing", "door_key", "printed_label")})
+FITTING_FAMILIES: Mapping[str, Family] = MappingProxyType(
+    {name: family for name, family in TRAIN_FAMILIES.items() if name not in VALIDATION_FAMILIES})
 
 
 def get_family(family: Union[str, Family]) -> Family:

@@ -1,8 +1,10 @@
 """Writing sets of the generator families (MVTec layout, meta.json, a summary JSON, README):
 
 - `generate_families(out, seed, per_family=..., size=...)`: normal training images of every family of
-  `TRAIN_FAMILIES`, `out/<family>/train/good/NNN.png`, `out/meta.json`, `out/families.json`,
-  `out/README.md`;
+  `FITTING_FAMILIES` (`TRAIN_FAMILIES` without the validation families), `out/<family>/train/good/NNN.png`,
+  `out/meta.json`, `out/families.json`, `out/README.md`;
+- `generate_validation(out, seed, ...)`: a test set of `VALIDATION_FAMILIES`, laid out like the held-out
+  set (for choosing a recipe; `out/validation.json`);
 - `generate_heldout(out, seed, ...)`: a test set of `HELDOUT_FAMILIES` laid out like SIAD-Synth's test
   split: `out/<family>/train/good` (few-shot references), `test/good`, `test/<defect>` with the drawn
   defects of `DEFECT_KINDS`, exact masks in `ground_truth/<defect>/NNN_mask.png`; `out/meta.json`,
@@ -31,15 +33,17 @@ from tqdm import tqdm
 
 from siad.data.synth.common import SynthError, _check_size, rng_for
 from siad.data.synth.defects import DEFECT_KINDS, apply_defect
-from siad.data.synth.families import HELDOUT_FAMILIES, PART, TRAIN_FAMILIES, Family, make_family_scene
+from siad.data.synth.families import (FITTING_FAMILIES, HELDOUT_FAMILIES, PART, TRAIN_FAMILIES, VALIDATION_FAMILIES,
+                                      Family, make_family_scene)
 from siad.data.synth.writing import _Job
 
 FAMILIES_FORMAT_VERSION = 1
 FAMILIES_SUMMARY = "families.json"
 HELDOUT_SUMMARY = "heldout.json"
+VALIDATION_SUMMARY = "validation.json"
 STAGING_PREFIX = ".incomplete-"
 
-FAMILIES_DEFAULTS: Mapping[str, int] = MappingProxyType({"per_family": 90, "size": 256})
+FAMILIES_DEFAULTS: Mapping[str, int] = MappingProxyType({"per_family": 100, "size": 256})
 FAMILIES_SMALL: Mapping[str, int] = MappingProxyType({"per_family": 2, "size": 64})
 HELDOUT_DEFAULTS: Mapping[str, int] = MappingProxyType({"n_train": 10, "n_test_good": 12, "n_test_defect": 16, "size": 256})
 HELDOUT_SMALL: Mapping[str, int] = MappingProxyType({"n_train": 1, "n_test_good": 1, "n_test_defect": 8, "size": 96})
@@ -98,7 +102,7 @@ def _digits(n: int) -> int:
     return max(3, len(str(max(n - 1, 0))))
 
 
-def plan_families(*, per_family: int, size: int, families: Mapping[str, Family] = TRAIN_FAMILIES) -> list[_Job]:
+def plan_families(*, per_family: int, size: int, families: Mapping[str, Family] = FITTING_FAMILIES) -> list[_Job]:
     """`per_family` normal images of each family, `<family>/train/good/NNN.png`, in a fixed order."""
     per_family = _count("per_family", per_family)
     if per_family == 0:
@@ -257,16 +261,16 @@ def _families_readme(summary: Mapping) -> str:
 
 def generate_families(out: Path | str, seed: int = 0, *, per_family: int = FAMILIES_DEFAULTS["per_family"],
                       size: int = FAMILIES_DEFAULTS["size"], overwrite: bool = False, progress: bool = True) -> dict:
-    """Write the training images of every family of `TRAIN_FAMILIES` under `out` and return the summary
+    """Write the training images of every family of `FITTING_FAMILIES` under `out` and return the summary
     (the content of `out/families.json`). Same seed and settings: same bytes."""
-    jobs = plan_families(per_family=per_family, size=size)
+    jobs = plan_families(per_family=per_family, size=size, families=FITTING_FAMILIES)
     summary = {
         "generator": "siad.data.synth families",
         "format_version": FAMILIES_FORMAT_VERSION,
         "seed": int(seed),
         "image_size": [int(size), int(size)],
         "settings": {"per_family": int(per_family), "size": int(size)},
-        "families": _family_table(TRAIN_FAMILIES, _counts(jobs)),
+        "families": _family_table(FITTING_FAMILIES, _counts(jobs)),
         "total_images": len(jobs),
         "total_masks": 0,
     }
@@ -274,14 +278,14 @@ def generate_families(out: Path | str, seed: int = 0, *, per_family: int = FAMIL
                       progress=progress, desc="SIAD-Synth families")
 
 
-def _heldout_readme(summary: Mapping) -> str:
+def _test_set_readme(summary: Mapping, title: str, command: str, about: str) -> str:
     kinds = {k: [n for n, f in summary["families"].items() if f["kind"] == k] for k in ("texture", "part")}
     return "\n".join([
-        "# SIAD-Synth held-out families: a test set of unseen classes",
+        f"# {title}",
         "",
-        f"Made by `python -m siad.data.synth heldout` (format {summary['format_version']}), seed {summary['seed']}, "
+        f"Made by `python -m siad.data.synth {command}` (format {summary['format_version']}), seed {summary['seed']}, "
         f"{summary['image_size'][0]} x {summary['image_size'][1]} px: {summary['total_images']} images, "
-        f"{summary['total_masks']} masks. Nothing was downloaded. No training family uses these generators.",
+        f"{summary['total_masks']} masks. Nothing was downloaded. {about}",
         "",
         "- `<family>/train/good/`: normal references (few-shot); `<family>/test/good/`, `<family>/test/<defect>/`: "
         "the test images; `<family>/ground_truth/<defect>/NNN_mask.png`: exact masks.",
@@ -289,9 +293,38 @@ def _heldout_readme(summary: Mapping) -> str:
         f"- Part families ({len(kinds['part'])}): " + ", ".join(kinds["part"]) + ".",
         "- Defect kinds: " + ", ".join(summary["defect_kinds"]) + ".",
         "- Read with `siad.data.readers.load_dataset(\"mvtec_format\", ROOT, \"test\")`; `meta.json`: the zero-shot "
-        "index; `heldout.json`: families, settings, counts.",
+        f"index; `{summary['summary_file']}`: families, settings, counts.",
         "",
     ])
+
+
+def _heldout_readme(summary: Mapping) -> str:
+    return _test_set_readme(summary, "SIAD-Synth held-out families: a test set of unseen classes", "heldout",
+                            "No training family uses these generators.")
+
+
+def _validation_readme(summary: Mapping) -> str:
+    return _test_set_readme(summary, "SIAD-Synth validation families: for choosing a training recipe", "validation",
+                            "These training families are kept out of the training images (`families`).")
+
+
+def _generate_test_set(out: Path | str, seed: int, families: Mapping[str, Family], command: str, marker: str,
+                       readme: Callable[[Mapping], str], settings: Mapping[str, int], *, overwrite: bool,
+                       progress: bool, desc: str) -> dict:
+    jobs = plan_heldout(**settings, families=families)
+    summary = {
+        "generator": f"siad.data.synth {command}",
+        "format_version": FAMILIES_FORMAT_VERSION,
+        "seed": int(seed),
+        "image_size": [int(settings["size"]), int(settings["size"])],
+        "settings": {k: int(v) for k, v in settings.items()},
+        "families": _family_table(families, _counts(jobs)),
+        "defect_kinds": list(DEFECT_KINDS),
+        "total_images": len(jobs),
+        "total_masks": sum(1 for job in jobs if job.mask),
+        "summary_file": marker,
+    }
+    return _write_set(out, jobs, seed, marker, summary, readme, overwrite=overwrite, progress=progress, desc=desc)
 
 
 def generate_heldout(out: Path | str, seed: int = 0, *, n_train: int = HELDOUT_DEFAULTS["n_train"],
@@ -301,17 +334,16 @@ def generate_heldout(out: Path | str, seed: int = 0, *, n_train: int = HELDOUT_D
     """Write the held-out test set of `HELDOUT_FAMILIES` under `out` and return its summary (the content of
     `out/heldout.json`). Same seed and settings: same bytes."""
     settings = {"n_train": n_train, "n_test_good": n_test_good, "n_test_defect": n_test_defect, "size": size}
-    jobs = plan_heldout(**settings)
-    summary = {
-        "generator": "siad.data.synth heldout",
-        "format_version": FAMILIES_FORMAT_VERSION,
-        "seed": int(seed),
-        "image_size": [int(size), int(size)],
-        "settings": {k: int(v) for k, v in settings.items()},
-        "families": _family_table(HELDOUT_FAMILIES, _counts(jobs)),
-        "defect_kinds": list(DEFECT_KINDS),
-        "total_images": len(jobs),
-        "total_masks": sum(1 for job in jobs if job.mask),
-    }
-    return _write_set(out, jobs, seed, HELDOUT_SUMMARY, summary, _heldout_readme, overwrite=overwrite,
-                      progress=progress, desc="SIAD-Synth held-out")
+    return _generate_test_set(out, seed, HELDOUT_FAMILIES, "heldout", HELDOUT_SUMMARY, _heldout_readme, settings,
+                              overwrite=overwrite, progress=progress, desc="SIAD-Synth held-out")
+
+
+def generate_validation(out: Path | str, seed: int = 0, *, n_train: int = HELDOUT_DEFAULTS["n_train"],
+                        n_test_good: int = HELDOUT_DEFAULTS["n_test_good"],
+                        n_test_defect: int = HELDOUT_DEFAULTS["n_test_defect"], size: int = HELDOUT_DEFAULTS["size"],
+                        overwrite: bool = False, progress: bool = True) -> dict:
+    """Write the validation set of `VALIDATION_FAMILIES` (training families kept out of `families`) under
+    `out` and return its summary (`out/validation.json`). Same seed and settings: same bytes."""
+    settings = {"n_train": n_train, "n_test_good": n_test_good, "n_test_defect": n_test_defect, "size": size}
+    return _generate_test_set(out, seed, VALIDATION_FAMILIES, "validation", VALIDATION_SUMMARY, _validation_readme,
+                              settings, overwrite=overwrite, progress=progress, desc="SIAD-Synth validation")
