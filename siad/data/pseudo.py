@@ -26,13 +26,16 @@ generates it. Default weights (`default_weights()`): 5 % "cutpaste", the rest th
 `SHAPE_WEIGHTS` and `CONTENT_WEIGHTS`.
 
 The mask is where the image really changed: the mean absolute change over the channels above
-`tolerance`, cleaned as in `cutpaste_poisson` (gaps closed, holes filled, specks dropped) but kept
-within the drawn shape's support (so a closed curve does not claim its inside). Every pixel outside
+`tolerance`, cleaned as in `cutpaste_poisson` (gaps closed, here up to 4 px at 224 x 224, holes filled,
+specks dropped) but kept within the drawn shape's support (so a closed curve does not claim its
+inside). Since the closed gaps count in the visibility below, a draw that changes only scattered
+pixels (moving a fine random texture about) is redrawn rather than given a lace-like mask. Every pixel outside
 the mask is set back to the input. A draw is redrawn (same kind, up to `max_attempts`) when its mask
 is below `min_area_ratio` of the image or the mean absolute change inside the mask is below
-`min_visibility`; when every draw fails (for instance on a uniform image, which has nothing to
-blur, move or copy), the last shape is pushed away from its own values by 96 grey levels
-(kind "shape:push"). So every result has label 1, a non-empty mask, and
+`min_visibility` (a blur of a strongly textured surface needs down to half of it). When every draw
+fails (for instance on a uniform image, which has nothing to blur, move or copy), the last shape is
+made brighter or darker by 16 to 96 grey levels (log-uniform; kind "shape:push"). So every result
+has label 1, a non-empty mask, and
 
     pixels outside `mask` are bit-identical to `image`, and at least one pixel inside differs.
 
@@ -52,7 +55,7 @@ import cv2
 import numpy as np
 
 from siad.answers import region_positions
-from siad.data.cutpaste import (PseudoAnomaly, _channels_equal, _check_image, _clean, _match_source,
+from siad.data.cutpaste import (PseudoAnomaly, _channels_equal, _check_image, _fill_holes, _match_source,
                                 cutpaste_poisson)
 
 SHAPES: tuple[str, ...] = ("rectangle", "scar", "blob", "spots", "curve")
@@ -77,8 +80,8 @@ _REFERENCE_SIDE = 224.0
 _MARGIN = 12
 # Poisson blending erodes its mask: thin shapes are blended through their dilation by this much.
 _CLONE_DILATION = 3
-# Fallback: every pixel of the shape moves this far (grey levels), away from the nearer end.
-_PUSH = 96
+# Fallback: the shape becomes brighter or darker by this much (grey levels, log-uniform).
+_PUSH = (16.0, 96.0)
 
 
 @dataclass(frozen=True)
@@ -398,23 +401,43 @@ def _compose(window: _Window, candidate: np.ndarray, rng: np.random.Generator, t
     before = window.before
     alpha = window.shape.astype(np.float32)
     support = window.shape
-    if rng.random() < 0.3:  # soft edges
-        sigma = rng.uniform(0.5, 1.2)
+    if rng.random() < 0.3:  # soft edges, at most 2 px wide
+        sigma = rng.uniform(0.4, 0.8) * max(window.scale, 0.25)
         alpha = np.maximum(alpha, cv2.GaussianBlur(alpha, (0, 0), sigma))
         support = cv2.dilate(window.shape.astype(np.uint8), np.ones((3, 3), np.uint8),
-                             iterations=math.ceil(3 * sigma)).astype(bool)
+                             iterations=math.ceil(2.5 * sigma)).astype(bool)
     alpha = np.where(support, alpha, 0.0)[:, :, None]
     values = before.astype(np.float32) + alpha * (candidate - before.astype(np.float32))
     after = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    mask = _drop_specks(_clean(_change(after, before) > tolerance, 1) & support, speck_area)
+    side = max(3, 2 * round(2 * window.scale) + 1)  # 5 x 5 at 224 x 224
+    closed = cv2.morphologyEx((_change(after, before) > tolerance).astype(np.uint8), cv2.MORPH_CLOSE,
+                              np.ones((side, side), np.uint8))
+    mask = _drop_specks(_fill_holes(closed).astype(bool) & support, speck_area)
     return np.where(mask[:, :, None], after, before), mask
 
 
-def _push(window: _Window) -> tuple[np.ndarray, np.ndarray]:
-    """The fallback: every shape pixel moves by `_PUSH` grey levels, away from the nearer end."""
+def _push(window: _Window, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The fallback: the shape becomes brighter (if it is dark on average) or darker by 16-96 grey
+    levels (one draw); a value that would leave 0..255 moves the other way, so every value in the
+    shape changes by exactly that step whatever the image."""
+    step = round(_log_uniform(rng, *_PUSH))
     before = window.before.astype(np.int16)
-    pushed = np.where(before < 128, before + _PUSH, before - _PUSH).astype(np.uint8)
-    return np.where(window.shape[:, :, None], pushed, window.before), window.shape
+    up = float(before[window.shape].mean()) < 128.0
+    brighter, darker = before + step, before - step
+    pushed = (np.where(brighter <= 255, brighter, darker) if up else np.where(darker >= 0, darker, brighter))
+    return np.where(window.shape[:, :, None], pushed.astype(np.uint8), window.before), window.shape
+
+
+def _required_change(window: _Window, content: str, min_visibility: float) -> float:
+    """The least mean absolute change inside the mask for a draw to count as visible:
+    `min_visibility`, except for a blur of a strongly textured surface (grey-level standard deviation
+    under the shape 12.5 or more), down to half of it: removing a texture is a visible break even
+    when the values change less. (Moving a fine random texture about is not, so no such allowance
+    for the other contents.)"""
+    if content != "blur":
+        return min_visibility
+    spread = float(window.before[window.shape].std())
+    return min_visibility * min(1.0, max(0.5, 1.0 - spread / 25.0))
 
 
 def split_kind(kind: str) -> tuple[str, str]:
@@ -442,7 +465,8 @@ def generate(kind: str, image: np.ndarray, source: np.ndarray, rng: np.random.Ge
 
     image, source: uint8, H x W (grey) or H x W x 3 (`source` is converted to the image's channels and
     size). tolerance: the mean absolute change over the channels (0-255 scale) above which a pixel
-    counts as changed. min_visibility: the least mean absolute change inside the mask. min_area_ratio:
+    counts as changed. min_visibility: the least mean absolute change inside the mask (a blur of a strongly
+    textured surface needs down to half of it, see `_required_change`). min_area_ratio:
     the least mask area, as a fraction of the image (6 px at 224 x 224). speck_ratio: changed regions
     smaller than this are dropped (3 px at 224 x 224). max_attempts: draws before the push fallback.
     "cutpaste" is `cutpaste_poisson(image, source, rng)` with its own settings.
@@ -484,7 +508,7 @@ def generate(kind: str, image: np.ndarray, source: np.ndarray, rng: np.random.Ge
         area = int(mask.sum())
         if area < min_area:
             continue
-        if float(_change(after, window.before)[mask].mean()) >= min_visibility:
+        if float(_change(after, window.before)[mask].mean()) >= _required_change(window, content_name, min_visibility):
             outcome = (window, after, mask)
             break
     used_kind = kind
@@ -494,7 +518,7 @@ def generate(kind: str, image: np.ndarray, source: np.ndarray, rng: np.random.Ge
             canvas[height // 2, width // 2] = 1
             window = _window_of(canvas, work, source_work, scale)
             assert window is not None
-        after, mask = _push(window)
+        after, mask = _push(window, rng)
         outcome = (window, after, mask)
         used_kind = f"{shape_name}:push"
     window, after, mask = outcome
