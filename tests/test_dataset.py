@@ -167,3 +167,154 @@ def test_the_dataset_keeps_the_models_pixel_budget(samples):
     with pytest.raises(ValueError, match=r"64 x 64 pixels .*max_input_pixels") as refused:
         tight.load_image(1)
     assert str(tight.samples[1].image_path) in str(refused.value) and first.image_path.name == "000.png"
+
+
+# --- pseudo-anomaly options: kinds/weights, foreign_prob, position_edges, name_swap_prob ---------
+
+
+def first_version_item(dataset: PseudoAnomalyDataset, index: int) -> dict:
+    """What the first version of `__getitem__` gave (its code, kept here as the reference)."""
+    from siad.data.cutpaste import cutpaste_poisson
+    from siad.prompts import answer_text
+
+    sample = dataset.samples[index]
+    rng = np.random.default_rng([dataset.seed, dataset.epoch, index])
+    peers = [i for i, s in enumerate(dataset.samples) if s.class_name == sample.class_name]
+    if len(peers) > 1:
+        pick = int(rng.integers(0, len(peers) - 1))
+        source_index = [p for p in peers if p != index][pick]
+    else:
+        source_index = index
+    image = dataset.load_image(index)
+    source = image if source_index == index else dataset.load_image(source_index)
+    pseudo = cutpaste_poisson(image, source, rng)
+    return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+            "anomaly_image": torch.from_numpy(pseudo.image.transpose(2, 0, 1).copy()),
+            "anomaly_mask": torch.from_numpy(pseudo.mask.astype(np.float32)), "answer": answer_text(pseudo.positions),
+            "class_name": sample.class_name, "description": describe(sample.class_name, dataset.dataset_name),
+            "blended": pseudo.blended}
+
+
+def test_default_options_give_the_first_versions_items(samples: list[Sample]) -> None:
+    dataset = PseudoAnomalyDataset(samples, image_size=SIZE, seed=5, dataset_name="mvtec")
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            item, reference = dataset[index], first_version_item(dataset, index)
+            assert items_equal(item, reference)
+            assert item["class_name"] == item["true_class_name"] == reference["class_name"]
+            assert item["description"] == reference["description"] and item["blended"] == reference["blended"]
+            assert item["kind"] == "cutpaste"
+
+
+def test_mixture_of_kinds(samples: list[Sample]) -> None:
+    from siad.data.pseudo import KINDS
+
+    kinds = [k for k in KINDS if k.startswith(("scar:", "spots:"))]
+    dataset = PseudoAnomalyDataset(samples, image_size=SIZE, kinds=kinds, seed=2)
+    assert set(dataset.weights) == set(kinds) and abs(sum(dataset.weights.values()) - 1) < 1e-9
+    made = set()
+    for epoch in range(4):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            item = dataset[index]
+            made.add(item["kind"].split(":")[0])
+            mask = item["anomaly_mask"].bool()
+            assert mask.any() and item["anomaly_label"] == 1
+            assert torch.equal(item["image"][:, ~mask], item["anomaly_image"][:, ~mask])
+            assert item["answer"] == answer_from_mask(item["anomaly_mask"].numpy())
+    assert made <= {"scar", "spots"} and made
+    again = PseudoAnomalyDataset(samples, image_size=SIZE, kinds=kinds, seed=2)
+    again.set_epoch(3)
+    assert all(items_equal(dataset[i], again[i]) for i in range(len(dataset)))
+    # weights alone give the kinds; one kind of weight 1 is that kind
+    only = PseudoAnomalyDataset(samples, image_size=SIZE, weights={"blob:tone": 1.0})
+    assert {only[i]["kind"] for i in range(len(only))} <= {"blob:tone", "blob:push"}
+
+
+def test_foreign_source(samples: list[Sample], monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[int] = []
+    original = PseudoAnomalyDataset.load_image
+
+    def spy(self: PseudoAnomalyDataset, index: int) -> np.ndarray:
+        loaded.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(PseudoAnomalyDataset, "load_image", spy)
+    foreign = PseudoAnomalyDataset(samples, image_size=SIZE, foreign_prob=1.0)
+    classes = [s.class_name for s in foreign.samples]
+    for epoch in range(3):
+        foreign.set_epoch(epoch)
+        for index in range(len(foreign)):
+            loaded.clear()
+            foreign[index]
+            assert len(loaded) == 2 and classes[loaded[1]] != classes[index]
+    # a kind that does not read its source decodes one image only
+    own = PseudoAnomalyDataset(samples, image_size=SIZE, kinds=["blob:blur"], foreign_prob=1.0)
+    loaded.clear()
+    own[0]
+    assert loaded == [0]
+    half = PseudoAnomalyDataset(samples, image_size=SIZE, foreign_prob=0.5)
+    sources = []
+    for epoch in range(12):
+        half.set_epoch(epoch)
+        loaded.clear()
+        half[0]
+        sources.append(classes[loaded[1]] != classes[0])
+    assert 0 < sum(sources) < len(sources)
+
+
+def test_position_edges(samples: list[Sample]) -> None:
+    edges = (0.45, 0.55)
+    thirds = PseudoAnomalyDataset(samples, image_size=SIZE, kinds=["spots:flat_far"])
+    narrow = PseudoAnomalyDataset(samples, image_size=SIZE, kinds=["spots:flat_far"], position_edges=edges)
+    differs = 0
+    for epoch in range(4):
+        thirds.set_epoch(epoch)
+        narrow.set_epoch(epoch)
+        for index in range(len(narrow)):
+            a, b = thirds[index], narrow[index]
+            assert torch.equal(a["anomaly_mask"], b["anomaly_mask"])  # the same pseudo-anomaly
+            assert b["answer"] == answer_from_mask(b["anomaly_mask"].numpy(), edges=edges)
+            differs += a["answer"] != b["answer"]
+    assert differs > 0
+    with pytest.raises(ValueError, match="edges"):
+        PseudoAnomalyDataset(samples, position_edges=(0.6, 0.4))
+
+
+def test_name_swap(samples: list[Sample]) -> None:
+    plain = PseudoAnomalyDataset(samples, image_size=SIZE, dataset_name="mvtec")
+    swapped = PseudoAnomalyDataset(samples, image_size=SIZE, dataset_name="mvtec", name_swap_prob=1.0,
+                                   generic_names=("object", "surface"))
+    seen = set()
+    for epoch in range(8):
+        plain.set_epoch(epoch)
+        swapped.set_epoch(epoch)
+        for index in range(len(swapped)):
+            a, b = plain[index], swapped[index]
+            assert items_equal(a, b)  # the swap never changes the images, masks or answers
+            assert b["true_class_name"] == a["class_name"] != b["class_name"]
+            assert b["class_name"] in {"object", "surface", "bottle", "tile"}
+            assert b["description"] == describe(b["class_name"], "mvtec")
+            seen.add(b["class_name"])
+    assert {"object", "surface"} <= seen and seen & {"bottle", "tile"}
+    batch = collate_pairs([swapped[0], swapped[1]])
+    assert batch["class_names"][:2] == batch["class_names"][2:] == [swapped[0]["class_name"], swapped[1]["class_name"]]
+    some = PseudoAnomalyDataset(samples, image_size=SIZE, name_swap_prob=0.5)
+    names = [some.shown_class_name(i, epoch) for epoch in range(10) for i in range(len(some))]
+    truths = [s.class_name for _ in range(10) for s in some.samples]
+    assert 0 < sum(n != t for n, t in zip(names, truths)) < len(names)
+    assert names == [some.shown_class_name(i, epoch) for epoch in range(10) for i in range(len(some))]
+
+
+def test_option_errors(samples: list[Sample]) -> None:
+    with pytest.raises(ValueError, match="foreign_prob"):
+        PseudoAnomalyDataset(samples, foreign_prob=1.5)
+    with pytest.raises(ValueError, match="name_swap_prob"):
+        PseudoAnomalyDataset(samples, name_swap_prob=-0.1)
+    with pytest.raises(ValueError, match="kind"):
+        PseudoAnomalyDataset(samples, kinds=["scar:glitter"])
+    with pytest.raises(ValueError, match="kinds must be a sequence"):
+        PseudoAnomalyDataset(samples, kinds="scar:blur")
+    with pytest.raises(ValueError, match="generic_names"):
+        PseudoAnomalyDataset(samples, generic_names=("object", ""))

@@ -6,6 +6,8 @@
 - `load_mask(path, size=None)`: any mask file as a bool array (set where > 0).
 - `read_meta(root, split)`, `write_meta(root, {split: samples})`: the zero-shot repositories' index.
 - `cutpaste_poisson(image, source, rng)`: a CutPaste + Poisson pseudo-anomaly.
+- `pseudo_anomaly(image, source, rng, weights)`: a generic pseudo-anomaly (shape x content) drawn from
+  a mixture (`siad.data.pseudo`).
 - `PseudoAnomalyDataset`, `collate_pairs`: the training batches of eq. 1 (imports torch).
 - `python -m siad.data prepare NAME ROOT`: write `ROOT/meta.json`.
 
@@ -32,6 +34,7 @@ _EXPORTS = {
     "write_meta": "siad.data.meta",
     "cutpaste_poisson": "siad.data.cutpaste",
     "PseudoAnomaly": "siad.data.cutpaste",
+    "pseudo_anomaly": "siad.data.pseudo",
     "PseudoAnomalyDataset": "siad.data.dataset",
     "collate_pairs": "siad.data.dataset",
 }
@@ -40,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from siad.data.cutpaste import PseudoAnomaly, cutpaste_poisson
     from siad.data.dataset import PseudoAnomalyDataset, collate_pairs
     from siad.data.meta import read_meta, read_meta_splits, write_meta
+    from siad.data.pseudo import pseudo_anomaly
     from siad.data.readers import (DATASET_NAMES, SPLITS, Sample, group_by_class, load_dataset, load_mask,
                                    resize_mask, tile_sdd)
 

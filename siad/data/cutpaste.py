@@ -50,7 +50,8 @@ class PseudoAnomaly:
     image: the result, same shape and dtype (uint8) as the input. mask: H x W bool, where the image
     changed. label: 1 if the mask is non-empty, else 0. positions: one position word per region of
     the mask (`siad.answers.region_positions(mask)`). blended: True for a Poisson blend, False for
-    the plain-paste fallback. Unpacks as (image, mask, label, positions).
+    the plain-paste fallback. kind: what made it ("cutpaste" here; `siad.data.pseudo` names its
+    kinds "shape:content"). Unpacks as (image, mask, label, positions).
     """
 
     image: np.ndarray
@@ -58,6 +59,7 @@ class PseudoAnomaly:
     label: int
     positions: list[str]
     blended: bool
+    kind: str = "cutpaste"
 
     def __iter__(self) -> Iterator[object]:
         return iter((self.image, self.mask, self.label, self.positions))
