@@ -19,6 +19,21 @@ from siad.prompts import POSITION_WORDS, answer_text
 THIRDS: tuple[Fraction, Fraction] = (Fraction(1, 3), Fraction(2, 3))
 
 
+def group_edges(cells: int, groups: int) -> list[int]:
+    """Where a row of `cells` cells is cut into `groups` groups of (nearly) equal size: groups + 1 cell
+    indices, 0 first and `cells` last (14 PEM patches in 3 groups: 0, 5, 9, 14). The PEM's 3 x 3 groups
+    and the answers' position grid (`pem_position_edges`) both come from here."""
+    return [round(i * cells / groups) for i in range(groups + 1)]
+
+
+def pem_position_edges(image_size: int, patch_size: int) -> tuple[Fraction, Fraction]:
+    """The inner edges (fractions of the side) of the position grid that matches the PEM's 3 x 3 groups
+    of `image_size / patch_size` patches a side: (5/14, 9/14) for 224 px and 16 px patches."""
+    cells = image_size // patch_size
+    edges = group_edges(cells, 3)
+    return Fraction(edges[1], cells), Fraction(edges[2], cells)
+
+
 def check_edges(edges: tuple[float, float] | None) -> tuple[Fraction, Fraction]:
     """`edges` (two fractions 0 < a < b < 1; None: thirds) as exact fractions. Floats are read as the
     nearest fraction with a denominator up to 10 000 (5 / 14 written as a float is exactly 5/14)."""

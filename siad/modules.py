@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from siad.answers import group_edges
 from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer, pad_token_ids
 from siad.prompts import STATE_SUFFIXES, STATES, ensemble_sentences, prompt_class_name
@@ -326,7 +327,7 @@ class PatchEnhancementModule(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
         per_side = image_size // patch_size
         groups_side = math.isqrt(num_groups)
-        edges = [round(i * per_side / groups_side) for i in range(groups_side + 1)]
+        edges = group_edges(per_side, groups_side)
         averaging = torch.zeros(num_groups, per_side * per_side)
         for gy in range(groups_side):
             for gx in range(groups_side):

@@ -100,6 +100,12 @@ class DataSettings:
     images of the split are dropped); classes: keep only these (default: every class);
     image_size: must equal the model's (default: the model's); seed: data order and pseudo-anomalies;
     cache_dir: for raw KolektorSDD tiles.
+    pseudo_anomalies: "cutpaste" (the paper's CutPaste + Poisson), "mixture" (the generic mixture of
+    `siad.data.pseudo`, its default weights) or a mapping kind -> weight; foreign_prob: the probability
+    that a pseudo-anomaly's source image is of another class; name_swap_prob: the probability that an
+    image's class name (and description) is replaced by a generic word or another class's name (see
+    `siad.data.dataset.PseudoAnomalyDataset`). The answers' position grid always follows the model's
+    PEM groups (`siad.answers.pem_position_edges`).
     """
 
     name: str | None = None
@@ -109,6 +115,9 @@ class DataSettings:
     image_size: int | None = None
     seed: int = 0
     cache_dir: str | None = None
+    pseudo_anomalies: str | dict[str, float] = "cutpaste"
+    foreign_prob: float = 0.0
+    name_swap_prob: float = 0.0
 
 
 @dataclass
@@ -340,6 +349,11 @@ def validate_settings(settings: RunSettings) -> None:
     _int("data.image_size", d.image_size, 1, optional=True)
     _int("data.seed", d.seed, 0)
     _string("data.cache_dir", d.cache_dir)
+    _check_pseudo_anomalies(d.pseudo_anomalies)
+    for name in ("foreign_prob", "name_swap_prob"):
+        _float(d, name, f"data.{name}", minimum=0.0)
+        if getattr(d, name) > 1.0:
+            _fail(f"data.{name}", getattr(d, name), "must be a probability in [0, 1]")
     _int("train.epochs", t.epochs, 1)
     _int("train.max_steps", t.max_steps, 1, optional=True)
     _int("train.batch_size", t.batch_size, 1)
@@ -386,6 +400,35 @@ def validate_settings(settings: RunSettings) -> None:
     if isinstance(o.log_with, str) and o.log_with.lower() in ("none", "null", ""):
         o.log_with = None
     _string("output.log_with", o.log_with)
+
+
+def _check_pseudo_anomalies(value: Any) -> None:
+    if value in ("cutpaste", "mixture"):
+        return
+    if not isinstance(value, dict) or not value:
+        _fail("data.pseudo_anomalies", value, "must be 'cutpaste', 'mixture' or a mapping of kinds to weights")
+    from siad.data.pseudo import KINDS
+
+    unknown = sorted(set(value) - set(KINDS))
+    if unknown:
+        _fail("data.pseudo_anomalies", value, f"unknown kind(s) {unknown}; kinds are siad.data.pseudo.KINDS")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in value.values()) \
+            or not any(w > 0 for w in value.values()):
+        _fail("data.pseudo_anomalies", value, "weights must be numbers >= 0, not all 0")
+
+
+def pseudo_anomaly_options(settings: "DataSettings") -> dict[str, Any]:
+    """The `PseudoAnomalyDataset` keyword arguments of the data settings' pseudo-anomalies."""
+    choice = settings.pseudo_anomalies
+    if choice == "cutpaste":
+        mixture: dict[str, Any] = {}
+    elif choice == "mixture":
+        from siad.data.pseudo import default_weights
+
+        mixture = {"weights": default_weights()}
+    else:
+        mixture = {"weights": dict(choice)}
+    return {**mixture, "foreign_prob": settings.foreign_prob, "name_swap_prob": settings.name_swap_prob}
 
 
 def check_repo_id(repo_id: Any) -> str:

@@ -222,6 +222,11 @@ def _bad_cases(tmp: Path, data_root: Path) -> dict[str, tuple[list[str], str]]:
         "unwritable output": ([str(base), f"output.dir={blocker / 'run'}"], r"output\.dir: .* is not a writable folder"),
         "no model source": ([str(base), "model.preset=null"], r"exactly one of model\.preset"),
         "quantized preset": ([str(base), "train.llm_quantization=8bit"], r"llm_quantization"),
+        "unknown pseudo-anomaly": ([str(base), "data.pseudo_anomalies={scar:glitter: 1}"],
+                                   r"data\.pseudo_anomalies=.*unknown kind\(s\) \['scar:glitter'\]"),
+        "pseudo-anomaly word": ([str(base), "data.pseudo_anomalies=draem"], r"'cutpaste', 'mixture' or a mapping"),
+        "probability above 1": ([str(base), "data.name_swap_prob=1.5"], r"data\.name_swap_prob=1\.5: must be a probability"),
+        "teacher above 1": ([str(base), "train.lm_teacher_maps=2"], r"train\.lm_teacher_maps=2\.0: must be a probability"),
         "missing init folder": ([str(base), "model.preset=null", f"model.from_pretrained={tmp / 'init'}"],
                                 r"model\.from_pretrained: no SIAD model folder"),
     }
@@ -476,3 +481,20 @@ def test_check_decodes_every_image_and_names_each_unreadable_one(tmp_path, train
         assert str(good / name) in message, name
     assert "truncated" in message and "300 x 200 pixels" in message
     assert "000.png" not in message and "001.png" not in message
+
+
+def test_pseudo_anomaly_settings_become_dataset_options():
+    from siad.data.pseudo import default_weights
+
+    settings = T.DataSettings(name="mvtec_format", root="x")
+    assert T.pseudo_anomaly_options(settings) == {"foreign_prob": 0.0, "name_swap_prob": 0.0}  # the paper's
+    settings.pseudo_anomalies, settings.foreign_prob, settings.name_swap_prob = "mixture", 0.3, 0.25
+    assert T.pseudo_anomaly_options(settings) == {"weights": default_weights(), "foreign_prob": 0.3,
+                                                  "name_swap_prob": 0.25}
+    settings.pseudo_anomalies = {"scar:tone": 2.0, "cutpaste": 1.0}
+    assert T.pseudo_anomaly_options(settings)["weights"] == {"scar:tone": 2.0, "cutpaste": 1.0}
+
+
+def test_teacher_map_probability_falls_linearly_to_zero():
+    assert [T.teacher_maps_probability(s, 0.8, 4) for s in (0, 1, 2, 4, 9)] == pytest.approx([0.8, 0.6, 0.4, 0, 0])
+    assert T.teacher_maps_probability(100, 0.5, 0) == 0.5  # no schedule: constant

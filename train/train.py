@@ -303,9 +303,13 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
 
     t, d = settings.train, settings.data
     named = d.name.lower() not in ("mvtec_format", "meta")
+    from siad.answers import pem_position_edges
+
     dataset = PseudoAnomalyDataset(samples, config.image_size, config.resize_mode, d.seed,
                                    dataset_name=d.name.lower() if named else None,
-                                   max_input_side=config.max_input_side, max_input_pixels=config.max_input_pixels)
+                                   max_input_side=config.max_input_side, max_input_pixels=config.max_input_pixels,
+                                   position_edges=pem_position_edges(config.image_size, config.pem_patch_size),
+                                   **T.pseudo_anomaly_options(d))
     rank, world = accelerator.process_index, accelerator.num_processes
     micro_per_epoch = len(T.epoch_batches(len(dataset), t.batch_size, d.seed, 0, rank, world))
     steps_per_epoch = micro_per_epoch // t.grad_accum
