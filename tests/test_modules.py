@@ -206,3 +206,11 @@ def test_map_head_similarity_runs_in_float32_for_bfloat16_inputs():
     for b in range(2):
         for k in range(4):
             assert maps[b, k].unique().numel() == maps_ref[b, k].unique().numel() == 256
+
+
+def test_pem_patches_are_unfolds_patches():
+    torch.manual_seed(0)
+    pem = PatchEnhancementModule(4, 224, 16, 9, 24)
+    maps = torch.rand(3, 4, 224, 224)
+    expected = torch.nn.functional.unfold(maps, kernel_size=16, stride=16).transpose(1, 2)
+    assert torch.equal(pem.patches(maps), expected)
