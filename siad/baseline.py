@@ -4,7 +4,7 @@ For every stage k the patch tokens P_k of the frozen vision trunk go through the
 LayerNorm and Linear (ImageBind's `modality_heads["vision"]` without its CLS selection: the
 projection into the joint space, applied to every patch token, as WinCLIP / April-GAN do with
 CLIP), and are compared with the frozen ensemble text features e_normal / e_abnormal of the class
-(`StagePromptLearner.ensemble_features`, appendix D): softmax(100 * cos) -> stage maps, mean over
+(`PromptEnsemble`, appendix D): softmax(100 * cos) -> stage maps, mean over
 stages, bilinear upsampling; all by `AnomalyMapHead`, the one place that turns features and text
 into maps. Nothing is trained and no LLM runs: a report of this baseline has pass 1 only.
 
@@ -34,7 +34,7 @@ from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer
 from siad.image import ImageInput, load_rgb, map_to_original, normalize, resize_for_encoder
 from siad.model import DetectionResult, detection_inputs
-from siad.modules import AnomalyMapHead, StagePromptLearner
+from siad.modules import AnomalyMapHead, PromptEnsemble
 
 ZERO_SHOT_PREFIX = "zero-shot:"
 ZERO_SHOT_LOGIT_SCALE = 100.0  # CLIP's: softmax(100 * cos)
@@ -79,8 +79,7 @@ class ZeroShotBaseline(nn.Module):
         self.name = name
         self.encoder = encoder.eval().requires_grad_(False)
         self.text_tokenizer = ImageBindTokenizer(config.text_context_length)
-        # only its frozen ensemble is used: no learnable vectors are built
-        self.prompts = StagePromptLearner(config.replace(use_stage_prompts=False))
+        self.prompts = PromptEnsemble()  # the frozen ensemble only: nothing learnable
         self.map_head = AnomalyMapHead(config.image_size, ZERO_SHOT_LOGIT_SCALE)
         self.timer = None
         head = encoder.modality_heads["vision"]
@@ -129,7 +128,7 @@ class ZeroShotBaseline(nn.Module):
     def text_features(self, class_names: Sequence[str], num_stages: int) -> torch.Tensor:
         """B x K x 2 x D: each image's class ensemble (e_normal, e_abnormal), the same for every stage."""
         unique = list(dict.fromkeys(class_names))
-        table = {c: self.prompts.ensemble_features(self.encoder, self.text_tokenizer, c) for c in unique}
+        table = {c: self.prompts.features(self.encoder, self.text_tokenizer, c) for c in unique}
         rows = torch.stack([table[c] for c in class_names])  # B x 2 x D
         return rows[:, None].expand(-1, num_stages, -1, -1)
 

@@ -6,7 +6,8 @@ vision width, D the joint embedding width, Dt the text width, H the LLM width, S
 - `StageProjection`: S_k = Linear_k(P_k), one per stage, into the joint space.
 - `Adapter` (eq. 5-6): S^_k = lam * norm(LeakyReLU(Linear(S_k))) + (1 - lam) * norm(S_k).
 - `StageEnhancementModule` (SEM, eq. 7): S_emd_k = S^_k + Conv3x3(Proj(S*)), S* = S^_K.
-- `StagePromptLearner` (eq. 3-4, appendix D): the stage prompts and the compositional ensemble.
+- `PromptEnsemble` (appendix D): the frozen compositional ensemble of a class.
+- `StagePromptLearner` (eq. 3-4): the stage prompts, combined with the ensemble.
 - `AnomalyMapHead`: the one and only place that turns features and text into anomaly maps.
 - `PatchEnhancementModule` (PEM, eq. 8-11): the stage maps as K grouped tokens for the LLM.
 """
@@ -96,12 +97,42 @@ class StageEnhancementModule(nn.Module):
         return out
 
 
+class PromptEnsemble:
+    """The frozen compositional ensemble of appendix D: e_s = norm(mean of norm(T(sentence))) over the
+    sentences of state s ("a photo of a [state] [class]." ...), 2 x D per class (e_normal, e_abnormal),
+    cached while the encoder's weights are unchanged. Used by the stage prompts and, alone, by the
+    zero-shot baseline (siad.baseline)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def features(self, encoder: ImageBindEncoder, tokenizer: ImageBindTokenizer, class_name: str) -> torch.Tensor:
+        """2 x D: e_normal, e_abnormal for one class."""
+        weight = encoder.modality_preprocessors["text"].token_embedding.weight
+        key = (class_name, weight.device, weight.dtype, _version(encoder))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        with torch.no_grad():
+            rows = []
+            for state in STATES:
+                ids = tokenizer.batch(ensemble_sentences(class_name, state)).to(weight.device)
+                features = encoder.encode_text(ids)  # J x D, normalised
+                rows.append(F.normalize(features.mean(dim=0), dim=-1))
+            value = torch.stack(rows)
+        self._cache = {k: v for k, v in self._cache.items() if k[1:] == key[1:]}
+        self._cache[key] = value
+        return value
+
+
 class StagePromptLearner(nn.Module):
-    """The stage prompts of eq. 3-4 with the compositional ensemble of appendix D.
+    """The stage prompts of eq. 3-4 with the compositional ensemble of appendix D (`PromptEnsemble`).
 
     g_{k,s} = [stage phrase k][E learnable vectors: V (normal) / W (abnormal)][class][state words];
     the vectors replace placeholder tokens at the text trunk's token-embedding level.
-    The frozen ensemble e_s = norm(mean of norm(T(sentence))) is cached per class.
 
     `forward(encoder, tokenizer, class_names)` -> C x K x 2 x D text features (channel 0 normal,
     1 abnormal), for the C given class names:
@@ -121,35 +152,12 @@ class StagePromptLearner(nn.Module):
         self.normal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
         self.abnormal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
         self.reset_parameters()
-        self._ensemble_cache: dict[tuple, torch.Tensor] = {}
+        self.ensemble = PromptEnsemble()
 
     def reset_parameters(self) -> None:
         """The learnable prompt vectors start as small random word embeddings (std 0.02)."""
         nn.init.normal_(self.normal_vectors, std=0.02)
         nn.init.normal_(self.abnormal_vectors, std=0.02)
-
-    def clear_cache(self) -> None:
-        self._ensemble_cache.clear()
-
-    # ------------------------------------------------------------------ ensemble
-    def ensemble_features(self, encoder: ImageBindEncoder, tokenizer: ImageBindTokenizer,
-                          class_name: str) -> torch.Tensor:
-        """2 x D: e_normal, e_abnormal for one class (frozen; cached while the encoder is unchanged)."""
-        weight = encoder.modality_preprocessors["text"].token_embedding.weight
-        key = (class_name, weight.device, weight.dtype, _version(encoder))
-        cached = self._ensemble_cache.get(key)
-        if cached is not None:
-            return cached
-        with torch.no_grad():
-            rows = []
-            for state in STATES:
-                ids = tokenizer.batch(ensemble_sentences(class_name, state)).to(weight.device)
-                features = encoder.encode_text(ids)  # J x D, normalised
-                rows.append(F.normalize(features.mean(dim=0), dim=-1))
-            value = torch.stack(rows)
-        self._ensemble_cache = {k: v for k, v in self._ensemble_cache.items() if k[1:] == key[1:]}
-        self._ensemble_cache[key] = value
-        return value
 
     # ------------------------------------------------------------------ stage prompts
     def _stage_prompt_ids(self, tokenizer: ImageBindTokenizer, class_name: str, stage: int, state: str,
@@ -170,7 +178,7 @@ class StagePromptLearner(nn.Module):
                 class_names: list[str]) -> torch.Tensor:
         # without stage phrases every stage has the same prompts: compute them once, expand below
         num_stages = len(self.stage_phrases) if self.use_stage_prompts else 1
-        ensembles = torch.stack([self.ensemble_features(encoder, tokenizer, c) for c in class_names])  # C x 2 x D
+        ensembles = torch.stack([self.ensemble.features(encoder, tokenizer, c) for c in class_names])  # C x 2 x D
         device = ensembles.device
         sequences: list[list[int]] = []
         masks: list[list[bool]] = []

@@ -316,7 +316,7 @@ def test_zero_shot_baseline_is_the_vision_head_projection_and_the_ensemble():
     assert torch.allclose(projected[1], manual, atol=1e-6)
     text = baseline.text_features(["bottle", "wood", "bottle"], 4)
     assert text.shape == (3, 4, 2, 32)
-    ensemble = baseline.prompts.ensemble_features(baseline.encoder, baseline.text_tokenizer, "wood")
+    ensemble = baseline.prompts.features(baseline.encoder, baseline.text_tokenizer, "wood")
     assert torch.equal(text[1, 3], ensemble) and torch.equal(text[0], text[2])
     maps = baseline.anomaly_maps(torch.zeros(1, 3, 224, 224), ["bottle"])
     assert maps.shape == (1, 224, 224) and float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0

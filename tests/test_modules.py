@@ -116,12 +116,12 @@ def test_prompt_learner_shapes_and_gradients(text_side, mode):
 def test_ensemble_is_the_mean_of_normalised_sentences(text_side):
     encoder, tokenizer = text_side
     learner = StagePromptLearner(SIADConfig.tiny())
-    e = learner.ensemble_features(encoder, tokenizer, "bottle")
+    e = learner.ensemble.features(encoder, tokenizer, "bottle")
     sentences = ensemble_sentences("bottle", "abnormal")
     assert len(sentences) == 10 and len(ensemble_sentences("bottle", "normal")) == 14
     expected = F.normalize(encoder.encode_text(tokenizer.batch(sentences)).mean(dim=0), dim=-1)
     assert torch.allclose(e[1], expected, atol=1e-5)
-    assert learner.ensemble_features(encoder, tokenizer, "bottle") is e  # cached
+    assert learner.ensemble.features(encoder, tokenizer, "bottle") is e  # cached
 
 
 def test_without_stage_prompts_only_the_stage_phrase_goes(text_side):
@@ -144,7 +144,7 @@ def test_without_stage_prompts_only_the_stage_phrase_goes(text_side):
     out = without(encoder, tokenizer, ["wood"])
     assert out.shape == (1, 4, 2, 32)
     assert all(torch.equal(out[0, k], out[0, 0]) for k in range(4))
-    e = without.ensemble_features(encoder, tokenizer, "wood")
+    e = without.ensemble.features(encoder, tokenizer, "wood")
     assert not torch.allclose(out[0, 0], e, atol=1e-3)  # the stage prompt is there (sum mode) ...
     with_out = with_sp(encoder, tokenizer, ["wood"])
     assert not torch.allclose(with_out[0, 0], with_out[0, 3])  # ... and only the phrase made stages differ
