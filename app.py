@@ -9,9 +9,17 @@ over the image with its colour scale, the score and the verdict, the LLM's first
 refined (self-improved) answer, and the pass-1 and pass-2 maps side by side. Then ask follow-up
 questions about the same image.
 
+Optional "Normal references" (few-shot, beyond the paper): a few good images of the same class. The
+session keeps one reference bank per class (built once from the uploaded files, reused while they stay
+the same; at most `AppLimits.max_reference_classes` classes, `max_references` images each); the maps of
+both passes are then fused with the reference maps and the summary says "k-shot (k references)", else
+"zero-shot". Choosing another class shows the references kept for it (or clears those of another class).
+Follow-up questions use the same references.
+
 The model comes from --model, else the SIAD_MODEL environment variable, else the bundled
 checkpoints/siad-mini. The Detect event is also an API (api_name="detect"; inputs: image, class
-name, description), for gradio_client and scripts.
+name, description and, optionally, references: a list of normal images, default none), for
+gradio_client and scripts.
 """
 
 from __future__ import annotations
@@ -73,12 +81,15 @@ def gpu_decorator(seconds: int) -> Callable[[Callable], Callable]:
 @dataclass(frozen=True)
 class AppLimits:
     """What the app accepts: upload size, text lengths (in characters; the model caps them again in
-    tokens) and how long uploads and result pictures stay in Gradio's cache."""
+    tokens), normal references (images per class, classes whose bank a session keeps) and how long
+    uploads and result pictures stay in Gradio's cache."""
 
     max_file_size: str = "50mb"
     max_class_name_chars: int = 200
     max_description_chars: int = 2000
     max_message_chars: int = 1000
+    max_references: int = 16
+    max_reference_classes: int = 4
     cache_max_age_s: int = 24 * 3600
     cache_sweep_every_s: int = 3600
 
@@ -134,6 +145,12 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         component.preprocess = lambda payload: guarded_upload(payload, preprocess, component.GRADIO_CACHE)
         return component
 
+    def robust_files(**kwargs: Any) -> Any:
+        """A multi-file input whose files must lie in Gradio's upload cache (`guarded_uploads`)."""
+        component = gr.File(file_count="multiple", type="filepath", **kwargs)
+        component.preprocess = lambda payload: guarded_uploads(payload, component.GRADIO_CACHE)
+        return component
+
     def text(value: Any, what: str, limit: int) -> str:
         if value is not None and not isinstance(value, str):
             raise gr.Error(f"The {what} must be text.")
@@ -149,34 +166,63 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
             raise gr.Error("Type the class of the part (e.g. 'screw' or 'bottle').")
         return name
 
+    def reference_bank(name: str, files: list[str] | None, session: dict) -> tuple[Any, dict]:
+        """The bank of this class's uploaded normal references (None: zero-shot) and the kept banks,
+        {class: {"key", "files", "bank"}}: a bank is built once per class and reused while the files'
+        content is the same; the least recently used class is dropped beyond the limit."""
+        kept = dict(session.get("references") or {})
+        if not files:
+            return None, kept
+        if len(files) > limits.max_references:
+            raise gr.Error(f"At most {limits.max_references} normal references.")
+        key = files_key(files)
+        entry = kept.pop(name, None)
+        if entry is None or entry["key"] != key:
+            try:
+                entry = {"key": key, "files": list(files), "bank": model.build_references(files, name)}
+            except ValueError as error:
+                message = str(error)
+                for path in files:
+                    message = message.replace(str(path), Path(path).name)
+                raise gr.Error(f"A normal reference cannot be used: {message}") from None
+        kept[name] = entry  # the most recently used last
+        while len(kept) > limits.max_reference_classes:
+            kept.pop(next(iter(kept)))
+        return entry["bank"], kept
+
     @gpu_decorator(gpu_seconds(tokens, generations=2))
-    def detect(image: str | None, class_name: str | None, description: str | None):
+    def detect(image: str | None, class_name: str | None, description: str | None,
+               references: list[str] | None = None, session: dict | None = None):
         name = check(image, class_name)
         description = text(description, "description", limits.max_description_chars)
+        bank, kept = reference_bank(name, references, session or {})
         try:
             # decoded once, for the model and the display
             rgb = load_rgb(image, model.config.max_input_side, model.config.max_input_pixels).rgb
-            result = model.detect([rgb], [name], [description])[0]
+            result = model.detect([rgb], [name], [description], references=bank)[0]
         except ValueError as error:
             raise gr.Error(str(error).replace(f"'{image}'", "the uploaded file")) from None
         except FloatingPointError as error:
             raise gr.Error(f"The model cannot score this image: {error}") from None
         verdict = "ANOMALOUS" if result.is_anomalous else "normal"
+        mode = "zero-shot" if bank is None else (
+            f"{bank.mode} ({bank.num_shots} reference{'s' if bank.num_shots > 1 else ''})")
         summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
-                   f"threshold {model.config.threshold:.3f}")
+                   f"threshold {model.config.threshold:.3f}; {mode}")
         history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": result.answer or ""}]
         shown = save_picture(overlay_with_scale(rgb, result.anomaly_map, title=f"{name}: score {result.score:.3f}"),
                              pictures)
         first = save_picture(colorize(fit_map(result.initial_map, *rgb.shape[:2])), pictures)
         second = save_picture(colorize(fit_map(result.anomaly_map, *rgb.shape[:2])), pictures)
-        session = {"image": image, "class_name": name, "description": description, "history": history}
+        session = {"image": image, "class_name": name, "description": description, "history": history,
+                   "bank": bank, "references": kept}
         return (shown, summary, result.initial_answer or "", result.answer or "", first, second, history, session)
 
     @gpu_decorator(gpu_seconds(tokens, generations=1))
     def follow_up(message: str, session: dict | None):
         """A follow-up turn, streamed into the chat; the conversation lives in the session state (the same
         for the UI and the API)."""
-        if not session:
+        if not session or "image" not in session:
             raise gr.Error("Run Detect on an image first, then ask about it.")
         message = text(message, "question", limits.max_message_chars)
         if not message.strip():
@@ -184,7 +230,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         history = list(session["history"])
         try:  # the checks and the image's passes run here; the answer then streams in as it is generated
             stream = model.chat_stream(session["image"], session["class_name"], history, message,
-                                       session["description"])
+                                       session["description"], references=session.get("bank"))
         except ValueError as error:
             raise gr.Error(str(error)) from None
         asked = history + [{"role": "user", "content": message.strip()}]
@@ -211,6 +257,8 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
                                          label="Class name", info="a class of the paper's datasets, or any name")
                 description = gr.Textbox(label="Class description (editable)", lines=3,
                                          max_length=limits.max_description_chars)
+                references = robust_files(label="Normal references (optional): good images of this class",
+                                          file_types=["image"], elem_id="normal-references")
                 button = gr.Button("Detect", variant="primary")
             with gr.Column(scale=1):
                 heat = gr.Image(label="Anomaly map over the image", type="filepath", interactive=False)
@@ -231,7 +279,9 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
             gr.Examples(examples=examples, inputs=[image, class_name], cache_examples=False,
                         label="SIAD-Synth examples (classes never seen in training)")
         class_name.change(fill_description, inputs=class_name, outputs=description, api_name=False)
-        button.click(detect, inputs=[image, class_name, description],
+        class_name.change(references_for_class, inputs=[class_name, references, state], outputs=references,
+                          api_name=False)
+        button.click(detect, inputs=[image, class_name, description, references, state],
                      outputs=[heat, summary, first_answer, refined_answer, first_map, second_map, chatbot, state],
                      api_name="detect")
         send.click(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name="chat")
@@ -273,6 +323,55 @@ def guarded_upload(payload: Any, preprocess: Callable[[Any], Any], cache_folder:
         return str(preprocess(payload))
     except Exception:  # not an image Gradio can open: the model's loader says why
         return str(resolved)
+
+
+def guarded_uploads(payload: Any, cache_folder: str | Path) -> list[str]:
+    """The paths of the files of a multi-file upload (Gradio's ListFiles, or one FileData), each a
+    regular file that resolves inside Gradio's upload cache, as `guarded_upload` requires of an image;
+    anything else raises `gr.Error(UPLOAD_REFUSED)`. No payload: an empty list."""
+    import gradio as gr
+    from gradio.data_classes import ListFiles
+
+    if payload is None:
+        return []
+    files = list(payload.root) if isinstance(payload, ListFiles) else [payload]
+    paths = []
+    for item in files:
+        resolved = _inside(getattr(item, "path", None), cache_folder)
+        if resolved is None:
+            raise gr.Error(UPLOAD_REFUSED)
+        paths.append(str(resolved))
+    return paths
+
+
+def references_for_class(class_name: str | None, files: list[str] | None, session: dict | None) -> Any:
+    """The references upload's new value when the class changes: the files this session keeps for the
+    new class (while they are still in the cache), None (cleared) when the upload holds the references
+    kept for another class, else `gr.skip()` (left as it is: e.g. references just uploaded for it)."""
+    import gradio as gr
+
+    name = " ".join((class_name or "").split())
+    kept = (session or {}).get("references") or {}
+    entry = kept.get(name)
+    if entry is not None and all(Path(p).is_file() for p in entry["files"]):
+        return list(entry["files"])
+    if files and any(other != name and e["key"] == files_key(files) for other, e in kept.items()):
+        return None
+    return gr.skip()
+
+
+def files_key(paths: list[str]) -> str:
+    """A key of the content of some files, whatever their order or names (SHA-256 of their SHA-256s)."""
+    import hashlib
+
+    digests = []
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digests.append(digest.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
 
 
 def _inside(path: Any, folder: str | Path) -> Path | None:

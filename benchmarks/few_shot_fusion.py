@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +36,8 @@ from siad import SIADModel
 from siad.data import group_by_class, load_dataset, load_mask
 from siad.metrics import image_auroc, pixel_auroc
 from siad.modules import AnomalyMapHead
-from siad.references import (bank_from_features, fuse_stage_maps, model_fingerprint, reference_distances,
-                             reference_maps)
+from siad.references import (bank_from_features, draw_references, fuse_stage_maps, model_fingerprint,
+                             reference_distances, reference_maps)
 
 KINDS = ("trunk", "visual", "trunk-raw")
 
@@ -75,11 +74,6 @@ def metrics(stage_maps: torch.Tensor, labels: np.ndarray, masks: np.ndarray, sig
     final = AnomalyMapHead.smooth(AnomalyMapHead.combine(stage_maps), sigma)
     scores = final.flatten(1).amax(dim=1).numpy()
     return image_auroc(labels, scores), pixel_auroc(masks, final.numpy())
-
-
-def references_for(seed: int, class_name: str, available: int, shots: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, zlib.crc32(class_name.encode())])
-    return np.sort(rng.choice(available, size=shots, replace=False))
 
 
 def ensure_synth(root: Path) -> Path:
@@ -135,7 +129,7 @@ def main() -> None:
         pool = encode(model, normals, class_name, args.batch_size, with_maps=False)
         for shots in args.shots:
             for seed in args.seeds:
-                pick = torch.from_numpy(references_for(seed, class_name, len(normals), shots))
+                pick = torch.tensor(draw_references(range(len(normals)), shots, seed=seed, class_name=class_name))
                 for kind in KINDS:
                     base = "visual" if kind == "visual" else "trunk"
                     features = getattr(pool, base)

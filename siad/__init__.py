@@ -15,13 +15,15 @@ _EXPORTS = {
     "SIADConfig": "siad.config",
     "SIADModel": "siad.model",
     "DetectionResult": "siad.model",
+    "ReferenceBank": "siad.references",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from siad.config import SIADConfig
     from siad.model import DetectionResult, SIADModel
+    from siad.references import ReferenceBank
 
-__all__ = ["SIADConfig", "SIADModel", "DetectionResult", "__version__"]
+__all__ = ["SIADConfig", "SIADModel", "DetectionResult", "ReferenceBank", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ Command line:
     python -m siad.calibrate --model M --class NAME --normal DIR_OR_PATHS... [--fpr 0.01]
     python -m siad.calibrate --model M --dataset NAME --root DIR [--split test] [--classes ...]
     python -m siad.calibrate --model M --dataset NAME --root DIR --normal-only [--fpr 0.05]
+    python -m siad.calibrate --model M --class NAME --normal DIR... --references REF_DIR... [--fpr 0.01]
 
 `--normal-only` takes the dataset's normal images, each scored with its own class name, and the
 false-alarm rule: one threshold for several classes without labelled anomalies.
@@ -31,6 +32,12 @@ will be run with chat=False). The threshold is written into the model folder's c
 folder; `--out DIR` saves a calibrated copy instead, which a Hub id needs), or only printed with
 `--dry-run`. `--smooth-sigma S` calibrates with that Gaussian smoothing and stores it as well (the
 threshold belongs to the smoothing it was chosen with).
+
+Few-shot (`--references PATH...`, the option of `siad.predict`): normal images of the one class being
+calibrated (`--class`, or `--dataset` with a single `--classes NAME`) make a reference bank, and every
+score is that of detection with it (k-shot scores are not zero-shot scores: the threshold then belongs
+to detection with references). A calibration image that is also a reference is refused (its score would
+say nothing about unseen images); the zero-shot baseline takes no references.
 """
 
 from __future__ import annotations
@@ -161,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     labelled.add_argument("--normal-only", action="store_true",
                           help="use only the dataset's normal images, each with its own class name, and the "
                                "false-alarm rule (--fpr) instead of F1-max")
+    parser.add_argument("--references", nargs="+", metavar="PATH", default=None,
+                        help="few-shot: normal reference images of the class (files and/or folders); the scores are "
+                             "those of detection with them (default: zero-shot)")
     parser.add_argument("--no-chat", action="store_true",
                         help="calibrate the pass-1 score S of detect(chat=False) instead of the refined S'")
     parser.add_argument("--smooth-sigma", type=float, default=None,
@@ -176,21 +186,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _score_all(detector: Any, images: list, class_name: str, chat: bool, batch_size: int,
-               progress: bool) -> list[float]:
+               progress: bool, references: Any = None) -> list[float]:
+    few_shot = {} if references is None else {"references": references}  # the baseline takes none
     results = detector.detect(images, class_name, chat=chat, self_improve=chat, batch_size=batch_size,
-                              progress=progress)
+                              progress=progress, **few_shot)
     return [r.score for r in results]
 
 
 def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int,
-                    progress: bool) -> tuple[list[int], list[float]]:
-    """(labels, scores) of dataset samples, each class's images scored with its own class name."""
+                    progress: bool, references: Any = None) -> tuple[list[int], list[float]]:
+    """(labels, scores) of dataset samples, each class's images scored with its own class name
+    (and the few-shot bank `references`, when given: then there is one class)."""
     from siad.data import group_by_class
 
     labels: list[int] = []
     scores: list[float] = []
     for name, group in group_by_class(samples).items():
-        scores += _score_all(detector, [s.image_path for s in group], name, chat, batch_size, progress)
+        scores += _score_all(detector, [s.image_path for s in group], name, chat, batch_size, progress, references)
         labels += [s.label for s in group]
     return labels, scores
 
@@ -212,6 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch-size must be positive")
     if args.smooth_sigma is not None and args.smooth_sigma < 0:
         parser.error("--smooth-sigma must be >= 0")
+    if args.references is not None:
+        from siad.baseline import ZERO_SHOT_PREFIX
+
+        if args.model.startswith(ZERO_SHOT_PREFIX):
+            parser.error("--references needs a SIAD model: the zero-shot baseline takes no references")
+        if not normal_mode and len(set(args.classes or [])) != 1:
+            parser.error("--references are normal images of one class: give --class with --normal, or one "
+                         "--classes NAME with --dataset")
     try:
         check_destination(args.model, args.out, args.dry_run)
         return _run(args)
@@ -228,6 +248,22 @@ def _fpr_threshold(scores: list[float], fpr: float) -> float:
     return threshold
 
 
+def _reference_paths(args: argparse.Namespace, scored: list[Path]) -> list[Path]:
+    """The --references image files; none may be one of the images being scored."""
+    from siad.predict import collect_images
+
+    references, missing = collect_images(args.references)
+    if missing:
+        raise FileNotFoundError(f"references not found: {', '.join(str(p) for p in missing)}")
+    if not references:
+        raise ValueError("no image files among --references")
+    shared = sorted({p.resolve() for p in references} & {Path(p).resolve() for p in scored})
+    if shared:
+        raise ValueError(f"{len(shared)} calibration image(s) are also references (e.g. {shared[0]}): a reference's "
+                         "score says nothing about unseen images; keep the references apart")
+    return references
+
+
 def _run(args: argparse.Namespace) -> int:
     from siad.baseline import has_llm, load_detector, parse_dtype
 
@@ -240,25 +276,33 @@ def _run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"not found: {', '.join(str(p) for p in missing)}")
         if not paths:
             raise ValueError("no image files among --normal")
+        scored = list(paths)
     else:
         from siad.data import load_dataset
 
         samples = load_dataset(args.dataset, args.root, args.split, classes=args.classes)
         if not samples:
             raise ValueError(f"no images in the {args.split} split of {args.root}")
+        scored = [s.image_path for s in samples]
+    references = _reference_paths(args, scored) if args.references is not None else []
     detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
     chat = chat and has_llm(detector)
     if args.smooth_sigma is not None:
         detector.config = detector.config.replace(score_smoothing_sigma=args.smooth_sigma)
+    bank = None
+    if references:
+        bank = detector.build_references(references, args.class_name or args.classes[0], batch_size=args.batch_size)
     which = "S' (detect with chat and self-improvement)" if chat else "S (detect(chat=False), map only)"
+    if bank is not None:
+        which += f", {bank.mode} with {len(references)} references"
     if args.normal:
-        scores = _score_all(detector, list(paths), args.class_name, chat, args.batch_size, not args.quiet)
+        scores = _score_all(detector, list(paths), args.class_name, chat, args.batch_size, not args.quiet, bank)
         source = f"{len(scores)} normal images of '{args.class_name}' (score {which})"
     elif args.normal_only:
         normal = [s for s in samples if s.label == 0]
         if not normal:
             raise ValueError(f"no normal images in the {args.split} split of {args.root}")
-        _, scores = _score_by_class(detector, normal, chat, args.batch_size, not args.quiet)
+        _, scores = _score_by_class(detector, normal, chat, args.batch_size, not args.quiet, bank)
         source = f"the {len(scores)} normal images of {args.dataset} ({args.split}; score {which})"
     if args.normal or args.normal_only:
         threshold = _fpr_threshold(scores, args.fpr)
@@ -266,10 +310,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"threshold {threshold!r} from {source}: {flagged} of them ({flagged / len(scores):.4f}) are >= it; "
               f"allowed false-alarm rate {args.fpr}")
     else:
-        labels, scores = _score_by_class(detector, samples, chat, args.batch_size, not args.quiet)
+        labels, scores = _score_by_class(detector, samples, chat, args.batch_size, not args.quiet, bank)
         threshold, f1 = threshold_f1_max(labels, scores)
         print(f"threshold {threshold!r} from {len(scores)} labelled images of {args.dataset} ({args.split}; score "
               f"{which}): F1 {f1:.4f} at this threshold")
+    if bank is not None:
+        print(f"the threshold holds for detection with these references ({bank.mode}); zero-shot scores differ")
     if args.dry_run:
         print("dry run: nothing stored")
         return 0

@@ -1,13 +1,14 @@
 """The `siad` command (installed with the package):
 
     siad detect --model M --class NAME IMAGE [IMAGE ...] [--out DIR] [--description TEXT]
-                [--no-chat] [--no-self-improve] [--device cpu] [--dtype float32]
+                [--references NORMAL_IMAGE_OR_DIR ...] [--no-chat] [--no-self-improve] [--device cpu] [--dtype float32]
     siad predict ...      = python -m siad.predict ...     (overlays and predictions.csv for many images)
     siad evaluate ...     = python -m siad.evaluate ...    (the paper's metrics, reports)
     siad calibrate ...    = python -m siad.calibrate ...   (the decision threshold)
 
 `detect` prints, for each image, the score and verdict and the answers (refined R' and first R);
-with --out it also writes `<out>/<stem>_overlay.png`, the map over the image. predict, evaluate and
+with --out it also writes `<out>/<stem>_overlay.png`, the map over the image. `--references`: normal
+images of the class (files and/or folders) make one few-shot bank for every image (as `siad predict`). predict, evaluate and
 calibrate take exactly the options of their `python -m` forms (`siad predict --help`).
 
 Overlays and evaluation figures need matplotlib (`pip install "siad-llm[plots]"`); the command
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--description", default=None, help="class description for the language model (default: "
                                                              "the paper's table, or the generic one)")
     detect.add_argument("--out", type=Path, default=None, help="write <stem>_overlay.png here (created)")
+    detect.add_argument("--references", nargs="+", default=None, metavar="PATH",
+                        help="few-shot: normal images of the class (files and/or folders; default: zero-shot)")
     detect.add_argument("--no-chat", action="store_true", help="map and score only: no language model, no answers")
     detect.add_argument("--no-self-improve", action="store_true", help="pass 1 only (answer R, no refined pass)")
     detect.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -83,8 +86,16 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from siad.image import load_rgb
     from siad.predict import _UniqueNames
 
+    from siad.predict import collect_images
+
+    references, absent = collect_images(args.references or [])
+    if absent or (args.references is not None and not references):
+        parser.exit(2, f"siad detect: error: no reference images at {' '.join(map(str, absent or args.references))}\n")
     try:
         detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
+        if references and not hasattr(detector, "build_references"):
+            raise ValueError("--references needs a SIAD model: the zero-shot baseline takes no references")
+        few_shot = {"references": detector.build_references(references, args.class_name)} if references else {}
     except (FileNotFoundError, ValueError, OSError) as error:
         parser.exit(2, f"siad detect: error: {error}\n")
     chat = not args.no_chat and has_llm(detector)
@@ -94,14 +105,14 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             rgb = load_rgb(path, detector.config.max_input_side).rgb
             result = detector.detect([rgb], args.class_name, descriptions=args.description, chat=chat,
-                                     self_improve=not args.no_self_improve)[0]
+                                     self_improve=not args.no_self_improve, **few_shot)[0]
         except (ValueError, OSError, RuntimeError) as error:
             print(f"{path}: error: {error}")
             failed += 1
             continue
         verdict = "anomalous" if result.is_anomalous else "normal"
         print(f"{path}: score {result.score:.4f} (pass 1: {result.initial_score:.4f}), {verdict} "
-              f"(threshold {detector.config.threshold:.4f})")
+              f"(threshold {detector.config.threshold:.4f}), {result.mode}")
         if result.answer is not None:
             print(f"  answer: {result.answer}")
             if result.initial_answer != result.answer:

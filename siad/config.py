@@ -32,7 +32,8 @@ from typing import Any, Mapping
 # The format of a saved config.json. 1: the configs written before the version existed (no
 # "format_version" key); 2: the version key itself; 3: `pem_norm` (PEM's normalisation, before always
 # a per-patch LayerNorm) and `use_stage_prompts=False` keeping the prompt vectors. A newer siad that
-# changes the meaning of a field raises this and adds the step to `upgrade_config_dict`.
+# changes the meaning of a field raises this and adds the step to `upgrade_config_dict`; a field added
+# with a default that keeps older models' behaviour (min_new_tokens, the few-shot fields) needs no step.
 CONFIG_FORMAT_VERSION = 3
 FORMAT_VERSION_KEY = "format_version"
 
@@ -77,6 +78,9 @@ SMALL_LLAMA_ARCHITECTURE: dict[str, Any] = {
     "max_position_embeddings": 512,
 }
 
+# The patch features a few-shot reference bank can hold (siad.references).
+FEW_SHOT_FEATURES: tuple[str, ...] = ("trunk", "visual")
+
 _ENUMS: dict[str, tuple[Any, ...]] = {
     "stage_phrase_case": (1, 2, 3),
     "stage_prompt_mode": ("sum", "concat"),
@@ -85,6 +89,7 @@ _ENUMS: dict[str, tuple[Any, ...]] = {
     "si_train_response": ("generated", "target"),
     "resize_mode": ("squash", "center_crop"),
     "train_llm": ("lora", "full"),
+    "few_shot_features": FEW_SHOT_FEATURES,
 }
 
 
@@ -156,6 +161,15 @@ class SIADConfig:
             size of the same aspect ratio when that holds more pixels than this.
 
     Loss (appendix B): focal_gamma, focal_weight, dice_weight, lm_weight.
+
+    Few-shot references (DESIGN 9, beyond the paper; used only when `detect` / `chat` are given
+    normal reference images or a `ReferenceBank`, so zero-shot results never depend on them):
+        few_shot_weight: w in fused_k = (1 - w) * M_k + w * R_k, the text stage maps fused with the
+            reference maps before PEM, in [0, 1] (0.9: measured, see `siad.references`).
+        few_shot_features: the patch features of the banks, "trunk" (raw stage tokens P_k, measured
+            best) or "visual" (the adapted features S_emd_k).
+        max_bank_patches: the greedy coreset's bound on a bank's rows per stage (None: no bound);
+            4096 keeps 16 shots of 256 patches whole.
     """
 
     # --- encoder -------------------------------------------------------------------
@@ -227,6 +241,11 @@ class SIADConfig:
     focal_weight: float = 1.0
     dice_weight: float = 1.0
     lm_weight: float = 1.0
+
+    # --- few-shot references (beyond the paper; defaults measured in siad.references) ---
+    few_shot_weight: float = 0.9
+    few_shot_features: str = "trunk"
+    max_bank_patches: int | None = 4096
 
     # the text encoder's context (fixed by ImageBind's TextPreprocessor) and vocabulary
     text_context_length: int = field(default=77, init=False, repr=False)
@@ -328,6 +347,10 @@ class SIADConfig:
             fail("threshold", "must lie in [0, 1]")
         if self.logit_scale <= 0:
             fail("logit_scale", "must be positive")
+        if not 0.0 <= self.few_shot_weight <= 1.0:
+            fail("few_shot_weight", "must lie in [0, 1]")
+        if self.max_bank_patches is not None and self.max_bank_patches <= 0:
+            fail("max_bank_patches", "must be a positive integer or None (no bound)")
         if self.encoder_checkpoint is not None and not isinstance(self.encoder_checkpoint, str):
             fail("encoder_checkpoint", "must be a path string or None")
         for name in ("max_input_pixels", "max_map_pixels"):  # 178_956_970: PIL's hard limit (2 x MAX_IMAGE_PIXELS)

@@ -2,6 +2,7 @@
 
     python -m siad.evaluate --model M --dataset NAME --root DIR --out DIR [--classes C ...]
         [--map-only | --no-self-improve] [--eval-size 224] [--smooth-sigma 4] [--batch-size 8]
+        [--shots K [--shot-seeds 0 1 2]]
         [--device cpu] [--dtype float32] [--qualitative 8] [--no-plots] [--quiet]
     python -m siad.evaluate --protocol uzad --models mvtec=DIR1 visa=DIR2 br35h=DIR3 brainmri=DIR4 \\
         --datasets visa=ROOT mvtec=ROOT headct=ROOT ... --out DIR
@@ -48,14 +49,27 @@ Output in `--out` (required; files of the same names are replaced):
   self-improvement on the mean, and notes;
 - `report.json`: every number (fractions in [0, 1], null where undefined), the command, model,
   dataset, root, split and settings, per-class counts and answer statistics;
-- `report.csv`: one row per class and pass and a "mean" row per pass: dataset, class, pass,
-  n_images, n_normal, n_anomalous, image_auroc, pixel_auroc, aupro, image_ap, image_f1_max,
+- `report.csv`: one row per class and pass and a "mean" row per pass: dataset, class, pass, shots,
+  seed, n_images, n_normal, n_anomalous, image_auroc, pixel_auroc, aupro, image_ap, image_f1_max,
   answer_accuracy, answer_agreement, answers_neither (fractions, empty where undefined);
 - `scores.csv`: one row per image: path, class, defect_type, label, score_pass1, score_pass2,
   answer_pass1, answer_pass2;
 - plots: `roc_<class>.png` (image-level ROC of each pass), `qualitative.png` (image, ground truth,
   pass-1 map, pass-2 map for a few anomalous images, as in the paper's Fig. 4), `histograms.png`
   (image scores of normal and anomalous images, per pass).
+
+Few-shot (`--shots K`, beyond the paper; `siad.references`): for each seed of `--shot-seeds` (default
+0), K normal images of each test class are drawn from the same dataset's train split
+(`load_dataset(NAME, ROOT, "train")`, normal images only, any test image left out: no test image is
+ever a reference) with `siad.references.draw_references` (seeded by the seed and the class name), the
+class's bank is built from them (`SIADModel.build_references`), and every test image of the class is
+detected with it (both passes fuse their maps with the reference maps): the WinCLIP / AnomalyGPT
+protocol. A class with fewer than K such normal images is an error before any work. Output: each seed's
+complete report (the files above) in `<out>/seed_<seed>/`, with the references it drew in its
+report.json; `<out>/report.{md,json,csv}` holds the mean over seeds (per class and the mean over
+classes, both passes) and a table of each seed's mean; report.csv's `seed` column names the seed or
+"mean". `--shots 0` (the default) is zero-shot: the report above, `shots` 0 and an empty `seed`. The
+zero-shot baseline takes no references.
 
 `--protocol uzad` runs the paper's cross-dataset protocol: each test dataset is evaluated with the
 checkpoint trained on its source dataset (`UZAD_PROTOCOL`: MVTec -> VisA, MPDD, DTD, SDD, BTAD;
@@ -92,8 +106,8 @@ PIXEL_METRICS = frozenset({"pixel_auroc", "aupro"})
 METRIC_TITLES = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "AUPRO", "image_ap": "AP",
                  "image_f1_max": "F1-max"}
 AUPRO_FPR_LIMIT = 0.3
-CSV_COLUMNS: tuple[str, ...] = ("dataset", "class", "pass", "n_images", "n_normal", "n_anomalous", *METRICS,
-                                "answer_accuracy", "answer_agreement", "answers_neither")
+CSV_COLUMNS: tuple[str, ...] = ("dataset", "class", "pass", "shots", "seed", "n_images", "n_normal", "n_anomalous",
+                                *METRICS, "answer_accuracy", "answer_agreement", "answers_neither")
 SCORE_COLUMNS: tuple[str, ...] = ("path", "class", "defect_type", "label", "score_pass1", "score_pass2",
                                   "answer_pass1", "answer_pass2")
 
@@ -119,6 +133,8 @@ class EvalSettings:
     split: str = "test"
     qualitative: int = 8
     progress: bool = True
+    shots: int = 0
+    shot_seeds: tuple[int, ...] = (0,)
 
 
 @dataclass
@@ -202,6 +218,10 @@ class DatasetEvaluation:
     qualitative: list[Any]
     notes: list[str]
     seconds: float = 0.0
+    shots: int = 0
+    seed: int | None = None  # the seed of the references' draw (None: zero-shot, or the mean over seeds)
+    references: dict[str, list[str]] = field(default_factory=dict)  # class -> the reference images
+    per_seed: list["DatasetEvaluation"] = field(default_factory=list)  # few-shot: each seed's evaluation
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -252,10 +272,15 @@ def safe_name(name: str) -> str:
 
 # ------------------------------------------------------------------------------------ evaluation
 def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, settings: EvalSettings,
-                     root: str = "", model: str = "") -> DatasetEvaluation:
+                     root: str = "", model: str = "", references: dict[str, list[Path]] | None = None,
+                     seed: int | None = None) -> DatasetEvaluation:
     """Run `detector` over `samples` (siad.data Samples) class by class and compute every number
     of the report. Images go through `detect` in batches of `settings.batch_size`; the maps are
-    reduced to the evaluation size at once, so memory holds one batch at full size."""
+    reduced to the evaluation size at once, so memory holds one batch at full size.
+
+    references: few-shot, the normal reference images of every class (a bank is built per class with
+    `detector.build_references(paths, class, seed=seed)` and used for all its images); seed: the seed
+    they were drawn with (reported)."""
     from tqdm.auto import tqdm
 
     from siad.baseline import has_llm
@@ -276,7 +301,11 @@ def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, set
     for name, group in groups.items():
         bar.set_postfix_str(name)
         take = min(quota, settings.qualitative - len(qualitative))
-        result, group_records, rows = _evaluate_class(detector, name, group, dataset, settings, passes, chat, take, bar)
+        bank = None
+        if references is not None:
+            bank = detector.build_references(references[name], name, seed=seed or 0, batch_size=settings.batch_size)
+        result, group_records, rows = _evaluate_class(detector, name, group, dataset, settings, passes, chat, take, bar,
+                                                      bank)
         classes.append(result)
         records += group_records
         qualitative += rows
@@ -286,14 +315,95 @@ def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, set
         dataset=dataset, root=root, model=model, passes=passes, chat=chat,
         settings=_settings_dict(detector, settings, chat), classes=classes, mean=mean,
         mean_answers=mean_answers, records=records, qualitative=qualitative, notes=[],
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, shots=settings.shots if references is not None else 0,
+        seed=seed if references is not None else None,
+        references={c: [str(p) for p in paths] for c, paths in (references or {}).items()})
+    if references is not None:
+        evaluation.settings["seed"] = seed
     evaluation.notes = _notes(detector, settings, evaluation)
     return evaluation
 
 
+def reference_pools(test_samples: Sequence[Any], train_samples: Sequence[Any]) -> dict[str, list[Path]]:
+    """The normal images each test class may draw its references from: its normal train images,
+    sorted, without any image of the test samples (compared as resolved paths)."""
+    tested = {Path(s.image_path).resolve() for s in test_samples}
+    pools: dict[str, list[Path]] = {}
+    for name in dict.fromkeys(s.class_name for s in test_samples):
+        normals = {Path(s.image_path) for s in train_samples
+                   if s.class_name == name and s.label == 0 and Path(s.image_path).resolve() not in tested}
+        pools[name] = sorted(normals)
+    return pools
+
+
+def draw_class_references(pools: dict[str, list[Path]], shots: int, seed: int,
+                          dataset: str = "") -> dict[str, list[Path]]:
+    """K references per class from `reference_pools` with one seed (`siad.references.draw_references`);
+    a class with fewer than K normal images is a ValueError naming it."""
+    from siad.references import draw_references
+
+    short = {name: len(pool) for name, pool in pools.items() if len(pool) < shots}
+    if short:
+        raise ValueError(f"--shots {shots}: too few normal images in the train split of {dataset or 'the dataset'} "
+                         f"(test images left out) for class(es) {short}; references come from the train split only")
+    return {name: draw_references(pool, shots, seed=seed, class_name=name) for name, pool in pools.items()}
+
+
+def evaluate_few_shot(detector: Any, samples: Sequence[Any], train_samples: Sequence[Any], *, dataset: str,
+                      settings: EvalSettings, root: str = "", model: str = "") -> DatasetEvaluation:
+    """The few-shot protocol (module docstring): one `evaluate_samples` per seed of
+    `settings.shot_seeds`, each with `settings.shots` references per class drawn from
+    `train_samples`; returns their mean over seeds (`combine_seeds`), which holds them in `per_seed`.
+    Every draw is checked before the first image is detected."""
+    if settings.shots < 1:
+        raise ValueError("evaluate_few_shot needs settings.shots >= 1")
+    if not hasattr(detector, "build_references"):
+        raise ValueError("--shots needs a SIAD model: the zero-shot baseline takes no references")
+    pools = reference_pools(samples, train_samples)
+    draws = {seed: draw_class_references(pools, settings.shots, seed, dataset) for seed in settings.shot_seeds}
+    per_seed = [evaluate_samples(detector, samples, dataset=dataset, settings=settings, root=root, model=model,
+                                 references=draws[seed], seed=seed) for seed in settings.shot_seeds]
+    return combine_seeds(per_seed)
+
+
+def combine_seeds(per_seed: list[DatasetEvaluation]) -> DatasetEvaluation:
+    """The mean over seeds of few-shot evaluations of the same images: each class's metrics averaged
+    over the seeds where they are defined, its answer counts summed (so its accuracy and agreement are
+    the mean over seeds: every seed answers the same images), the mean over classes of those."""
+    first = per_seed[0]
+    classes = []
+    for index, c in enumerate(first.classes):
+        rows = [e.classes[index] for e in per_seed]
+        metrics = {p: {m: _mean_defined([r.metrics[p][m] for r in rows]) for m in METRICS} for p in first.passes}
+        answers = {}
+        for p in c.answers:
+            total = AnswerStats()
+            for r in rows:
+                for name in ("total", "correct", "neither", "agree"):
+                    setattr(total, name, getattr(total, name) + getattr(r.answers[p], name))
+            answers[p] = total
+        classes.append(ClassResult(name=c.name, n_images=c.n_images, n_normal=c.n_normal, n_anomalous=c.n_anomalous,
+                                   has_masks=c.has_masks, metrics=metrics, answers=answers))
+    mean, mean_answers = _means(classes, first.passes)
+    settings = {k: v for k, v in first.settings.items() if k != "seed"}
+    seeds = [e.seed for e in per_seed]
+    notes = list(first.notes)
+    notes.append(f"Mean over the seeds {', '.join(str(s) for s in seeds)}: each seed's report is in seed_<seed>/ "
+                 "(with its scores.csv and figures); the per-seed table gives each seed's mean over classes.")
+    return DatasetEvaluation(
+        dataset=first.dataset, root=first.root, model=first.model, passes=first.passes, chat=first.chat,
+        settings=settings, classes=classes, mean=mean, mean_answers=mean_answers, records=[], qualitative=[],
+        notes=notes, seconds=sum(e.seconds for e in per_seed), shots=first.shots, seed=None, per_seed=per_seed)
+
+
+def _mean_defined(values: list[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
 def _evaluate_class(detector: Any, name: str, samples: list[Any], dataset: str, settings: EvalSettings,
                     passes: tuple[str, ...], chat: bool, qualitative_quota: int,
-                    bar: Any) -> tuple[ClassResult, list[ImageRecord], list[Any]]:
+                    bar: Any, bank: Any = None) -> tuple[ClassResult, list[ImageRecord], list[Any]]:
     from siad.metrics import PixelMetricAccumulator, average_precision, f1_max, image_auroc
     from siad.prompts import describe
 
@@ -306,9 +416,10 @@ def _evaluate_class(detector: Any, name: str, samples: list[Any], dataset: str, 
     rows: list[Any] = []
     for begin in range(0, len(samples), settings.batch_size):
         chunk = samples[begin:begin + settings.batch_size]
+        few_shot = {} if bank is None else {"references": bank}  # the zero-shot baseline takes none
         results = detector.detect([s.image_path for s in chunk], name, descriptions=description, chat=chat,
                                   self_improve=settings.self_improve, batch_size=len(chunk),
-                                  score_smoothing_sigma=settings.smooth_sigma)
+                                  score_smoothing_sigma=settings.smooth_sigma, **few_shot)
         for sample, result in zip(chunk, results):
             maps = {"pass1": result.initial_map, "pass2": result.anomaly_map}
             scores = {"pass1": float(result.initial_score), "pass2": float(result.score)}
@@ -409,6 +520,11 @@ def _settings_dict(detector: Any, settings: EvalSettings, chat: bool) -> dict[st
         "aupro_fpr_limit": AUPRO_FPR_LIMIT,
         "threshold": float(detector.config.threshold),
         "resize_mode": detector.config.resize_mode,
+        "shots": settings.shots,
+        "shot_seeds": list(settings.shot_seeds) if settings.shots else [],
+        **({"few_shot_weight": float(detector.config.few_shot_weight),
+            "few_shot_features": detector.config.few_shot_features,
+            "max_bank_patches": detector.config.max_bank_patches} if settings.shots else {}),
     }
 
 
@@ -426,6 +542,13 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
         notes.append("--no-self-improve: pass 1 only (S, M and the answer R).")
     elif len(evaluation.passes) == 1:
         notes.append("The model's config switches self-improvement off (use_self_improvement=false): pass 1 only.")
+    if evaluation.shots:
+        config = detector.config
+        notes.append(f"{evaluation.shots}-shot: {evaluation.shots} normal images of each class drawn from the train "
+                     f"split with the seed (no test image), one reference bank per class "
+                     f"({config.few_shot_features} features, at most {config.max_bank_patches} rows per stage); both "
+                     f"passes fuse their stage maps with the reference maps, weight {config.few_shot_weight:g} "
+                     "(not the paper's protocol, which is zero-shot). The references are listed in report.json.")
     size = settings.eval_size
     where = "each image's original resolution" if size == 0 else (
         f"{size} x {size} (maps resized bilinearly, masks with nearest neighbours)")
@@ -505,7 +628,7 @@ def _gain_line(mean: dict[str, dict[str, float | None]], passes: tuple[str, ...]
 def markdown_report(evaluation: DatasetEvaluation, command: str, plots: bool = True) -> str:
     """The text of report.md (`plots`: whether the plot files are written beside it)."""
     e = evaluation
-    lines = [f"# Evaluation: {e.dataset} ({e.settings['split']}) with {e.model}", "",
+    lines = [f"# Evaluation: {e.dataset} ({e.settings['split']}) with {e.model}, {_mode_title(e)}", "",
              f"Command: `{command}`", "",
              "Pass 1: S, M (and R); pass 2 (self-improvement): S', M' (and R'). Values in percent; '-': undefined.",
              ""]
@@ -514,19 +637,42 @@ def markdown_report(evaluation: DatasetEvaluation, command: str, plots: bool = T
     rows.append(["**mean**", str(sum(c.n_images for c in e.classes)),
                  *_table_cells(e.mean, e.mean_answers, e.passes, e.chat)])
     lines += _markdown_table(header, rows) + [""]
+    if e.per_seed:
+        lines += [f"Per seed (mean over classes; seed_<seed>/report.md has each seed's classes):", ""]
+        seed_rows = [[f"seed {s.seed}", str(sum(c.n_images for c in s.classes)),
+                      *_table_cells(s.mean, s.mean_answers, e.passes, e.chat)] for s in e.per_seed]
+        seed_rows.append(["**mean over seeds**", str(sum(c.n_images for c in e.classes)),
+                          *_table_cells(e.mean, e.mean_answers, e.passes, e.chat)])
+        lines += _markdown_table(_table_header(e.passes, e.chat, ["seed", "images"]), seed_rows) + [""]
     gain = _gain_line(e.mean, e.passes)
     if gain:
         lines += [gain, ""]
     if e.chat:
         neither = ", ".join(f"{e.mean_answers[p]['neither']} ({ANSWER_SYMBOL[p]})" for p in e.passes
                             if p in e.mean_answers)
-        lines += [f"Answers that say neither yes nor no (counted as wrong): {neither}.", ""]
+        over = " over all seeds" if e.per_seed else ""
+        lines += [f"Answers that say neither yes nor no (counted as wrong){over}: {neither}.", ""]
     lines += ["Notes:", ""] + [f"- {note}" for note in e.notes] + [""]
-    files = "report.json (every number, as fractions), report.csv, scores.csv"
-    if plots:
-        files += ", roc_<class>.png, histograms.png" + (", qualitative.png" if e.qualitative else "")
-    lines += [f"{len(e.records)} images in {e.seconds:.1f} s. Files: {files}.", ""]
+    if e.per_seed:
+        files = "report.json (every number, as fractions), report.csv; seed_<seed>/ (each seed's report)"
+        count = f"{sum(c.n_images for c in e.classes)} images x {len(e.per_seed)} seeds"
+    else:
+        files = "report.json (every number, as fractions), report.csv, scores.csv"
+        if plots:
+            files += ", roc_<class>.png, histograms.png" + (", qualitative.png" if e.qualitative else "")
+        count = f"{len(e.records)} images"
+    lines += [f"{count} in {e.seconds:.1f} s. Files: {files}.", ""]
     return "\n".join(lines)
+
+
+def _mode_title(evaluation: DatasetEvaluation) -> str:
+    """"zero-shot", "4-shot (seed 1)" or "4-shot (mean over seeds 0, 1, 2)"."""
+    e = evaluation
+    if not e.shots:
+        return "zero-shot"
+    if e.per_seed:
+        return f"{e.shots}-shot (mean over seeds {', '.join(str(s.seed) for s in e.per_seed)})"
+    return f"{e.shots}-shot (seed {e.seed})"
 
 
 def report_dict(evaluation: DatasetEvaluation, command: str) -> dict[str, Any]:
@@ -550,23 +696,34 @@ def report_dict(evaluation: DatasetEvaluation, command: str) -> dict[str, Any]:
                     for c in e.classes},
         "mean": {"n_images": sum(c.n_images for c in e.classes), **{p: e.mean[p] for p in e.passes},
                  "answers": e.mean_answers},
+        "shots": e.shots,
+        **({"seed": e.seed, "references": e.references} if e.shots and not e.per_seed else {}),
+        **({"seeds": {str(s.seed): {"report": f"{seed_folder(s.seed)}/report.json",
+                                    "mean": {p: s.mean[p] for p in e.passes}, "answers": s.mean_answers,
+                                    "references": s.references} for s in e.per_seed}} if e.per_seed else {}),
         "notes": e.notes,
         "seconds": e.seconds,
     }
 
 
+def seed_folder(seed: int | None) -> str:
+    """The folder of one seed's report inside a few-shot report's folder."""
+    return f"seed_{seed}"
+
+
 def csv_rows(evaluation: DatasetEvaluation) -> list[dict[str, str]]:
     """The rows of report.csv (see the module docstring)."""
     e = evaluation
-    rows = []
+    rows = [row for one in e.per_seed for row in csv_rows(one)]  # few-shot: each seed's rows, then the mean
+    seed = "mean" if e.per_seed else ("" if e.seed is None else e.seed)
     entries = [(c.name, c.n_images, c.n_normal, c.n_anomalous, c.metrics,
                 {p: s.as_dict() for p, s in c.answers.items()}) for c in e.classes]
     entries.append(("mean", sum(c.n_images for c in e.classes), sum(c.n_normal for c in e.classes),
                     sum(c.n_anomalous for c in e.classes), e.mean, e.mean_answers))
     for name, n, n_normal, n_anomalous, metrics, answers in entries:
         for p in e.passes:
-            row = {"dataset": e.dataset, "class": name, "pass": p, "n_images": n, "n_normal": n_normal,
-                   "n_anomalous": n_anomalous, **{m: metrics[p][m] for m in METRICS},
+            row = {"dataset": e.dataset, "class": name, "pass": p, "shots": e.shots, "seed": seed, "n_images": n,
+                   "n_normal": n_normal, "n_anomalous": n_anomalous, **{m: metrics[p][m] for m in METRICS},
                    "answer_accuracy": answers.get(p, {}).get("accuracy"),
                    "answer_agreement": answers.get(p, {}).get("agreement"),
                    "answers_neither": answers.get(p, {}).get("neither")}
@@ -583,15 +740,20 @@ def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -
 
 
 def write_report(evaluation: DatasetEvaluation, out: Path, command: str, plots: bool = True) -> list[Path]:
-    """Write report.md/.json/.csv, scores.csv and the plots into `out` (created). Returns the paths."""
+    """Write report.md/.json/.csv, scores.csv and the plots into `out` (created). Returns the paths.
+    A few-shot mean over seeds (`combine_seeds`) writes each seed's report into `out/seed_<seed>/`
+    and the mean's report.md/.json/.csv into `out`."""
     from siad.visualize import plot_histograms, plot_qualitative, plot_roc
 
     e = evaluation
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "report.md", out / "report.json"]
-    written[0].write_text(markdown_report(e, command, plots), encoding="utf-8")
-    written[1].write_text(json.dumps(report_dict(e, command), indent=2) + "\n", encoding="utf-8")
+    written = [path for one in e.per_seed for path in write_report(one, out / seed_folder(one.seed), command, plots)]
+    written += [out / "report.md", out / "report.json"]
+    written[-2].write_text(markdown_report(e, command, plots), encoding="utf-8")
+    written[-1].write_text(json.dumps(report_dict(e, command), indent=2) + "\n", encoding="utf-8")
     written.append(_write_csv(out / "report.csv", CSV_COLUMNS, csv_rows(e)))
+    if e.per_seed:
+        return written
     score_rows = [{"path": r.path, "class": r.class_name, "defect_type": r.defect_type, "label": r.label,
                    **{f"score_{p}": r.scores.get(p) for p in PASSES}, **{f"answer_{p}": r.answers.get(p) for p in PASSES}}
                   for r in e.records]
@@ -621,16 +783,18 @@ def write_summary(evaluations: list[DatasetEvaluation], out: Path, command: str)
     rows = []
     for e in evaluations:
         mean = {p: e.mean.get(p, {m: None for m in METRICS}) for p in passes}
-        rows.append([e.dataset, e.model, str(len(e.records)), *_table_cells(mean, e.mean_answers, passes, chat)])
-    lines = ["# Evaluation: UZAD cross-dataset protocol", "", f"Command: `{command}`", "",
+        rows.append([e.dataset, e.model, str(sum(c.n_images for c in e.classes)),
+                     *_table_cells(mean, e.mean_answers, passes, chat)])
+    lines = [f"# Evaluation: UZAD cross-dataset protocol, {_mode_title(evaluations[0])}", "", f"Command: `{command}`", "",
              "Mean over the classes of each test dataset; each dataset is evaluated with the checkpoint trained on "
              "its source dataset. Values in percent; '-': undefined. Per-dataset reports: `<dataset>/report.md`.", ""]
     lines += _markdown_table(header, rows) + [""]
     md = out / "report.md"
     md.write_text("\n".join(lines), encoding="utf-8")
     data = {"command": command, "protocol": "uzad", "mapping": UZAD_PROTOCOL,
+            "shots": evaluations[0].shots,
             "datasets": {e.dataset: {"model": e.model, "root": e.root, "report": f"{e.dataset}/report.json",
-                                     "passes": list(e.passes), "n_images": len(e.records),
+                                     "passes": list(e.passes), "n_images": sum(c.n_images for c in e.classes),
                                      **{p: e.mean[p] for p in e.passes}, "answers": e.mean_answers}
                          for e in evaluations}}
     js = out / "report.json"
@@ -707,6 +871,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
                "  python -m siad.evaluate --model runs/siad --dataset mvtec --root data/mvtec --out runs/eval\n"
                "  python -m siad.evaluate --model zero-shot:runs/siad --dataset visa --root data/visa --out runs/zs\n"
+               "  python -m siad.evaluate --model runs/siad --dataset mvtec --root data/mvtec --shots 4 --shot-seeds 0 1 2 "
+               "--out runs/4shot\n"
                "  python -m siad.evaluate --protocol uzad --models mvtec=runs/m visa=runs/v br35h=runs/b brainmri=runs/r \\\n"
                "      --datasets visa=data/visa mvtec=data/mvtec headct=data/headct --out runs/uzad\n"
                "See the module docstring (python -c 'import siad.evaluate; help(siad.evaluate)') for the file formats.",
@@ -735,6 +901,12 @@ def _parser() -> argparse.ArgumentParser:
     modes.add_argument("--no-self-improve", action="store_true", help="pass 1 with its answer R only")
     modes.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old commands
     parser.add_argument("--batch-size", type=int, default=8, help="images per detect call (default 8)")
+    parser.add_argument("--shots", type=int, default=0,
+                        help="few-shot: K normal references per class from the dataset's train split (default 0: "
+                             "zero-shot)")
+    parser.add_argument("--shot-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="with --shots: the seeds of the references' draw, one evaluation each, reported with "
+                             "their mean (default: 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--qualitative", type=int, default=8, help="rows of qualitative.png (default 8; 0: none)")
@@ -758,14 +930,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--smooth-sigma must be >= 0")
     if args.qualitative < 0:
         parser.error("--qualitative must be >= 0")
+    if args.shots < 0:
+        parser.error("--shots must be >= 0")
+    if args.shot_seeds is not None and args.shots == 0:
+        parser.error("--shot-seeds needs --shots K (K >= 1)")
+    seeds = tuple(dict.fromkeys(args.shot_seeds or [0]))
     try:
         jobs = plan_jobs(args)
     except ValueError as error:
         parser.error(str(error))
+    from siad.baseline import ZERO_SHOT_PREFIX
+
+    if args.shots and any(job.model.startswith(ZERO_SHOT_PREFIX) for job in jobs):
+        parser.error("--shots needs a SIAD model: the zero-shot baseline takes no references")
     command = "python -m siad.evaluate " + shlex.join(arguments)
     settings = EvalSettings(eval_size=args.eval_size, smooth_sigma=args.smooth_sigma, chat=not args.map_only,
                             self_improve=not args.no_self_improve, batch_size=args.batch_size, split=args.split,
-                            qualitative=args.qualitative, progress=not args.quiet)
+                            qualitative=args.qualitative, progress=not args.quiet, shots=args.shots,
+                            shot_seeds=seeds)
     try:
         evaluations = run_jobs(jobs, settings, args, command)
     except (FileNotFoundError, ValueError, OSError) as error:
@@ -773,7 +955,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for e in evaluations:
         values = ", ".join(f"{METRIC_TITLES[m]} {_pct(e.mean[p][m])}" for p in e.passes for m in ("image_auroc",
                                                                                                    "pixel_auroc"))
-        print(f"{e.dataset}: {len(e.records)} images, mean {values} ({', '.join(e.passes)})")
+        print(f"{e.dataset}: {sum(c.n_images for c in e.classes)} images, {_mode_title(e)}, mean {values} "
+              f"({', '.join(e.passes)})")
     print(f"report: {args.out / 'report.md'}")
     return 0
 
@@ -790,13 +973,26 @@ def run_jobs(jobs: list[Job], settings: EvalSettings, args: argparse.Namespace, 
     for job in jobs:
         if not samples[job.dataset]:
             raise ValueError(f"no images in the {settings.split} split of {job.dataset} at {job.root}")
+    train: dict[str, list[Any]] = {}
+    if settings.shots:  # the references' pools, and every draw, checked before any model loads
+        for job in jobs:
+            train[job.dataset] = load_dataset(job.dataset, job.root, "train", cache_dir=cache_dir,
+                                              classes=sorted({s.class_name for s in samples[job.dataset]}))
+            pools = reference_pools(samples[job.dataset], train[job.dataset])
+            for seed in settings.shot_seeds:
+                draw_class_references(pools, settings.shots, seed, job.dataset)
     single = len(jobs) == 1 and args.protocol is None
     done: dict[str, DatasetEvaluation] = {}
     for spec in dict.fromkeys(job.model for job in jobs):
         detector = load_detector(spec, dtype=parse_dtype(args.dtype), device=args.device)
         for job in (j for j in jobs if j.model == spec):
-            evaluation = evaluate_samples(detector, samples[job.dataset], dataset=job.dataset, settings=settings,
-                                          root=str(job.root), model=detector_name(detector, spec))
+            name = detector_name(detector, spec)
+            if settings.shots:
+                evaluation = evaluate_few_shot(detector, samples[job.dataset], train[job.dataset], dataset=job.dataset,
+                                               settings=settings, root=str(job.root), model=name)
+            else:
+                evaluation = evaluate_samples(detector, samples[job.dataset], dataset=job.dataset, settings=settings,
+                                              root=str(job.root), model=name)
             write_report(evaluation, args.out if single else args.out / job.dataset, command, plots=not args.no_plots)
             done[job.dataset] = evaluation
         del detector

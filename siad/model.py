@@ -8,8 +8,14 @@ One forward pass (DESIGN 3):
   M_k -> PEM tokens; g -> llama_proj; Vicuna prompt -> LLM -> response R
 Self-improvement (Algorithm 1): R is embedded as "R with damaged" / "R without damaged", fused
 with t, and a second map M' and response R' come from the same visual features.
+Few-shot references (DESIGN 9, beyond the paper; `siad.references`): with a bank of normal images of
+the class, each image's reference maps R_k are computed once, and every pass fuses its text stage maps
+with them before PEM, fused_k = (1 - w) M_k + w R_k (w = config.few_shot_weight): pass 1 fuses M_k,
+pass 2 the refined text maps M'_k (self-improvement refines the text part); scores, PEM and the LLM
+see the fused maps. Without references every result is exactly the zero-shot one.
 
-Public API: `forward(batch)` (training losses), `detect(...)`, `chat(...)`, `chat_stream(...)`;
+Public API: `forward(batch)` (training losses), `build_references(images, class_name)`,
+`detect(..., references=...)`, `chat(..., references=...)`, `chat_stream(...)`;
 `save_generation_config` / `load_generation_config` write and read a model folder's
 `generation_config.json`.
 """
@@ -22,7 +28,7 @@ from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any, Hashable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,8 +49,14 @@ from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, Stage
                           StagePromptLearner, StageProjection, parameter_version)
 from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
+from siad.references import (ZERO_SHOT, ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
+                             model_fingerprint, normalise_class_name, reference_distances, reference_maps)
 
 Conversation = Sequence[Any]
+# What `detect` and `chat` take as few-shot references: None (zero-shot), one bank, a list of normal
+# images of the class, or a dict from class name to a bank or a list of images.
+References = Union[None, ReferenceBank, Sequence[ImageInput],
+                   Mapping[str, Union[ReferenceBank, Sequence[ImageInput]]]]
 
 
 @dataclass
@@ -56,7 +68,8 @@ class DetectionResult:
         the largest smaller size of the same aspect ratio (`siad.image.map_size`), so that a huge
         image does not give huge maps; score: its image score in [0, 1]; answer: the refined
         response R' (None when chat=False); initial_*: pass 1 (M, S, R); is_anomalous: score >= the
-        model's threshold.
+        model's threshold; mode: "zero-shot", or "k-shot" (e.g. "4-shot") when the maps were fused
+        with a bank of k normal references of the class (`references=` of `detect`).
     """
 
     anomaly_map: np.ndarray
@@ -67,6 +80,7 @@ class DetectionResult:
     initial_answer: str | None
     is_anomalous: bool
     class_name: str
+    mode: str = ZERO_SHOT
 
 
 @dataclass
@@ -105,6 +119,15 @@ class _Algorithm1:
     refined: list[str] | None
     image_tokens: torch.Tensor | None
     final_map_tokens: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _ReferenceMaps:
+    """The few-shot reference maps of a batch: maps B x K x S x S (R_k; zeros for an image without a
+    bank) and present, B booleans (which images have a bank)."""
+
+    maps: torch.Tensor
+    present: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -416,11 +439,14 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return F.normalize(text + response, dim=-1)
 
     def _passes(self, vision: VisionFeatures, class_names: Sequence[str], descriptions: Sequence[str],
-                chat: bool, self_improve: bool) -> _Algorithm1:
-        """Algorithm 1: pass 1 (M, R), then pass 2 (M', R') from the same visual features."""
+                chat: bool, self_improve: bool, banks: Sequence[ReferenceBank | None] | None = None) -> _Algorithm1:
+        """Algorithm 1: pass 1 (M, R), then pass 2 (M', R') from the same visual features. banks: one
+        few-shot bank (or None) per image; each pass's stage maps are then fused with the images'
+        reference maps, computed once for both passes."""
         features = self.visual_features(vision)
         text = self.class_text_features(class_names)
-        first = self.anomaly_maps(features, text)
+        reference = self._reference_maps(vision, features, banks)
+        first = self._fuse(self.anomaly_maps(features, text), reference)
         if not chat:
             return _Algorithm1(first, None, first, None, None, None)
         image_tokens = self.image_tokens(vision)
@@ -431,10 +457,108 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         if not (self_improve and self.config.use_self_improvement):
             return _Algorithm1(first, response, first, response, image_tokens, first_tokens)
         refined_text = self.refine_text(text, self.response_text_features(response))
-        second = self.anomaly_maps(features, refined_text)
+        second = self._fuse(self.anomaly_maps(features, refined_text), reference)
         second_tokens = self.map_tokens(second.stage_maps)
         refined = self.respond(image_tokens, second_tokens, descriptions)
         return _Algorithm1(first, response, second, refined, image_tokens, second_tokens)
+
+    # ------------------------------------------------------------------ few-shot references
+    def build_references(self, images: Sequence[ImageInput], class_name: str, *, seed: int = 0,
+                         batch_size: int = 8) -> ReferenceBank:
+        """The bank of k normal images of one class (paths, PIL images or arrays, as `detect` takes):
+        their patch features of kind config.few_shot_features, 3 x 3-aggregated, at most
+        config.max_bank_patches rows per stage (greedy coreset seeded by `seed`), on the model's device,
+        with the model's fingerprint. Give it to `detect` / `chat` as `references=`; `bank.save(path)`
+        and `ReferenceBank.load(path)` keep it."""
+        return build_reference_bank(self, images, class_name, features=self.config.few_shot_features,
+                                    max_bank_patches=self.config.max_bank_patches, seed=seed, batch_size=batch_size)
+
+    def reference_banks(self, references: References, class_names: Sequence[str],
+                        batch_size: int = 8) -> list[ReferenceBank | None]:
+        """One bank (None: zero-shot) per image of `class_names` (normalised names), from `references`:
+
+        - None, [] or {}: zero-shot for every image;
+        - a ReferenceBank: for every image (they must all be of its class);
+        - a list of images: normal references of the one class of the images (a bank is built from
+          them; images of several classes need a dict);
+        - a dict {class name: bank or list of images}: each image gets its class's entry; an image
+          whose class has none (or an empty list) stays zero-shot.
+
+        A bank made by another model, with other features or for another class is a ValueError saying
+        what differs (`siad.references.check_bank`); banks are moved to the model's device."""
+        names = list(class_names)
+        if references is None:
+            return [None] * len(names)
+        if isinstance(references, ReferenceBank):
+            table = {name: references for name in names}
+        elif isinstance(references, Mapping):
+            table = {}
+            for key, value in references.items():
+                if not isinstance(key, str) or not key.strip():
+                    raise ValueError(f"references: a dict's keys must be class names, got {key!r}")
+                if normalise_class_name(key) in table:
+                    raise ValueError(f"references: class {normalise_class_name(key)!r} is given twice")
+                table[normalise_class_name(key)] = value
+        elif isinstance(references, (list, tuple)):
+            classes = list(dict.fromkeys(names))
+            if references and len(classes) > 1:
+                raise ValueError(f"references: a list of images serves one class, and the images are of "
+                                 f"{len(classes)} classes {classes}; give a dict {{class name: images or bank}}")
+            table = {classes[0]: references} if references else {}
+        else:
+            raise ValueError("references must be None, a ReferenceBank, a list of normal images of the class or "
+                             f"a dict {{class name: bank or images}}, got {type(references).__name__}")
+        fingerprint = model_fingerprint(self, self.config.few_shot_features) if table else ""
+        banks: dict[str, ReferenceBank | None] = {}
+        for name in dict.fromkeys(names):
+            value = table.get(name)
+            if isinstance(value, ReferenceBank):
+                check_bank(value, fingerprint, name)
+                banks[name] = value if value.device == self.device else value.to(self.device)
+            elif isinstance(value, (list, tuple)):
+                banks[name] = self.build_references(value, name, batch_size=batch_size) if value else None
+            elif value is None:
+                banks[name] = None
+            else:
+                raise ValueError(f"references for class {name!r} must be a ReferenceBank or a list of images, "
+                                 f"got {type(value).__name__}")
+        return [banks[name] for name in names]
+
+    def _reference_maps(self, vision: VisionFeatures, features: list[torch.Tensor],
+                        banks: Sequence[ReferenceBank | None] | None) -> _ReferenceMaps | None:
+        """The reference maps R_k (`siad.references.reference_maps`) of the images with a bank, from the
+        stage tokens ("trunk" banks) or the adapted features K x (B x N x D) ("visual" banks); None when
+        no image has one. Images sharing a bank are searched together."""
+        if banks is None or all(bank is None for bank in banks):
+            return None
+        size = self.config.image_size
+        with self._timed("references"):
+            maps = torch.zeros(len(banks), self.config.num_stages, size, size, device=self.device)
+            present = torch.zeros(len(banks), dtype=torch.bool, device=self.device)
+            groups: dict[int, list[int]] = {}
+            for b, bank in enumerate(banks):
+                if bank is not None:
+                    groups.setdefault(id(bank), []).append(b)
+            for rows in groups.values():
+                bank = banks[rows[0]]
+                assert bank is not None
+                index = torch.tensor(rows, device=self.device)
+                tokens = vision.stage_tokens if bank.features == "trunk" else features
+                distances = reference_distances([t[index] for t in tokens], bank)
+                maps[index] = reference_maps(distances, bank.normal_scale, size).to(maps.device)
+                present[index] = True
+        return _ReferenceMaps(maps=maps, present=present)
+
+    def _fuse(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:
+        """The pass with its stage maps fused with the reference maps (`siad.references.fuse_stage_maps`,
+        weight config.few_shot_weight) and its final map recombined; an image without a bank keeps its
+        maps exactly. The logits stay the text's (they are what the training loss reads)."""
+        if reference is None:
+            return one
+        fused = fuse_stage_maps(one.stage_maps, reference.maps, self.config.few_shot_weight)
+        if not bool(reference.present.all()):
+            fused = torch.where(reference.present[:, None, None, None], fused, one.stage_maps)
+        return _Pass(logits=one.logits, stage_maps=fused, anomaly_map=self.map_head.combine(fused))
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], teacher_maps: float = 0.0) -> SIADOutput:
@@ -503,8 +627,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
     @torch.no_grad()
     def detect(self, images: ImageInput | Sequence[ImageInput], class_names: str | Sequence[str],
                descriptions: str | Sequence[str] | None = None, chat: bool = True, self_improve: bool = True,
-               batch_size: int = 8, progress: bool = False,
-               score_smoothing_sigma: float | None = None) -> list[DetectionResult]:
+               batch_size: int = 8, progress: bool = False, score_smoothing_sigma: float | None = None,
+               references: References = None) -> list[DetectionResult]:
         """Detect anomalies: one `DetectionResult` per image.
 
         images: paths, PIL images or numpy arrays (any mode, any size); class_names: one per image
@@ -515,6 +639,11 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         With chat, a description (or a class name, through its generic description) longer than
         config.max_text_tokens LM tokens, or one that does not fit the LM's context, is a ValueError,
         raised before any work; each image's passes are kept for `chat` (config.chat_cache_size).
+        references: few-shot normal references (see `reference_banks`: None, a `ReferenceBank`, a list
+        of normal images of the class, or a dict by class name); a list of images is made into a bank
+        once for the call (build it with `build_references` to reuse it). With references, both passes
+        fuse their stage maps with the reference maps and the result's `mode` says "k-shot"; without,
+        the results are exactly the zero-shot ones.
         """
         if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
             raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
@@ -527,6 +656,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
             for desc, what in dict.fromkeys(prompts):
                 self._check_prompt(limits, desc, what, [(QUESTION, None)], what)
         descs = [desc for desc, _ in prompts]
+        banks = self.reference_banks(references, names, batch_size)
         results: list[DetectionResult] = []
         starts = range(0, len(images_list), batch_size)
         if progress and len(images_list) > batch_size:
@@ -535,18 +665,20 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         for start in starts:
             chunk = slice(start, start + batch_size)
             results.extend(self._detect_batch(images_list[chunk], names[chunk], descs[chunk], chat, self_improve,
-                                              score_smoothing_sigma))
+                                              score_smoothing_sigma, banks[chunk]))
         return results
 
     def _detect_batch(self, images: list, names: list[str], descs: list[str], chat: bool,
-                      self_improve: bool, sigma: float | None = None) -> list[DetectionResult]:
+                      self_improve: bool, sigma: float | None = None,
+                      banks: Sequence[ReferenceBank | None] | None = None) -> list[DetectionResult]:
+        banks = list(banks) if banks is not None else [None] * len(names)
         with self._timed("preprocess"):
             pixels, sizes = self.prepare_images(images)
         versions = parameter_version(self) if chat else ()
-        keys = [self._pass_key(pixels[b], names[b], descs[b], self_improve, versions) for b in range(len(names))
-                ] if chat else []
+        keys = [self._pass_key(pixels[b], names[b], descs[b], self_improve, versions, banks[b])
+                for b in range(len(names))] if chat else []
         vision = self.encode_images(pixels)
-        run = self._passes(vision, names, descs, chat, self_improve)
+        run = self._passes(vision, names, descs, chat, self_improve, banks)
         first, second = run.first, run.final
         maps1, scores1 = self._scores(first.anomaly_map, sigma)
         maps2, scores2 = (maps1, scores1) if second is first else self._scores(second.anomaly_map, sigma)
@@ -563,13 +695,14 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                     anomaly_map=final_map, score=score, answer=None if run.refined is None else run.refined[b],
                     initial_map=initial_map, initial_score=float(scores1[b]),
                     initial_answer=None if run.response is None else run.response[b],
-                    is_anomalous=score >= self.config.threshold, class_name=names[b]))
+                    is_anomalous=score >= self.config.threshold, class_name=names[b],
+                    mode=ZERO_SHOT if banks[b] is None else banks[b].mode))
         return results
 
     # ------------------------------------------------------------------ follow-up questions
     @torch.no_grad()
     def chat(self, image: ImageInput, class_name: str, history: Conversation | None, message: str,
-             description: str | None = None, self_improve: bool = True) -> str:
+             description: str | None = None, self_improve: bool = True, references: References = None) -> str:
         """A follow-up answer about the same image, grounded in its image token and (refined) map.
 
         history: earlier turns, as Gradio-style messages ({"role": "user"|"assistant", "content": ...})
@@ -582,11 +715,16 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         message may have at most config.max_text_tokens LM tokens each (ValueError naming which);
         earlier turns are left out, oldest first, until the prompt fits the LM's context minus the
         answer budget (generation_config.max_new_tokens). A wrong type is a ValueError naming the argument.
+        references: as for `detect`; give the same references as the detection so that the answer is
+        grounded in the same (fused) maps and the cached passes are used (the cache key holds the bank's
+        content digest).
         """
-        return self._generate(self._follow_up_inputs(image, class_name, history, message, description, self_improve))[0]
+        return self._generate(self._follow_up_inputs(image, class_name, history, message, description, self_improve,
+                                                     references))[0]
 
     def chat_stream(self, image: ImageInput, class_name: str, history: Conversation | None, message: str,
-                    description: str | None = None, self_improve: bool = True) -> Iterator[str]:
+                    description: str | None = None, self_improve: bool = True,
+                    references: References = None) -> Iterator[str]:
         """`chat`, streamed: an iterator over the answer so far, one item each time it grows, while it
         is generated; the last item is the whole answer (what `chat` returns). The checks and the
         image's passes run in this call (errors are raised here); the generation runs in a thread
@@ -596,7 +734,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                 yield history + [{"role": "user", "content": message}, {"role": "assistant", "content": partial}]
         """
         with torch.no_grad():
-            inputs = self._follow_up_inputs(image, class_name, history, message, description, self_improve)
+            inputs = self._follow_up_inputs(image, class_name, history, message, description, self_improve,
+                                            references)
         return self._stream(inputs)
 
     def _stream(self, inputs: LLMInputs) -> Iterator[str]:
@@ -622,7 +761,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         self._pass_cache.clear()
 
     def _follow_up_inputs(self, image: ImageInput, class_name: Any, history: Any, message: Any,
-                          description: Any, self_improve: bool) -> LLMInputs:
+                          description: Any, self_improve: bool, references: References = None) -> LLMInputs:
         """Check the arguments and limits, get the image's passes (cached), build the prompt."""
         name = _check_class_name(class_name)
         desc, what = _prompt_description(_check_description(description), name)
@@ -631,32 +770,35 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         limits.check(question, "message")
         turns = self._check_prompt(limits, desc, what, _history_turns(history) + [(question, None)],
                                    f"{what} and the message")
+        bank = self.reference_banks(references, [name])[0]
         pixels, _ = self.prepare_images([image])
-        context = self._follow_up_context(pixels, name, desc, self_improve)
+        context = self._follow_up_context(pixels, name, desc, self_improve, bank)
         return self._prompt_inputs([conversation_segments(context.image_tokens, context.map_tokens, desc, turns)])
 
     def _follow_up_context(self, pixels: torch.Tensor, class_name: str, description: str,
-                           self_improve: bool) -> _FollowUpContext:
-        key = self._pass_key(pixels[0], class_name, description, self_improve)
+                           self_improve: bool, bank: ReferenceBank | None = None) -> _FollowUpContext:
+        key = self._pass_key(pixels[0], class_name, description, self_improve, bank=bank)
         context = self._pass_cache.get(key)
         if context is None:
             run = self._passes(self.encode_images(pixels), [class_name], [description], chat=True,
-                               self_improve=self_improve)
+                               self_improve=self_improve, banks=[bank])
             context = _follow_up_context(run, 0)
             self._pass_cache.put(key, context)
         return context
 
     def _pass_key(self, pixels: torch.Tensor, class_name: str, description: str, self_improve: bool,
-                  versions: tuple[int, ...] | None = None) -> tuple:
+                  versions: tuple[int, ...] | None = None, bank: ReferenceBank | None = None) -> tuple:
         """What an image's passes depend on: its pixels as the encoder sees them (3 x S x S), the
-        class, the description, whether self-improvement runs, every setting (config and generation
-        config), the device and dtype, and the version counters of every parameter (they change on
-        every in-place update: training steps, `load_state_dict`)."""
+        class, the description, whether self-improvement runs, the few-shot bank (its content digest;
+        None: zero-shot), every setting (config and generation config), the device and dtype, and the
+        version counters of every parameter (they change on every in-place update: training steps,
+        `load_state_dict`)."""
         image = hashlib.sha256(pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
         settings = hashlib.sha256((self.config.to_json_string() + self.generation_config.to_json_string())
                                   .encode("utf-8")).hexdigest()
         improve = bool(self_improve and self.config.use_self_improvement)
-        return (image, class_name, description, improve, settings, str(self.device), str(self.dtype),
+        references = None if bank is None else bank.digest()
+        return (image, class_name, description, improve, references, settings, str(self.device), str(self.dtype),
                 versions if versions is not None else parameter_version(self))
 
     # ------------------------------------------------------------------ text limits

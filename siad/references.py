@@ -57,20 +57,26 @@ import hashlib
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from siad.config import FEW_SHOT_FEATURES, SIADConfig
 from siad.modules import AnomalyMapHead
 
-FEATURE_KINDS = ("trunk", "visual")
-DEFAULT_FEATURES = "trunk"  # measured (module docstring)
-DEFAULT_FEW_SHOT_WEIGHT = 0.9  # measured (module docstring): the default of the config's few_shot_weight
-DEFAULT_MAX_BANK_PATCHES = 4096  # rows per stage: 16 shots of 256 patches; 64 shots are cut to a quarter
+# The few-shot settings live in SIADConfig (few_shot_features, few_shot_weight, max_bank_patches);
+# these names are their defaults, measured as the module docstring says.
+FEATURE_KINDS: tuple[str, ...] = FEW_SHOT_FEATURES
+DEFAULT_FEATURES: str = SIADConfig.few_shot_features  # measured (module docstring)
+DEFAULT_FEW_SHOT_WEIGHT: float = SIADConfig.few_shot_weight  # measured (module docstring)
+DEFAULT_MAX_BANK_PATCHES: int = SIADConfig.max_bank_patches  # 16 shots of 256 patches; 64 shots cut to a quarter
+ZERO_SHOT = "zero-shot"
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MiB in float32
 CORESET_PROJECTION_DIM = 128
 NORMAL_SCALE_QUANTILE = 0.99
@@ -152,6 +158,30 @@ class ReferenceBank:
 
         return self._replace(stages=tuple(convert(s) for s in self.stages),
                              normal_scale=self.normal_scale.to(device=device or self.normal_scale.device))
+
+    @property
+    def mode(self) -> str:
+        """What detection with this bank is called: "k-shot" (`shot_mode`)."""
+        return shot_mode(self.num_shots)
+
+    def digest(self) -> str:
+        """A SHA-256 of the bank's content (every field and every tensor's values): what a cache of
+        results computed with the bank is keyed by. Computed once per bank object and kept on it,
+        keyed by each tensor's version counter and address (an in-place change recomputes it)."""
+        tensors = (*self.stages, self.normal_scale)
+        key = tuple((t._version, t.data_ptr()) for t in tensors)
+        cached = self.__dict__.get("_digest")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        digest = hashlib.sha256(json.dumps(
+            [self.class_name, self.features, self.num_shots, list(self.stage_blocks), self.grid_size,
+             self.fingerprint, self.max_bank_patches, self.seed, _dtype_name(self.dtype)]).encode())
+        for t in tensors:
+            digest.update(f"|{tuple(t.shape)}|".encode())
+            digest.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        value = digest.hexdigest()
+        object.__setattr__(self, "_digest", (key, value))  # a cache, not a field: the dataclass is frozen
+        return value
 
     def _replace(self, **changes: Any) -> "ReferenceBank":
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -238,6 +268,26 @@ class ReferenceBank:
                    stage_blocks=tuple(meta["stage_blocks"]), grid_size=meta["grid_size"],
                    fingerprint=meta["fingerprint"], stages=tuple(stages), normal_scale=scale,
                    max_bank_patches=meta["max_bank_patches"], seed=meta["seed"])
+
+
+def shot_mode(num_shots: int) -> str:
+    """How detection with `num_shots` references is called: "zero-shot" (0) or "k-shot" (e.g. "4-shot")."""
+    if not isinstance(num_shots, int) or isinstance(num_shots, bool) or num_shots < 0:
+        raise ValueError(f"the number of shots must be an integer >= 0, got {num_shots!r}")
+    return ZERO_SHOT if num_shots == 0 else f"{num_shots}-shot"
+
+
+def draw_references(pool: Sequence[Any], shots: int, *, seed: int, class_name: str) -> list[Any]:
+    """`shots` distinct items of `pool` (the normal images of a class), drawn with a generator seeded
+    by (seed, CRC-32 of the class name), in pool order: the WinCLIP / AnomalyGPT few-shot protocol's
+    draw, the same for every run, model and machine (and independent across classes)."""
+    if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
+        raise ValueError(f"shots must be a positive integer, got {shots!r}")
+    if shots > len(pool):
+        raise ValueError(f"{shots} references of class {class_name!r} were asked for, but only {len(pool)} "
+                         "normal images are available")
+    rng = np.random.default_rng([seed, zlib.crc32(class_name.encode("utf-8"))])
+    return [pool[int(i)] for i in np.sort(rng.choice(len(pool), size=shots, replace=False))]
 
 
 def bank_paths(path: str | Path) -> tuple[Path, Path]:

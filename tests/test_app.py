@@ -37,7 +37,7 @@ def running_app(tmp_path_factory):
     _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(app.AppLimits()))
     try:
         yield {"url": url, "client": Client(url, verbose=False), "workdir": workdir, "demo": demo,
-               "label": loaded.label}
+               "label": loaded.label, "model": loaded.model}
     finally:
         demo.close()
         os.chdir(old)
@@ -97,6 +97,142 @@ def test_follow_up_answers_stream_into_the_chat(running_app):
     assert len(answers) >= 2, "the answer came in one piece"
     assert all(answers[-1].startswith(a.rstrip("\ufffd")) for a in answers)  # each a prefix of the answer
     client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Normal references (few-shot)
+
+
+def _references(*names):
+    from gradio_client import handle_file
+
+    return [handle_file(str(EXAMPLES / name)) for name in names]
+
+
+def test_api_detect_with_and_without_references(running_app):
+    """The old three-argument call still works (zero-shot); with references the map and score change
+    and the summary says k-shot."""
+    from gradio_client import Client
+
+    client = Client(running_app["url"], verbose=False)
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/detect"]["parameters"]
+    assert [p["parameter_name"] for p in info] == ["image", "class_name", "description", "references"]
+    assert info[3]["parameter_has_default"] and info[3]["parameter_default"] is None
+    zero = _detect(client, EXAMPLES / "gear_missing.png")
+    assert _check_result(zero).rstrip().endswith("; zero-shot")
+    from gradio_client import handle_file
+
+    few = client.predict(handle_file(str(EXAMPLES / "gear_missing.png")), "gear", "",
+                         _references("gear_good.png", "capsule_good.png"), api_name="/detect")
+    summary = _check_result(few)
+    assert summary.rstrip().endswith("; 2-shot (2 references)")
+    score = lambda text: float(text.split("score **")[1].split("**")[0])  # noqa: E731
+    assert score(summary) != score(zero[1])
+    assert not np.array_equal(np.asarray(Image.open(few[4])), np.asarray(Image.open(zero[4])))  # the pass-1 map
+    again = client.predict(handle_file(str(EXAMPLES / "gear_missing.png")), "gear", "", None, api_name="/detect")
+    assert again[1] == zero[1]  # None: zero-shot again
+    client.close()
+
+
+def test_a_bank_is_built_once_per_class_and_follow_ups_use_it(running_app, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    model = running_app["model"]
+    built, streamed = [], []
+    build, chat_stream = model.build_references, model.chat_stream
+
+    def counting_build(images, class_name, **kwargs):
+        built.append(class_name)
+        return build(images, class_name, **kwargs)
+
+    def recording_stream(*args, **kwargs):
+        streamed.append(kwargs.get("references"))
+        return chat_stream(*args, **kwargs)
+
+    monkeypatch.setattr(model, "build_references", counting_build)
+    monkeypatch.setattr(model, "chat_stream", recording_stream)
+    client = Client(running_app["url"], verbose=False)
+    image = handle_file(str(EXAMPLES / "gear_missing.png"))
+    refs = _references("gear_good.png")
+    client.predict(image, "gear", "", refs, api_name="/detect")
+    client.predict(image, "gear", "", refs, api_name="/detect")
+    assert built == ["gear"]  # the same files: the session's bank is reused
+    client.predict(image, "gear", "", _references("gear_good.png", "wood_scratch.png"), api_name="/detect")
+    assert built == ["gear", "gear"]  # other files: a new bank
+    client.predict(handle_file(str(EXAMPLES / "capsule_stain.png")), "capsule", "", _references("capsule_good.png"),
+                   api_name="/detect")
+    client.predict("Where is the defect?", api_name="/chat")
+    assert built == ["gear", "gear", "capsule"]
+    assert streamed[-1] is not None and streamed[-1].class_name == "capsule" and streamed[-1].num_shots == 1
+    other = Client(running_app["url"], verbose=False)  # another session keeps its own banks
+    other.predict(image, "gear", "", refs, api_name="/detect")
+    assert built == ["gear", "gear", "capsule", "gear"]
+    other.predict(image, "gear", "", api_name="/detect")
+    other.predict("Where is the defect?", api_name="/chat")
+    assert streamed[-1] is None  # a zero-shot detection's follow-up is zero-shot
+    client.close()
+    other.close()
+
+
+def test_references_outside_the_upload_cache_are_refused(running_app, tmp_path):
+    """The references input takes only files inside Gradio's upload cache (`guarded_uploads`, the image's
+    rule); a server path sent by a client gets no result, and an unreadable reference is named by its
+    file name only."""
+    import gradio as gr
+    from gradio.data_classes import FileData, ListFiles
+    from gradio_client import handle_file
+
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(secret)
+    cache = Path(app.gradio_cache_folder())
+    cache.mkdir(parents=True, exist_ok=True)
+    inside = cache / f"ref-{os.getpid()}.png"
+    inside.write_bytes(secret.read_bytes())
+    link = cache / f"ref-link-{os.getpid()}.png"
+    link.unlink(missing_ok=True)
+    link.symlink_to(secret)  # inside the cache, pointing outside it
+    try:
+        assert app.guarded_uploads(None, cache) == []
+        files = ListFiles(root=[FileData(path=str(inside)), FileData(path=str(inside))])
+        assert app.guarded_uploads(files, cache) == [str(inside.resolve())] * 2
+        assert app.guarded_uploads(FileData(path=str(inside)), cache) == [str(inside.resolve())]
+        for bad in (str(secret), "/etc/hostname", str(link), str(cache / ".." / secret.relative_to("/")), str(cache),
+                    str(tmp_path / "missing.png")):
+            with pytest.raises(gr.Error, match=app.UPLOAD_REFUSED):
+                app.guarded_uploads(ListFiles(root=[FileData(path=str(inside)), FileData(path=bad)]), cache)
+    finally:
+        inside.unlink(missing_ok=True)
+        link.unlink(missing_ok=True)
+    client = running_app["client"]
+    for payload in ([{"path": str(secret)}], [{"path": "/etc/hostname"}]):  # no upload: refused, no result
+        with pytest.raises(Exception):
+            client.predict(handle_file(str(EXAMPLES / "gear_good.png")), "gear", "", payload, api_name="/detect")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(Exception, match="A normal reference cannot be used") as caught:
+        client.predict(handle_file(str(EXAMPLES / "gear_good.png")), "gear", "", [handle_file(str(broken))],
+                       api_name="/detect")
+    assert "broken.png" in str(caught.value) and app.gradio_cache_folder() not in str(caught.value)
+
+
+def test_references_follow_the_class(tmp_path):
+    """Choosing a class shows the references kept for it; the references of another class are cleared;
+    references just uploaded for a new class stay."""
+    import gradio as gr
+
+    gear, capsule = str(EXAMPLES / "gear_good.png"), str(EXAMPLES / "capsule_good.png")
+    kept = {"gear": {"key": app.files_key([gear]), "files": [gear], "bank": None},
+            "capsule": {"key": app.files_key([capsule]), "files": [capsule], "bank": None}}
+    session = {"references": kept}
+    assert app.references_for_class(" gear ", None, session) == [gear]
+    assert app.references_for_class("capsule", [gear], session) == [capsule]
+    assert app.references_for_class("wood", [gear], session) is None  # gear's references: not wood's
+    assert app.references_for_class("wood", [str(EXAMPLES / "wood_scratch.png")], session) == gr.skip()
+    assert app.references_for_class("wood", None, None) == gr.skip()
+    assert app.files_key([gear, capsule]) == app.files_key([capsule, gear]) != app.files_key([gear])
+    copy = tmp_path / "renamed.png"
+    copy.write_bytes(Path(gear).read_bytes())
+    assert app.files_key([str(copy)]) == app.files_key([gear])  # by content, not by name
 
 
 def test_readable_errors(running_app, tmp_path):
@@ -316,6 +452,46 @@ def test_real_browser_example_click_still_detects(running_app):
             browser.close()
 
 
+def test_real_browser_references_upload_and_follow_the_class(running_app):
+    """In the page: references uploaded with the image give a k-shot result; choosing another class
+    clears them, choosing the class again shows them."""
+    import importlib.util
+
+    from playwright.sync_api import sync_playwright
+
+    spec = importlib.util.spec_from_file_location("screenshot", app.HERE / "scripts" / "screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=module.CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1500})
+            page.goto(running_app["url"], wait_until="domcontentloaded", timeout=120_000)
+            page.get_by_role("button", name="Detect").wait_for(state="visible", timeout=120_000)
+            page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "gear_missing.png"))
+            page.locator("#normal-references input[type=file]").set_input_files(
+                [str(EXAMPLES / "gear_good.png"), str(EXAMPLES / "capsule_good.png")])
+            shown = page.locator("#normal-references").get_by_text("capsule_good")
+            shown.wait_for(state="visible", timeout=60_000)
+            box = page.get_by_label("Class name")
+
+            def choose(name: str) -> None:
+                box.click()
+                box.fill(name)
+                box.press("Enter")
+
+            choose("gear")
+            page.get_by_role("button", name="Detect").click()
+            page.get_by_text("2-shot (2 references)").wait_for(state="visible", timeout=120_000)
+            choose("wood")  # gear's references are not wood's: cleared
+            shown.wait_for(state="detached", timeout=60_000)
+            choose("gear")  # kept for gear in this session: shown again
+            shown.wait_for(state="visible", timeout=60_000)
+            assert app.UPLOAD_REFUSED not in page.content()
+        finally:
+            browser.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Limits: upload size, text length, cache age; ZeroGPU start-up
 
@@ -329,7 +505,7 @@ def strict_app(tmp_path_factory):
     torch.manual_seed(0)
     SIADModel(SIADConfig.tiny()).save_pretrained(folder)
     limits = app.AppLimits(max_file_size="60kb", max_class_name_chars=40, max_description_chars=40,
-                           max_message_chars=40, cache_max_age_s=1, cache_sweep_every_s=1)
+                           max_message_chars=40, max_references=2, cache_max_age_s=1, cache_sweep_every_s=1)
     demo = app.build_demo(app.load_model(str(folder), "cpu", "float32"), limits)
     demo.queue(default_concurrency_limit=1)
     _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(limits))
@@ -367,6 +543,18 @@ def test_texts_over_their_limits_are_refused(strict_app, tmp_path):
     _detect(client, image)
     with pytest.raises(Exception, match="question is too long"):
         client.predict("z" * 41, api_name="/chat")
+
+
+def test_too_many_references_are_refused(strict_app, tmp_path):
+    from gradio_client import handle_file
+
+    files = [handle_file(str(_small_png(tmp_path / f"ref{i}.png", 60 + i))) for i in range(3)]
+    with pytest.raises(Exception, match="At most 2 normal references"):
+        strict_app["client"].predict(handle_file(str(_small_png(tmp_path / "part.png"))), "gear", "", files,
+                                     api_name="/detect")
+    _, summary, *_ = strict_app["client"].predict(handle_file(str(_small_png(tmp_path / "part.png"))), "gear", "",
+                                                  files[:2], api_name="/detect")
+    assert "2-shot (2 references)" in summary
 
 
 def test_uploads_age_out_of_the_cache(strict_app, tmp_path):

@@ -179,7 +179,7 @@ def test_normal_only_uses_each_class_and_the_false_alarm_rule(tmp_path, monkeypa
     monkeypatch.setattr("siad.data.load_dataset", lambda *a, **k: samples)
     seen = []
 
-    def fake_scores(detector, images, names, chat, batch_size, progress):
+    def fake_scores(detector, images, names, chat, batch_size, progress, references=None):
         seen.append((names[0], len(images)))
         return [0.1 * (i + 1) + (0.05 if names[0] == "b" else 0.0) for i in range(len(images))]
 
@@ -192,3 +192,37 @@ def test_normal_only_uses_each_class_and_the_false_alarm_rule(tmp_path, monkeypa
     scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.15, 0.25, 0.35, 0.45, 0.55]
     expected = cal.threshold_for_fpr(scores, 0.2)
     assert f"threshold {expected!r}" in capsys.readouterr().out
+
+
+def test_cli_with_references_calibrates_the_few_shot_scores(setup, tmp_path, capsys):
+    """--references: the scores are those of detect with a bank of the references; a calibration image
+    that is also a reference, or references for several classes, are refused."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(setup["model"], folder)
+    normals = setup["root"] / "widget" / "test" / "good"
+    references = setup["root"] / "widget" / "train" / "good"
+    assert cal.main(["--model", str(folder), "--class", "widget", "--normal", str(normals), "--references",
+                     str(references), "--fpr", "0.25", "--no-chat", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2-shot with 2 references" in out and "holds for detection with these references" in out
+    model = SIADModel.from_pretrained(setup["model"]).eval()
+    bank = model.build_references(sorted(references.glob("*.png")), "widget")
+    images = sorted(normals.glob("*.png"))
+    few = [r.score for r in model.detect(images, "widget", chat=False, references=bank)]
+    zero = [r.score for r in model.detect(images, "widget", chat=False)]
+    assert not np.allclose(few, zero)
+    assert json.loads((folder / "config.json").read_text())["threshold"] == cal.threshold_for_fpr(few, 0.25)
+    for argv, message in (
+            (["--model", str(folder), "--class", "widget", "--normal", str(normals), "--references", str(images[0])],
+             "also references"),
+            (["--model", str(folder), "--dataset", "mvtec", "--root", str(setup["root"]), "--references",
+              str(references)], "one class"),
+            (["--model", "zero-shot:tiny", "--class", "widget", "--normal", str(normals), "--references",
+              str(references), "--dry-run"], "zero-shot baseline takes no references"),
+            (["--model", str(folder), "--class", "widget", "--normal", str(normals), "--references",
+              str(tmp_path / "none")], "references not found")):
+        with pytest.raises(SystemExit) as info:
+            cal.main([*argv, "--quiet", "--no-chat"])
+        assert info.value.code == 2 and message in capsys.readouterr().err, argv

@@ -63,6 +63,23 @@ def test_detect_without_chat_and_with_an_unreadable_file(folder, images, tmp_pat
     assert "answer:" not in out and f"{missing}: error:" in out and ": score " in out
 
 
+def test_detect_with_references_says_k_shot(folder, images, tmp_path, capsys):
+    assert main(["detect", "--model", str(folder), "--class", "bottle", str(images[0]), "--no-chat"]) == 0
+    zero = capsys.readouterr().out
+    assert main(["detect", "--model", str(folder), "--class", "bottle", str(images[0]), "--no-chat",
+                 "--references", str(images[1].parent)]) == 0
+    few = capsys.readouterr().out
+    assert zero.rstrip().endswith("zero-shot") and few.rstrip().endswith("1-shot")
+    model = SIADModel.from_pretrained(folder)
+    expected = model.detect([str(images[0])], "bottle", chat=False, references=[images[1]])[0]
+    assert f"score {expected.score:.4f} " in few and few.split(" (pass")[0] != zero.split(" (pass")[0]
+    for argv, message in ((["--references", str(tmp_path / "none")], "no reference images"),
+                          (["--model", "zero-shot:tiny", "--references", str(images[1])], "zero-shot baseline")):
+        with pytest.raises(SystemExit) as done:
+            main(["detect", "--model", str(folder), "--class", "bottle", str(images[0]), *argv])
+        assert done.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_detect_refuses_a_missing_model(tmp_path, images, capsys):
     with pytest.raises(SystemExit) as done:
         main(["detect", "--model", str(tmp_path / "nowhere" / "m"), "--class", "bottle", str(images[0])])

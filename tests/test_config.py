@@ -178,3 +178,30 @@ def test_user_dicts_stay_strict_and_versions_must_be_integers():
         SIADConfig.from_saved_dict([1, 2])
     with pytest.raises(ValueError, match="not valid JSON"):
         SIADConfig.from_json_string("{oops")
+
+
+# ---------------------------------------------------------------------- few-shot fields (no format step)
+def test_few_shot_fields_defaults_validation_and_older_configs():
+    from siad import references
+
+    config = SIADConfig.tiny()
+    assert (config.few_shot_weight, config.few_shot_features, config.max_bank_patches) == (0.9, "trunk", 4096)
+    # siad.references' defaults are the config's (one place)
+    assert references.DEFAULT_FEW_SHOT_WEIGHT == config.few_shot_weight
+    assert references.DEFAULT_FEATURES == config.few_shot_features
+    assert references.DEFAULT_MAX_BANK_PATCHES == config.max_bank_patches
+    assert SIADConfig.tiny(max_bank_patches=None, few_shot_weight=0, few_shot_features="visual").few_shot_weight == 0.0
+    for changes, field in ((dict(few_shot_weight=1.5), "few_shot_weight"), (dict(few_shot_weight=-0.1), "few_shot_weight"),
+                           (dict(few_shot_weight="0.9"), "few_shot_weight"), (dict(few_shot_features="raw"), "few_shot_features"),
+                           (dict(max_bank_patches=0), "max_bank_patches"), (dict(max_bank_patches=4096.0), "max_bank_patches")):
+        with pytest.raises(ValueError, match=f"SIADConfig.{field}="):
+            SIADConfig.tiny(**changes)
+    # a config saved before the fields existed (format 3 without them) loads with the defaults, silently
+    saved = SIADConfig.tiny(threshold=0.6).to_dict()
+    for name in ("few_shot_weight", "few_shot_features", "max_bank_patches"):
+        del saved[name]
+    assert saved["format_version"] == CONFIG_FORMAT_VERSION == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert SIADConfig.from_saved_dict(saved) == SIADConfig.tiny(threshold=0.6)
+    assert SIADConfig.from_json_string(SIADConfig.tiny(max_bank_patches=None).to_json_string()).max_bank_patches is None

@@ -34,11 +34,11 @@ def _picture(rng: np.random.Generator, shape: tuple[int, int] = SIZE) -> np.ndar
 
 
 def make_mvtec_dataset(root: Path, classes=CLASSES, n_good: int = 2, defects=(("scratch", 2), ("dent", 1)),
-                       seed: int = 0) -> Path:
+                       seed: int = 0, n_train: int = 2) -> Path:
     """An MVTec-format folder: per class train/good, test/good and test/<defect> with masks."""
     rng = np.random.default_rng(seed)
     for name in classes:
-        for folder, count in ((root / name / "train" / "good", 2), (root / name / "test" / "good", n_good)):
+        for folder, count in ((root / name / "train" / "good", n_train), (root / name / "test" / "good", n_good)):
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 Image.fromarray(_picture(rng)).save(folder / f"{i:03d}.png")
@@ -360,3 +360,99 @@ def test_answer_stats_count_agreement_with_the_verdict():
     stats.add("I cannot tell.", 1, verdict=True)                           # neither: wrong, disagrees
     assert (stats.correct, stats.agree, stats.neither, stats.total) == (2, 1, 1, 4)
     assert stats.accuracy == 0.5 and stats.agreement == 0.25
+
+
+# ------------------------------------------------------------------------------------ few-shot (--shots)
+def test_evaluate_shots_per_seed_and_their_mean(data, cwd, tmp_path):
+    """--shots 2 --shot-seeds 0 1: references drawn from train/good per seed (never a test image),
+    each seed's report holds the numbers of detect with that seed's bank, the top report their mean."""
+    from siad.data import load_dataset
+
+    root = make_mvtec_dataset(tmp_path / "fewshot", n_train=5, seed=3)
+    out = cwd.parent / "shots"
+    assert ev.main(["--model", str(data["model"]), "--dataset", "mvtec", "--root", str(root), "--batch-size", "3",
+                    "--shots", "2", "--shot-seeds", "0", "1", "--no-plots", "--quiet", "--out", str(out)]) == 0
+    assert list(cwd.iterdir()) == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["shots"] == 2 and report["passes"] == ["pass1", "pass2"] and set(report["seeds"]) == {"0", "1"}
+    assert report["settings"]["shot_seeds"] == [0, 1] and report["settings"]["few_shot_weight"] == 0.9
+    test_paths = {str(s.image_path) for s in load_dataset("mvtec", root, "test")}
+    draws = {}
+    for seed in ("0", "1"):
+        per_seed = json.loads((out / f"seed_{seed}" / "report.json").read_text())
+        assert per_seed["seed"] == int(seed) and per_seed["shots"] == 2
+        assert per_seed["references"] == report["seeds"][seed]["references"]
+        for name in CLASSES:
+            refs = per_seed["references"][name]
+            assert len(refs) == 2 and all(f"/{name}/train/good/" in r for r in refs) and not set(refs) & test_paths
+        draws[seed] = per_seed["references"]
+        assert (out / f"seed_{seed}" / "scores.csv").is_file()
+    assert draws["0"] != draws["1"]  # the seeds draw different references
+    # seed 1's numbers are those of detect with a bank of its references (same batches)
+    model = SIADModel.from_pretrained(data["model"]).eval()
+    seed1 = json.loads((out / "seed_1" / "report.json").read_text())
+    zero_scores = []
+    for name in CLASSES:
+        group = load_dataset("mvtec", root, "test", classes=[name])
+        bank = model.build_references([Path(p) for p in draws["1"][name]], name, seed=1)
+        results = []
+        for start in range(0, len(group), 3):
+            chunk = group[start:start + 3]
+            results += model.detect([s.image_path for s in chunk], name, descriptions=describe(name, "mvtec"),
+                                    batch_size=len(chunk), references=bank)
+        assert {r.mode for r in results} == {"2-shot"}
+        labels = [s.label for s in group]
+        masks = [load_mask(s.mask_path) if s.mask_path else np.zeros(r.anomaly_map.shape, bool)
+                 for s, r in zip(group, results)]
+        assert seed1["classes"][name]["pass2"]["image_auroc"] == pytest.approx(
+            image_auroc(labels, [r.score for r in results]), abs=1e-12)
+        assert seed1["classes"][name]["pass1"]["pixel_auroc"] == pytest.approx(
+            pixel_auroc(masks, [r.initial_map for r in results]), abs=1e-12)
+        zero_scores += [r.score for r in model.detect([s.image_path for s in group], name, chat=False)]
+    with (out / "seed_1" / "scores.csv").open(newline="") as handle:
+        few = [float(r["score_pass1"]) for r in csv.DictReader(handle)]
+    assert not np.allclose(few, zero_scores)  # the references changed the scores
+    # the top report: the mean over seeds, per class and over classes
+    for name in CLASSES:
+        for p in ("pass1", "pass2"):
+            for m in ("image_auroc", "pixel_auroc", "aupro"):
+                seeds = [json.loads((out / f"seed_{s}" / "report.json").read_text())["classes"][name][p][m]
+                         for s in ("0", "1")]
+                assert report["classes"][name][p][m] == pytest.approx(np.mean(seeds), abs=1e-12)
+    for p in ("pass1", "pass2"):
+        assert report["mean"][p]["image_auroc"] == pytest.approx(
+            np.mean([report["seeds"][s]["mean"][p]["image_auroc"] for s in ("0", "1")]), abs=1e-12)
+        assert report["mean"]["answers"][p]["accuracy"] == pytest.approx(
+            np.mean([report["seeds"][s]["answers"][p]["accuracy"] for s in ("0", "1")]), abs=1e-12)
+    with (out / "report.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(ev.CSV_COLUMNS) and {r["shots"] for r in rows} == {"2"}
+    assert [r["seed"] for r in rows if r["class"] == "mean"] == ["0", "0", "1", "1", "mean", "mean"]
+    mean_row = next(r for r in rows if r["seed"] == "mean" and r["class"] == "mean" and r["pass"] == "pass2")
+    assert _float(mean_row["image_auroc"]) == pytest.approx(report["mean"]["pass2"]["image_auroc"], abs=1e-15)
+    md = (out / "report.md").read_text()
+    assert "2-shot (mean over seeds 0, 1)" in md and "| seed 0 |" in md and "| **mean over seeds** |" in md
+    assert "2-shot (seed 1)" in (out / "seed_1" / "report.md").read_text()
+
+
+def test_zero_shot_reports_say_so_and_shots_errors(data, cwd, capsys):
+    out = cwd.parent / "zero"
+    ev.main(["--model", str(data["model"]), "--dataset", "mvtec", "--root", str(data["mvtec"]), "--classes", "plate",
+             "--map-only", "--shots", "0", "--no-plots", "--quiet", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["shots"] == 0 and "seeds" not in report and "zero-shot" in (out / "report.md").read_text()
+    with (out / "report.csv").open(newline="") as handle:
+        assert {(r["shots"], r["seed"]) for r in csv.DictReader(handle)} == {("0", "")}
+    for argv, message in (
+            (["--model", str(data["model"]), "--dataset", "mvtec", "--root", str(data["mvtec"]), "--shots", "3"],
+             "too few normal images"),  # 2 train images per class
+            (["--model", str(data["model"]), "--dataset", "brainmri", "--root", str(data["medical"]), "--shots", "1"],
+             "too few normal images"),  # its train split is its test normals: never a reference
+            (["--model", "zero-shot:tiny", "--dataset", "mvtec", "--root", str(data["mvtec"]), "--shots", "1"],
+             "zero-shot baseline takes no references"),
+            (["--model", "M", "--dataset", "mvtec", "--root", "R", "--shot-seeds", "1"], "--shot-seeds needs --shots"),
+            (["--model", "M", "--dataset", "mvtec", "--root", "R", "--shots", "-1"], "--shots must be >= 0")):
+        with pytest.raises(SystemExit) as exit_info:
+            ev.main([*argv, "--quiet", "--out", str(cwd.parent / "o")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
+    assert not (cwd.parent / "o" / "report.md").exists()

@@ -115,3 +115,37 @@ def test_bad_arguments(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         pr.main(["--model", str(tmp_path / "no-model"), "--class", "x", str(image), "--out", str(tmp_path / "o")])
     assert info.value.code == 2 and "no-model" in capsys.readouterr().err
+
+
+def test_predict_with_references(model_dir, inputs, tmp_path, capsys):
+    """--references DIR: one bank of the normal images for every input; the rows say k-shot and hold the
+    scores of detect with that bank."""
+    refs = tmp_path / "good"
+    refs.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        Image.fromarray(_picture(rng, (40, 56))).save(refs / f"{i}.png")
+    out = tmp_path / "few"
+    assert pr.main(["--model", str(model_dir), "--class", "widget", str(inputs / "a.png"), str(inputs / "c.jpg"),
+                    str(refs / "0.png"), "--references", str(refs), "--out", str(out), "--no-chat", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "1 input image(s) are also references" in captured.err and "3-shot" in captured.out
+    rows = _rows(out)
+    assert [r["mode"] for r in rows] == ["3-shot"] * 3
+    model = SIADModel.from_pretrained(model_dir).eval()
+    bank = model.build_references(sorted(refs.glob("*.png")), "widget")
+    image = np.asarray(Image.open(inputs / "a.png").convert("RGB"))
+    few = model.detect([image], "widget", chat=False, references=bank)[0]
+    zero = model.detect([image], "widget", chat=False)[0]
+    assert float(rows[0]["score"]) == pytest.approx(few.score, abs=1e-6)
+    assert abs(few.score - zero.score) > 1e-4
+    plain = tmp_path / "plain"
+    pr.main(["--model", str(model_dir), "--class", "widget", str(inputs / "a.png"), "--out", str(plain), "--no-chat",
+             "--quiet"])
+    assert _rows(plain)[0]["mode"] == "zero-shot"
+    for argv, message in ((["--model", "zero-shot:tiny", "--references", str(refs)], "zero-shot baseline"),
+                          (["--model", str(model_dir), "--references", str(tmp_path / "none")], "references not found"),
+                          (["--model", str(model_dir), "--references", str(inputs / "broken.png")], "not an image")):
+        with pytest.raises(SystemExit) as info:
+            pr.main([*argv, "--class", "widget", "--out", str(tmp_path / "o"), str(inputs / "a.png")])
+        assert info.value.code == 2 and message in capsys.readouterr().err, argv

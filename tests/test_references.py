@@ -419,3 +419,37 @@ def test_bank_moves_and_casts(bank):
     assert half.dtype == torch.bfloat16 and half.class_name == bank.class_name
     assert torch.allclose(half.stages[0].float(), bank.stages[0], atol=1e-2)
     assert bank.dtype == torch.float32  # the original is unchanged
+
+
+# ------------------------------------------------------------------------------------ helpers for the integration
+def test_draw_references_is_seeded_per_class_and_never_repeats():
+    from siad.references import draw_references
+
+    pool = [f"good/{i:03d}.png" for i in range(20)]
+    first = draw_references(pool, 4, seed=0, class_name="gear")
+    assert first == draw_references(list(pool), 4, seed=0, class_name="gear")  # the same draw every time
+    assert len(set(first)) == 4 and first == sorted(first)  # distinct, in pool order
+    others = {tuple(draw_references(pool, 4, seed=s, class_name=c)) for s in range(3) for c in ("gear", "wood")}
+    assert len(others) == 6  # seeds and classes draw differently
+    assert draw_references(pool, 20, seed=3, class_name="gear") == pool
+    with pytest.raises(ValueError, match="only 20 normal images"):
+        draw_references(pool, 21, seed=0, class_name="gear")
+    with pytest.raises(ValueError, match="positive"):
+        draw_references(pool, 0, seed=0, class_name="gear")
+
+
+def test_bank_digest_follows_the_content(tiny_model, bank, tmp_path):
+    from siad.references import shot_mode
+
+    assert bank.digest() == bank.digest() and len(bank.digest()) == 64
+    bank.save(tmp_path / "b")
+    assert ReferenceBank.load(tmp_path / "b").digest() == bank.digest()  # the same content: the same key
+    assert bank.to(dtype=torch.bfloat16).digest() != bank.digest()
+    assert bank._replace(seed=5).digest() != bank.digest()
+    other = build_reference_bank(tiny_model, _images(3, seed=1), "metal nut")
+    assert other.digest() != bank.digest()
+    edited = _fake_bank([torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)])
+    before = edited.digest()
+    edited.stages[0].mul_(-1.0)  # an in-place change is seen
+    assert edited.digest() != before
+    assert (bank.mode, shot_mode(0), shot_mode(16)) == ("3-shot", "zero-shot", "16-shot")
