@@ -273,8 +273,10 @@ def test_a_folder_saved_by_a_newer_siad_loads_with_a_warning_and_an_older_one_is
     model.save_pretrained(tmp_path / "m")
     path = tmp_path / "m" / "config.json"
     saved = json.loads(path.read_text())
-    assert saved["format_version"] == 2
-    path.write_text(json.dumps({**saved, "format_version": 3, "map_head_dtype": "float32"}))
+    from siad.config import CONFIG_FORMAT_VERSION
+
+    assert saved["format_version"] == CONFIG_FORMAT_VERSION
+    path.write_text(json.dumps({**saved, "format_version": CONFIG_FORMAT_VERSION + 1, "map_head_dtype": "float32"}))
     with pytest.warns(UserWarning, match=r"newer siad.*\['map_head_dtype'\]"):
         newer = SIADModel.from_pretrained(tmp_path / "m")
     _same_detection(model.detect(IMAGES, "bottle", chat=False), newer.detect(IMAGES, "bottle", chat=False))
