@@ -42,6 +42,11 @@ each image's original resolution (default; exact, memory grows with the pixels o
 bytes a pixel per pass), or at `--eval-size` x `--eval-size`: the map is resized bilinearly
 (antialiased when shrinking) and the mask with nearest neighbours.
 
+`--card` (with a local SIAD model folder) writes the measured means into that folder's model card:
+its `model-index` and a results table (`siad.model_card.write_card_results`), filed under the dataset
+(`--card-dataset ID`, needed for mvtec_format and meta; `--card-name` for display), replacing earlier
+results for the same dataset and split. Nothing but measured results ever goes into a card's metadata.
+
 Output in `--out` (required; files of the same names are replaced):
 
 - `report.md`: the table (rows: classes and the mean; columns: the metrics of pass 1, then of pass
@@ -914,6 +919,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where raw KolektorSDD is tiled (default: <out>/cache)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--card", action="store_true",
+                        help="write the measured results into the evaluated model folder's card (README.md "
+                             "model-index and a results table); the model must be a local SIAD folder")
+    parser.add_argument("--card-dataset", default=None, metavar="ID",
+                        help="with --card: the dataset id the results are filed under (default: --dataset; needed "
+                             "for mvtec_format and meta, e.g. siad-synth-unseen)")
+    parser.add_argument("--card-name", default=None, metavar="NAME",
+                        help="with --card: the dataset's display name (default: the id)")
     return parser
 
 
@@ -943,6 +956,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.shots and any(job.model.startswith(ZERO_SHOT_PREFIX) for job in jobs):
         parser.error("--shots needs a SIAD model: the zero-shot baseline takes no references")
+    if args.card:  # checked before anything runs
+        if any(job.model.startswith(ZERO_SHOT_PREFIX) or not (Path(job.model) / "config.json").is_file()
+               for job in jobs):
+            parser.error("--card writes into a local SIAD model folder's card: give --model a folder (not a Hub id "
+                         "or the zero-shot baseline)")
+        if args.card_dataset is None and any(job.dataset in ("mvtec_format", "meta") for job in jobs):
+            parser.error("--card with mvtec_format or meta needs --card-dataset ID (what the results are filed under)")
+        if args.card_dataset is not None and len(jobs) > 1:
+            parser.error("--card-dataset names one dataset: give it with --dataset, not --protocol")
     command = "python -m siad.evaluate " + shlex.join(arguments)
     settings = EvalSettings(eval_size=args.eval_size, smooth_sigma=args.smooth_sigma, chat=not args.map_only,
                             self_improve=not args.no_self_improve, batch_size=args.batch_size, split=args.split,
@@ -1000,7 +1022,44 @@ def run_jobs(jobs: list[Job], settings: EvalSettings, args: argparse.Namespace, 
     evaluations = [done[job.dataset] for job in jobs]
     if not single:
         write_summary(evaluations, args.out, command)
+    if args.card:
+        write_cards(jobs, done, args, command)
     return evaluations
+
+
+def card_results(evaluation: DatasetEvaluation, dataset_type: str, dataset_name: str) -> dict[str, Any]:
+    """One dataset's measured results in the shape `siad.model_card.write_card_results` takes: the mean
+    over classes of every metric and, with answers, their accuracy and agreement, for each pass."""
+    shots = f", {evaluation.shots}-shot (mean of {len(evaluation.per_seed)} seeds)" if evaluation.shots else ""
+    metrics = []
+    for p in evaluation.passes:
+        label = f"pass {p[-1]}"
+        for m in METRICS:
+            symbol = MAP_SYMBOL[p] if m in PIXEL_METRICS else SCORE_SYMBOL[p]
+            metrics.append({"type": m, "name": f"{METRIC_TITLES[m]} ({symbol}), {label}{shots}",
+                            "value": evaluation.mean[p][m]})
+        answers = evaluation.mean_answers.get(p, {})
+        for key in ("accuracy", "agreement"):
+            if answers.get(key) is not None:
+                metrics.append({"type": f"answer_{key}", "name": f"answer {key} ({ANSWER_SYMBOL[p]}), {label}{shots}",
+                                "value": answers[key]})
+    suffix = f":{evaluation.shots}-shot" if evaluation.shots else ""
+    return {"dataset_type": dataset_type + suffix, "dataset_name": dataset_name + (f" ({evaluation.shots}-shot)" if
+            evaluation.shots else ""), "split": evaluation.settings["split"], "metrics": metrics}
+
+
+def write_cards(jobs: list[Job], done: dict[str, DatasetEvaluation], args: argparse.Namespace, command: str) -> None:
+    """--card: each evaluated model folder's README.md gets the results measured on its weights
+    (`siad.model_card.write_card_results`), one entry per dataset."""
+    from siad.model_card import write_card_results
+
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        name = args.card_dataset or job.dataset
+        by_model.setdefault(job.model, []).append(card_results(done[job.dataset], name, args.card_name or name))
+    for model, results in by_model.items():
+        path = write_card_results(Path(model), results, command=command)
+        print(f"card: wrote {len(results)} measured result(s) into {path}")
 
 
 def _release_memory() -> None:

@@ -456,3 +456,26 @@ def test_zero_shot_reports_say_so_and_shots_errors(data, cwd, capsys):
             ev.main([*argv, "--quiet", "--out", str(cwd.parent / "o")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
     assert not (cwd.parent / "o" / "report.md").exists()
+
+
+def test_evaluate_card_writes_the_measured_results_into_the_model_folder(data, cwd, tmp_path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    model = tmp_path / "model"
+    shutil.copytree(data["model"], model)
+    out = cwd.parent / "carded"
+    with pytest.raises(SystemExit):  # mvtec_format needs an id to file the results under
+        ev.main(["--model", str(model), "--dataset", "mvtec_format", "--root", str(data["mvtec"] / "plate"),
+                 "--card", "--out", str(out), "--quiet"])
+    ev.main(["--model", str(model), "--dataset", "mvtec", "--root", str(data["mvtec"]), "--card",
+             "--card-name", "tiny MVTec tree", "--out", str(out), "--quiet", "--no-plots"])
+    report = json.loads((out / "report.json").read_text())
+    card = ModelCard.load(model / "README.md")
+    results = {r.metric_name: r for r in card.data.eval_results}
+    assert results["I-AUROC (S'), pass 2"].metric_value == pytest.approx(round(100 * report["mean"]["pass2"]["image_auroc"], 1))
+    assert results["answer agreement (R'), pass 2"].metric_value == pytest.approx(
+        round(100 * report["mean"]["answers"]["pass2"]["agreement"], 1))
+    assert {r.dataset_type for r in card.data.eval_results} == {"mvtec"}
+    assert report["command"] in card.text
