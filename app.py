@@ -82,9 +82,11 @@ def gpu_decorator(seconds: int) -> Callable[[Callable], Callable]:
 class AppLimits:
     """What the app accepts: upload size, text lengths (in characters; the model caps them again in
     tokens), normal references (images per class, classes whose bank a session keeps) and how long
-    uploads and result pictures stay in Gradio's cache."""
+    uploads and result pictures stay in Gradio's cache; `generation_seconds` bounds each answer's
+    generation in time (transformers' max_time), so that no request holds the queue for long."""
 
     max_file_size: str = "50mb"
+    generation_seconds: float = 60.0
     max_class_name_chars: int = 200
     max_description_chars: int = 2000
     max_message_chars: int = 1000
@@ -133,6 +135,8 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
 
     model = loaded.model
     tokens = model.config.max_new_tokens
+    if model.generation_config.max_time is None:  # a per-request bound, unless the model's folder sets one
+        model.generation_config.max_time = limits.generation_seconds
     pictures = Path(gradio_cache_folder()) / "siad-pictures"
 
     def robust_image(**kwargs: Any) -> Any:
@@ -208,7 +212,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         mode = "zero-shot" if bank is None else (
             f"{bank.mode} ({bank.num_shots} reference{'s' if bank.num_shots > 1 else ''})")
         summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
-                   f"threshold {model.config.threshold:.3f}; {mode}")
+                   f"threshold {model.config.threshold:.3f}; {mode}" + agreement_note(result))
         history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": result.answer or ""}]
         shown = save_picture(overlay_with_scale(rgb, result.anomaly_map, title=f"{name}: score {result.score:.3f}"),
                              pictures)
@@ -287,6 +291,23 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         send.click(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name="chat")
         message.submit(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name=False)
     return demo
+
+
+def agreement_note(result: Any) -> str:
+    """A line for the summary when the refined answer R' and the verdict of the score S' disagree (or
+    the answer says neither yes nor no), so that the app never shows both without saying so."""
+    from siad.prompts import answer_is_anomalous
+
+    if result.answer is None:
+        return ""
+    says = answer_is_anomalous(result.answer)
+    verdict = "anomalous" if result.is_anomalous else "normal"
+    if says is None:
+        return f"\n\n**Note:** the answer says neither yes nor no; the score says {verdict}."
+    if says != result.is_anomalous:
+        answer = "there is an anomaly" if says else "there is no anomaly"
+        return f"\n\n**Note: the answer and the verdict disagree.** The answer says {answer}; the score says {verdict}."
+    return ""
 
 
 # One message for every file the app refuses to read: it never says whether a server path exists.

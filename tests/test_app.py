@@ -647,3 +647,34 @@ def test_space_front_matter_licence_and_lfs_rules():
     attrs = subprocess.run(["git", "check-attr", "filter", "--", *binary], cwd=app.HERE, capture_output=True,
                            text=True, check=True).stdout.splitlines()
     assert all(line.endswith(": filter: lfs") for line in attrs), [l for l in attrs if not l.endswith("lfs")]
+
+
+def test_the_summary_says_when_answer_and_verdict_disagree():
+    from types import SimpleNamespace
+
+    def result(answer, anomalous):
+        return SimpleNamespace(answer=answer, is_anomalous=anomalous)
+
+    yes, no = "Yes, there is an anomaly in the image, at the top of the image.", "No, there is no anomaly in the image."
+    assert app.agreement_note(result(yes, True)) == "" and app.agreement_note(result(no, False)) == ""
+    assert "disagree" in app.agreement_note(result(no, True)) and "score says anomalous" in app.agreement_note(result(no, True))
+    assert "disagree" in app.agreement_note(result(yes, False)) and "score says normal" in app.agreement_note(result(yes, False))
+    assert "neither yes nor no" in app.agreement_note(result("Maybe.", True))
+    assert app.agreement_note(result(None, True)) == ""  # no answer (chat off): nothing to compare
+
+
+def test_each_generation_is_bounded_in_time(tmp_path):
+    """The app sets a time limit on every generation (transformers' max_time) unless the model's folder
+    sets one: an absurdly small limit cuts the answers short."""
+    folder = tmp_path / "tiny"
+    torch.manual_seed(0)
+    SIADModel(SIADConfig.tiny()).save_pretrained(folder)
+    free = app.load_model(str(folder), "cpu", "float32")
+    image = np.asarray(Image.open(EXAMPLES / "gear_missing.png"))
+    full = free.model.detect([image], ["gear"])[0].initial_answer
+    bounded = app.load_model(str(folder), "cpu", "float32")
+    demo = app.build_demo(bounded, app.AppLimits(generation_seconds=1e-6))
+    assert bounded.model.generation_config.max_time == 1e-6
+    cut = bounded.model.detect([image], ["gear"])[0].initial_answer
+    assert len(cut) < len(full)
+    demo.close()
