@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """The ablations of the paper's Table 3 for the mini model, on SIAD-Synth, with one command.
 
-    python train/ablations.py [--steps 300] [--out runs/ablations] [--variants full wo_si ...]
+    python train/ablations.py [--steps 300] [--seeds 0 1 2] [--out runs/ablations] [--variants full wo_si ...]
 
 Each variant trains `train/configs/mini.yaml` for the same number of steps with one switch changed,
-then `python -m siad.evaluate` (the paper's protocol) measures it on SIAD-Synth's unseen test classes
-(data/siad_synth/test); the table of image and pixel AUROC (pass 2, and pass 1 where the variant has
-no self-improvement) is written to OUT/ablations.md and OUT/ablations.json. Finished variants are
-kept: a rerun only trains and evaluates what is missing (the training itself resumes too).
+once per seed (the seed of the weights, the data order and the pseudo-anomalies: train.seed and
+data.seed), then `python -m siad.evaluate` (the paper's protocol) measures each run on SIAD-Synth's
+unseen test classes (data/siad_synth/test). The table (mean over the seeds, with the spread as
++- one standard deviation when there are several) of image and pixel AUROC and answer accuracy for
+pass 1 and pass 2 is written to OUT/ablations.md and OUT/ablations.json. Finished runs are kept: a
+rerun only trains and evaluates what is missing (the training itself resumes too).
 """
 
 from __future__ import annotations
@@ -33,20 +35,21 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def run_variant(name: str, steps: int, out: Path, test_root: Path) -> dict:
-    """Train (or resume) one variant and evaluate it; returns the mean rows of its report."""
+def run_variant(name: str, steps: int, out: Path, test_root: Path, seed: int = 0) -> dict:
+    """Train (or resume) one variant with one seed and evaluate it; returns its report."""
     import importlib.util
 
     from siad import evaluate
 
-    run_dir = out / name
+    run_dir = out / name / f"seed{seed}"
     final = run_dir / "final"
     if not (final / "config.json").is_file():
         spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "train" / "train.py")
         train_script = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(train_script)
         overrides = [f"train.max_steps={steps}", f"train.warmup_steps={max(1, steps // 20)}",
-                     f"output.dir={run_dir}", "output.log_with=null", *VARIANTS[name][1]]
+                     f"train.seed={seed}", f"data.seed={seed}", f"output.dir={run_dir}", "output.log_with=null",
+                     *VARIANTS[name][1]]
         code = train_script.main(["--config", str(REPO_ROOT / "train" / "configs" / "mini.yaml"), *overrides,
                                   "--resume"])
         if code:
@@ -66,35 +69,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "ablations")
     parser.add_argument("--test-root", type=Path, default=REPO_ROOT / "data" / "siad_synth" / "test")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of each variant (default 0)")
     args = parser.parse_args(argv)
     if not args.test_root.is_dir():
         raise SystemExit(f"no SIAD-Synth test split at {args.test_root}: run python -m siad.data.synth --out data/siad_synth")
     rows = []
     for name in args.variants:
-        report = run_variant(name, args.steps, args.out, args.test_root)
-        rows.append((name, report))
-        print(f"{name}: done", flush=True)
+        reports = []
+        for seed in args.seeds:
+            reports.append(run_variant(name, args.steps, args.out, args.test_root, seed))
+            print(f"{name} seed {seed}: done", flush=True)
+        rows.append((name, reports))
     table = summarise(rows, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablations.md").write_text(table, encoding="utf-8")
-    (args.out / "ablations.json").write_text(json.dumps({n: r for n, r in rows}, indent=2), encoding="utf-8")
+    (args.out / "ablations.json").write_text(json.dumps({n: dict(zip(map(str, args.seeds), r)) for n, r in rows},
+                                                        indent=2), encoding="utf-8")
     print(table)
     return 0
 
 
-def summarise(rows: list[tuple[str, dict]], steps: int) -> str:
-    """A markdown table of the mean over the test classes (%): image and pixel AUROC and answer
+def summarise(rows: list[tuple[str, list[dict]]], steps: int) -> str:
+    """A markdown table of the mean over the test classes (%), averaged over each variant's seeds (with
+    +- the standard deviation over the seeds when there are several): image and pixel AUROC and answer
     accuracy, for pass 1 and pass 2 ("-" where a variant has no second pass)."""
-    lines = [f"| variant ({steps} steps each) | I-AUROC (S) | P-AUROC (M) | acc. (R) | I-AUROC (S') | P-AUROC (M') "
-             f"| acc. (R') |", "|---|---|---|---|---|---|---|"]
-    for name, report in rows:
-        mean = report["mean"]
+    import statistics
+
+    seeds = max(len(reports) for _, reports in rows)
+    lines = [f"| variant ({steps} steps, {seeds} seed{'s' if seeds > 1 else ''}) | I-AUROC (S) | P-AUROC (M) | acc. (R) "
+             f"| I-AUROC (S') | P-AUROC (M') | acc. (R') |", "|---|---|---|---|---|---|---|"]
+    for name, reports in rows:
         cells = []
         for pass_name in ("pass1", "pass2"):
-            metrics = mean.get(pass_name, {})
-            answers = mean.get("answers", {}).get(pass_name, {})
-            for value in (metrics.get("image_auroc"), metrics.get("pixel_auroc"), answers.get("accuracy")):
-                cells.append("-" if value is None else f"{100 * value:.1f}")
+            for key in ("image_auroc", "pixel_auroc", "accuracy"):
+                values = []
+                for report in reports:
+                    mean = report["mean"]
+                    source = mean.get("answers", {}).get(pass_name, {}) if key == "accuracy" else mean.get(pass_name, {})
+                    if source.get(key) is not None:
+                        values.append(100 * source[key])
+                if not values:
+                    cells.append("-")
+                elif len(values) == 1:
+                    cells.append(f"{values[0]:.1f}")
+                else:
+                    cells.append(f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f}")
         lines.append(f"| {VARIANTS[name][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
