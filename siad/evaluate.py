@@ -118,7 +118,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, barrier, check_failures, collect,
-                         file_identity, from_json_array, json_array, main_first, plan_batches, run_shard,
+                         file_identity, from_json_array, in_turns, json_array, plan_batches, run_shard,
                          start_processes)
 
 PASSES: tuple[str, str] = ("pass1", "pass2")
@@ -1118,16 +1118,19 @@ def run_jobs(jobs: list[Job], settings: EvalSettings, args: argparse.Namespace, 
              processes: Processes | None = None) -> list[DatasetEvaluation]:
     """Read every dataset first (a wrong root fails before any model loads), then evaluate them
     grouped by model, loading each model once, and write the reports. With several processes every
-    process reads the datasets (rank 0 first: it may tile raw KolektorSDD into the cache) and runs its
+    process reads the datasets (`in_turns`: raw KolektorSDD is tiled into the cache once) and runs its
     shards; rank 0 writes the reports and returns the evaluations, the other ranks return []."""
     from siad.baseline import detector_name, load_detector, parse_dtype
     from siad.data import load_dataset
 
     processes = processes or Processes(device=args.device)
     cache_dir = args.cache_dir or args.out / "cache"
-    with main_first(processes):
-        samples = {job.dataset: load_dataset(job.dataset, job.root, settings.split, cache_dir=cache_dir,
-                                             classes=args.classes) for job in jobs}
+
+    def read_splits() -> dict[str, list[Any]]:
+        return {job.dataset: load_dataset(job.dataset, job.root, settings.split, cache_dir=cache_dir,
+                                          classes=args.classes) for job in jobs}
+
+    samples = in_turns(processes, read_splits)
     for job in jobs:
         if not samples[job.dataset]:
             raise ValueError(f"no images in the {settings.split} split of {job.dataset} at {job.root}")

@@ -24,8 +24,9 @@ kernels then give the same numbers).
 - Agreeing (`check_failures`): before anything is collected every process says whether its shard
   failed, so that a failure on one rank stops every rank with the message instead of a hang.
 - Collecting (`collect`): rank 0 receives every batch's result in the order of the batch list, one
-  batch at a time, point to point (no shared file system needed); the tool merges them exactly (image
-  scores in order, `siad.metrics.PixelState.merge` for the pixel metrics, CSV rows in order).
+  batch at a time, point to point (no shared file system needed; with NCCL through a gloo group, in
+  host memory); the tool merges them exactly (image scores in order, `siad.metrics.PixelState.merge`
+  for the pixel metrics, CSV rows in order).
 
 Nothing here runs at import time; torch, Accelerate and torch.distributed are imported when used.
 """
@@ -38,7 +39,6 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from siad.image import PreparedImage
 
 Payload = TypeVar("Payload")
+Result = TypeVar("Result")
 
 # How long a process waits in a collective for the others: shards end at different times (a slow class,
 # a reference bank), and rank 0 merges class by class while the others wait to send.
@@ -62,11 +63,17 @@ _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_
 # ------------------------------------------------------------------------------------ processes
 @dataclass(frozen=True)
 class Processes:
-    """This process in the run: `rank` of `world` processes, and the torch device it uses."""
+    """This process in the run: `rank` of `world` processes (`local_rank` on its machine), and the
+    torch device it uses."""
 
     rank: int = 0
     world: int = 1
     device: str = "cpu"
+    local_rank: int = 0
+    # the torch.distributed group that carries results and messages (host objects): None is the default
+    # group (gloo on the CPU); with NCCL, a gloo group over the same processes, so that results travel
+    # through host memory and TCP, not through GPU memory
+    group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -106,17 +113,26 @@ def start_processes(device: str = "cpu") -> Processes:
                            f"({state.distributed_type}): with --device {device} on this machine the processes "
                            "would each run everything; use torchrun (see the README's launcher notes)")
     resolved = str(state.device) if device == "cuda" else device
-    return Processes(rank=state.process_index, world=state.num_processes, device=resolved)
+    group = None
+    if state.backend != "gloo":
+        import torch.distributed as dist
+
+        group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+    return Processes(rank=state.process_index, world=state.num_processes, device=resolved,
+                     local_rank=state.local_process_index, group=group)
 
 
-@contextmanager
-def main_first(processes: Processes) -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. writes a cache), then the other ranks (which may reuse it)."""
-    if not processes.is_main:
+def in_turns(processes: Processes, action: Callable[[], Result]) -> Result:
+    """`action()` on every process, rank 0 first, then the first process of each other machine, then the
+    rest: what rank 0 writes into a cache (tiled KolektorSDD) the others reuse on a shared file system,
+    and on a machine of its own the first process writes it for the others there."""
+    turn = 0 if processes.is_main else (1 if processes.local_rank == 0 else 2)
+    result: Result | None = None
+    for step in range(3 if processes.world > 1 else 1):
+        if step == turn:
+            result = action()
         barrier(processes)
-    yield
-    if processes.is_main:
-        barrier(processes)
+    return result  # type: ignore[return-value]
 
 
 def barrier(processes: Processes) -> None:
@@ -124,7 +140,7 @@ def barrier(processes: Processes) -> None:
     if processes.world > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        dist.barrier(group=processes.group)
 
 
 # ------------------------------------------------------------------------------------ batches and shards
@@ -473,7 +489,7 @@ def check_failures(failure: str | None, processes: Processes) -> None:
         import torch.distributed as dist
 
         gathered: list[str | None] = [None] * processes.world
-        dist.all_gather_object(gathered, failure)
+        dist.all_gather_object(gathered, failure, group=processes.group)
         failures = gathered
     messages = [f for f in failures if f]
     if messages:
@@ -489,20 +505,20 @@ def collect(batches: Sequence[Batch], total: int, load: Callable[[Batch], Payloa
     for batch in batches:
         owner = owner_of(batch.index, total, processes.world)
         if processes.is_main:
-            yield batch, (load(batch) if owner == 0 else _receive(owner))
+            yield batch, (load(batch) if owner == 0 else _receive(owner, processes))
         elif processes.rank == owner:
-            _send(load(batch))
+            _send(load(batch), processes)
 
 
-def _send(payload: Any) -> None:
+def _send(payload: Any, processes: Processes) -> None:
     import torch.distributed as dist
 
-    dist.send_object_list([payload], dst=0)
+    dist.send_object_list([payload], dst=0, group=processes.group)
 
 
-def _receive(source: int) -> Any:
+def _receive(source: int, processes: Processes) -> Any:
     import torch.distributed as dist
 
     box: list[Any] = [None]
-    dist.recv_object_list(box, src=source)
+    dist.recv_object_list(box, src=source, group=processes.group)
     return box[0]
