@@ -28,11 +28,11 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from siad.predict import main
-folder, count, out, model, chat, workers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "1", sys.argv[6]
+folder, count, out, model, chat, workers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 paths = sorted(Path(folder).glob("*.png"))[:count]
 argv = ["--model", model, "--class", "gear", *map(str, paths), "--out", out, "--quiet", "--workers", workers]
 start = time.perf_counter()
-main(argv if chat else [*argv, "--no-chat"])
+main(argv if chat == "1" else [*argv, "--no-chat"])
 print(json.dumps({"count": count, "seconds": time.perf_counter() - start,
                   "self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))

@@ -120,15 +120,17 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         for batch in args.batch_sizes:
             parts = []
             if len(args.workers) > 1:
-                parts.append(f"workers {args.workers[-1]} / {args.workers[0]}: "
-                             f"{rate[(mode, batch, args.workers[-1], one)] / rate[(mode, batch, args.workers[0], one)]:.2f}")
+                low, high = args.workers[0], args.workers[-1]
+                gain = rate[(mode, batch, high, one)] / rate[(mode, batch, low, one)]
+                parts.append(f"workers {high} / {low}: {gain:.2f}")
             if top != one:
                 parts += [f"{top} processes / {one} ({w} workers): "
                           f"{rate[(mode, batch, w, top)] / rate[(mode, batch, w, one)]:.2f}" for w in args.workers]
             if parts:
                 print(f"  {mode}, batch {batch}: " + ", ".join(parts))
         if "map" in args.modes and mode == "chat":
-            ratio = [rate[("map", b, w, one)] / rate[("chat", b, w, one)] for b in args.batch_sizes for w in args.workers]
+            ratio = [rate[("map", b, w, one)] / rate[("chat", b, w, one)]
+                     for b in args.batch_sizes for w in args.workers]
             print(f"  map / chat images/s (1 process, over the settings): {min(ratio):.1f} to {max(ratio):.1f}")
 
 

@@ -220,8 +220,8 @@ def _score_all(detector: Any, images: list[Path], class_name: str, chat: bool, b
     return [score for _, part in parts for score in part]
 
 
-def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int,
-                    progress: bool, references: Any = None, run: RunOptions | None = None) -> tuple[list[int], list[float]]:
+def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int, progress: bool,
+                    references: Any = None, run: RunOptions | None = None) -> tuple[list[int], list[float]]:
     """(labels, scores) of dataset samples, each class's images scored with its own class name
     (and the few-shot bank `references`, when given: then there is one class)."""
     from siad.data import group_by_class

@@ -1098,8 +1098,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             self_improve=not args.no_self_improve, batch_size=args.batch_size, split=args.split,
                             qualitative=args.qualitative, progress=not args.quiet, shots=args.shots,
                             shot_seeds=seeds)
-    processes = start_processes(args.device)
     try:
+        processes = start_processes(args.device)
         evaluations = run_jobs(jobs, settings, args, command, processes)
     except (FileNotFoundError, ValueError, OSError, RunFailed) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -316,7 +316,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                                  local_files_only=local_files_only, llm_quantization=llm_quantization)
 
     # ------------------------------------------------------------------ inputs
-    def prepare_images(self, images: Sequence[ImageInput | PreparedImage]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def prepare_images(self, images: Sequence[ImageInput | PreparedImage]
+                       ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images of any kind (or `PreparedImage`s) -> B x 3 x S x S normalised pixels and the original sizes."""
         resized, sizes = encoder_inputs(images, self.config)
         pixels = normalize(resized, self.config.image_mean, self.config.image_std)

@@ -339,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shared:
             print(f"warning: {len(shared)} input image(s) are also references; their scores say little",
                   file=sys.stderr)
-    processes = start_processes(args.device)
     try:
+        processes = start_processes(args.device)
         detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=processes.device)
         bank = (detector.build_references(references, args.class_name, batch_size=args.batch_size)
                 if references else None)

@@ -101,7 +101,8 @@ def start_processes(device: str = "cpu") -> Processes:
     One process (no launcher): `Processes(0, 1, device)`, nothing initialised. Launched with several
     processes: Accelerate's `PartialState` initialises torch.distributed (gloo when `device` is "cpu",
     else the accelerator's backend, e.g. NCCL) and "cuda" becomes this process's GPU
-    (`cuda:<local rank>`); any other device is used as given. Calling it again returns the same."""
+    (`cuda:<local rank>`); any other device is used as given. Call it once per process (with NCCL it
+    makes the gloo group that carries the results: a collective call)."""
     world = launched_world_size()
     if world <= 1:
         return Processes(device=device)
@@ -109,9 +110,9 @@ def start_processes(device: str = "cpu") -> Processes:
 
     state = PartialState(cpu=device == "cpu", timeout=COLLECTIVE_TIMEOUT)
     if state.num_processes != world:
-        raise RuntimeError(f"the launcher started {world} processes but Accelerate sees {state.num_processes} "
-                           f"({state.distributed_type}): with --device {device} on this machine the processes "
-                           "would each run everything; use torchrun (see the README's launcher notes)")
+        raise ValueError(f"the launcher started {world} processes but Accelerate sees {state.num_processes} "
+                         f"({state.distributed_type}): with --device {device} on this machine each process would "
+                         "run everything alone (no GPU here? give --device cpu)")
     resolved = str(state.device) if device == "cuda" else device
     group = None
     if state.backend != "gloo":

@@ -352,3 +352,24 @@ def test_two_processes_calibrate_to_the_one_process_threshold(setup, tmp_path, o
     result = _torchrun(2, ["siad.calibrate", *arguments], tmp_path / "probe", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line for line in result.stdout.splitlines() if line.startswith("threshold")] == [single]
+
+
+def test_a_launch_that_accelerate_sees_as_one_process_is_refused(setup, monkeypatch, tmp_path, capsys):
+    """torchrun started 2 processes but Accelerate sees 1 (e.g. --device cuda without a GPU): each would
+    run everything alone, so the command stops before any work."""
+    import accelerate
+
+    class OneProcess:
+        def __init__(self, cpu: bool = False, **kwargs) -> None:
+            self.num_processes, self.process_index, self.local_process_index = 1, 0, 0
+            self.distributed_type, self.backend, self.device = "DistributedType.NO", None, torch.device("cpu")
+
+    monkeypatch.setattr(accelerate, "PartialState", OneProcess)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="each process would run everything alone"):
+        runner.start_processes("cuda")
+    with pytest.raises(SystemExit) as info:
+        ev.main(["--model", str(setup["model"]), "--dataset", "mvtec", "--root", str(setup["data"]), "--device", "cuda",
+                 "--quiet", "--out", str(tmp_path / "out")])
+    assert info.value.code == 2 and "--device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.json").exists()
