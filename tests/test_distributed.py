@@ -373,3 +373,27 @@ def test_a_launch_that_accelerate_sees_as_one_process_is_refused(setup, monkeypa
                  "--quiet", "--out", str(tmp_path / "out")])
     assert info.value.code == 2 and "--device cpu" in capsys.readouterr().err
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_accelerate_launch_multi_gpu_runs_two_cpu_processes_and_cpu_runs_one(setup, tmp_path, one_thread):
+    """On a machine without MPI `accelerate launch --cpu --num_processes 2` starts one process (which runs
+    everything: the same report, `processes` 1); `accelerate launch --multi_gpu --num_processes 2` is
+    torchrun underneath and, with --device cpu, runs 2 gloo processes: the same report, `processes` 2."""
+    arguments = ["siad.evaluate", "--model", str(setup["model"]), "--dataset", "mvtec", "--root", str(setup["data"]),
+                 "--classes", "gear", "plate", "--map-only", "--eval-size", "64", "--batch-size", "2", "--no-plots",
+                 "--quiet", "--device", "cpu", "--workers", "0"]
+    single = tmp_path / "one"
+    assert ev.main([*arguments[1:], "--out", str(single)]) == 0
+    reference = json.loads((single / "report.json").read_text())
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    for flags, processes in ((["--cpu", "--num_processes", "2"], 1), (["--multi_gpu", "--num_processes", "2"], 2)):
+        out, probe = tmp_path / f"acc{processes}", tmp_path / f"probe{processes}"
+        probe.mkdir()
+        result = subprocess.run([*launch, *flags, "-m", "tests.dist_probe", *arguments, "--out", str(out)],
+                                cwd=tmp_path, env=_environment(probe), capture_output=True, text=True,
+                                timeout=LAUNCH_TIMEOUT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads((out / "report.json").read_text())
+        assert report["processes"] == processes and report["classes"] == reference["classes"], flags
+        assert sorted(_probed(probe)) == list(range(processes)), flags
