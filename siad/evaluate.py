@@ -1000,6 +1000,7 @@ def _parser() -> argparse.ArgumentParser:
                "--out runs/4shot\n"
                "  python -m siad.evaluate --protocol uzad --models mvtec=runs/m visa=runs/v br35h=runs/b brainmri=runs/r \\\n"
                "      --datasets visa=data/visa mvtec=data/mvtec headct=data/headct --out runs/uzad\n"
+               "  torchrun --nproc_per_node 8 -m siad.evaluate --device cuda ...   (one process per GPU; README: launchers)\n"
                "See the module docstring (python -c 'import siad.evaluate; help(siad.evaluate)') for the file formats.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="SIAD model folder or Hub id, or zero-shot:<SIAD folder | Hub id | "

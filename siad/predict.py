@@ -281,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
                     "predictions.csv in --out.",
         epilog="Examples:\n  python -m siad.predict --model runs/siad --class bottle photos/ extra.png --out runs/pred\n"
                "  python -m siad.predict --model runs/siad --class bottle photos/ --references good/ --out runs/pred\n"
+               "  torchrun --nproc_per_node 8 -m siad.predict --device cuda ...   (one process per GPU; README: launchers)\n"
                "CSV columns: " + ", ".join(COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_DIR", help="image files and/or folders (recursive)")
