@@ -26,13 +26,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer
-from siad.image import ImageInput, load_rgb, map_to_original, normalize, resize_for_encoder
+from siad.image import ImageInput, encoder_inputs, map_to_original, normalize
 from siad.model import DetectionResult, detection_inputs
 from siad.modules import AnomalyMapHead, PromptEnsemble
 
@@ -165,15 +164,14 @@ class ZeroShotBaseline(nn.Module):
 
     def _detect_batch(self, images: list, names: list[str], sigma: float | None = None) -> list[DetectionResult]:
         config = self.config
-        loaded = [load_rgb(image, config.max_input_side, config.max_input_pixels) for image in images]
-        resized = np.stack([resize_for_encoder(item.rgb, config.image_size, config.resize_mode) for item in loaded])
+        resized, sizes = encoder_inputs(images, config)
         pixels = normalize(resized, config.image_mean, config.image_std).to(device=self.device, dtype=self.dtype)
         maps = self.map_head.smooth(self.anomaly_maps(pixels, names),
                                     config.score_smoothing_sigma if sigma is None else sigma)
         scores = self.map_head.score(maps)
         results = []
-        for b, item in enumerate(loaded):
-            full = map_to_original(maps[b], item.original_size, config.resize_mode, config.max_map_pixels)
+        for b, size in enumerate(sizes):
+            full = map_to_original(maps[b], size, config.resize_mode, config.max_map_pixels)
             score = float(scores[b])
             results.append(DetectionResult(anomaly_map=full, score=score, answer=None, initial_map=full,
                                            initial_score=score, initial_answer=None,

@@ -23,6 +23,10 @@ Command line:
     python -m siad.calibrate --model M --dataset NAME --root DIR --normal-only [--fpr 0.05]
     python -m siad.calibrate --model M --class NAME --normal DIR... --references REF_DIR... [--fpr 0.01]
 
+Several processes: `torchrun --nproc_per_node N -m siad.calibrate ...` (or `accelerate launch`, as for
+`siad.evaluate`) shares the images' batches among the processes (`siad.runner`); rank 0 gathers every
+score in order, so the threshold is the one of a one-process run, and stores it.
+
 `--normal-only` takes the dataset's normal images, each scored with its own class name, and the
 false-alarm rule: one threshold for several classes without labelled anomalies.
 
@@ -50,6 +54,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from siad.runner import (Batch, BatchItem, MemoryStore, Processes, RunFailed, RunOptions, check_failures, collect,
+                         plan_batches, run_shard, start_processes)
 
 __all__ = ["threshold_for_fpr", "threshold_f1_max", "write_threshold", "main"]
 
@@ -182,19 +189,39 @@ def _parser() -> argparse.ArgumentParser:
                         help="save a calibrated copy of the model here instead of editing the model folder")
     parser.add_argument("--dry-run", action="store_true", help="only print the threshold")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes that read and resize the images while the model runs "
+                             "(default 2; 0: in the main process)")
     return parser
 
 
-def _score_all(detector: Any, images: list, class_name: str, chat: bool, batch_size: int,
-               progress: bool, references: Any = None) -> list[float]:
+def _score_all(detector: Any, images: list[Path], class_name: str, chat: bool, batch_size: int,
+               progress: bool, references: Any = None, run: RunOptions | None = None) -> list[float]:
+    """The scores of image files of one class, in order (`siad.runner`: batches of `batch_size`, shared
+    among the processes of a distributed run; rank 0 gets every score, the other ranks []). An image
+    that cannot be read stops the run (`RunFailed`, naming the rank and the file)."""
+    run = run or RunOptions(processes=Processes(device=str(detector.device)))
     few_shot = {} if references is None else {"references": references}  # the baseline takes none
-    results = detector.detect(images, class_name, chat=chat, self_improve=chat, batch_size=batch_size,
-                              progress=progress, **few_shot)
-    return [r.score for r in results]
+
+    def work(batch: Batch, items: list[BatchItem]) -> list[float]:
+        unreadable = [item for item in items if item.image is None]
+        if unreadable:
+            raise ValueError(f"cannot read {unreadable[0].path}: {unreadable[0].error}")
+        results = detector.detect([item.image for item in items], class_name, chat=chat, self_improve=chat,
+                                  batch_size=len(items), **few_shot)
+        return [float(r.score) for r in results]
+
+    batches = plan_batches([(class_name, len(images))], batch_size)
+    store: MemoryStore[list[float]] = MemoryStore()
+    report = run_shard(batches, images, work, store, run.processes, config=detector.config, workers=run.workers,
+                       progress=progress, title=f"calibrate {class_name}")
+    check_failures(report.failure, run.processes)
+    parts = collect(batches, len(batches), lambda b: store.load(b.index), run.processes)
+    return [score for _, part in parts for score in part]
 
 
-def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int,
-                    progress: bool, references: Any = None) -> tuple[list[int], list[float]]:
+def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int, progress: bool,
+                    references: Any = None, run: RunOptions | None = None) -> tuple[list[int], list[float]]:
     """(labels, scores) of dataset samples, each class's images scored with its own class name
     (and the few-shot bank `references`, when given: then there is one class)."""
     from siad.data import group_by_class
@@ -202,7 +229,8 @@ def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int,
     labels: list[int] = []
     scores: list[float] = []
     for name, group in group_by_class(samples).items():
-        scores += _score_all(detector, [s.image_path for s in group], name, chat, batch_size, progress, references)
+        scores += _score_all(detector, [s.image_path for s in group], name, chat, batch_size, progress, references,
+                             run=run)
         labels += [s.label for s in group]
     return labels, scores
 
@@ -232,10 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not normal_mode and len(set(args.classes or [])) != 1:
             parser.error("--references are normal images of one class: give --class with --normal, or one "
                          "--classes NAME with --dataset")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
     try:
         check_destination(args.model, args.out, args.dry_run)
         return _run(args)
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (FileNotFoundError, ValueError, OSError, RunFailed) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     return 2  # not reached
 
@@ -285,7 +315,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"no images in the {args.split} split of {args.root}")
         scored = [s.image_path for s in samples]
     references = _reference_paths(args, scored) if args.references is not None else []
-    detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
+    run = RunOptions(processes=start_processes(args.device), workers=args.workers)
+    detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=run.processes.device)
     chat = chat and has_llm(detector)
     if args.smooth_sigma is not None:
         detector.config = detector.config.replace(score_smoothing_sigma=args.smooth_sigma)
@@ -296,21 +327,25 @@ def _run(args: argparse.Namespace) -> int:
     if bank is not None:
         which += f", {bank.mode} with {len(references)} references"
     if args.normal:
-        scores = _score_all(detector, list(paths), args.class_name, chat, args.batch_size, not args.quiet, bank)
+        scores = _score_all(detector, list(paths), args.class_name, chat, args.batch_size, not args.quiet, bank,
+                            run=run)
         source = f"{len(scores)} normal images of '{args.class_name}' (score {which})"
     elif args.normal_only:
         normal = [s for s in samples if s.label == 0]
         if not normal:
             raise ValueError(f"no normal images in the {args.split} split of {args.root}")
-        _, scores = _score_by_class(detector, normal, chat, args.batch_size, not args.quiet, bank)
+        _, scores = _score_by_class(detector, normal, chat, args.batch_size, not args.quiet, bank, run=run)
         source = f"the {len(scores)} normal images of {args.dataset} ({args.split}; score {which})"
+    else:
+        labels, scores = _score_by_class(detector, samples, chat, args.batch_size, not args.quiet, bank, run=run)
+    if not run.processes.is_main:  # rank 0 has every score: it chooses and stores the threshold
+        return 0
     if args.normal or args.normal_only:
         threshold = _fpr_threshold(scores, args.fpr)
         flagged = sum(s >= threshold for s in scores)
         print(f"threshold {threshold!r} from {source}: {flagged} of them ({flagged / len(scores):.4f}) are >= it; "
               f"allowed false-alarm rate {args.fpr}")
     else:
-        labels, scores = _score_by_class(detector, samples, chat, args.batch_size, not args.quiet, bank)
         threshold, f1 = threshold_f1_max(labels, scores)
         print(f"threshold {threshold!r} from {len(scores)} labelled images of {args.dataset} ({args.split}; score "
               f"{which}): F1 {f1:.4f} at this threshold")

@@ -3,7 +3,8 @@
     python -m siad.evaluate --model M --dataset NAME --root DIR --out DIR [--classes C ...]
         [--map-only | --no-self-improve] [--eval-size 224] [--smooth-sigma 4] [--batch-size 8]
         [--shots K [--shot-seeds 0 1 2]]
-        [--device cpu] [--dtype float32] [--qualitative 8] [--no-plots] [--quiet]
+        [--device cpu] [--dtype float32] [--qualitative 8] [--no-plots] [--quiet] [--workers 2] [--resume]
+    torchrun --nproc_per_node N -m siad.evaluate ... --device cuda      (N processes: see "Scale" below)
     python -m siad.evaluate --protocol uzad --models mvtec=DIR1 visa=DIR2 br35h=DIR3 brainmri=DIR4 \\
         --datasets visa=ROOT mvtec=ROOT headct=ROOT ... --out DIR
 
@@ -76,6 +77,20 @@ classes, both passes) and a table of each seed's mean; report.csv's `seed` colum
 "mean". `--shots 0` (the default) is zero-shot: the report above, `shots` 0 and an empty `seed`. The
 zero-shot baseline takes no references.
 
+Scale (DESIGN 10, `siad.runner`): launched by `torchrun --nproc_per_node N -m siad.evaluate ...` or
+`accelerate launch [--multi_gpu] --num_processes N [--config_file ...] -m siad.evaluate ...` (several
+machines: the launcher's multi-node options), the N processes share the batches of each dataset (each
+class cut into batches of `--batch-size`, the same batches as in one process; contiguous blocks of the
+batch list per process, no image twice); Accelerate gives each its GPU (`--device cuda` becomes
+`cuda:<local rank>`; `--device cpu`: gloo). Rank 0 gathers each class's results (the images' scores,
+answers and labels in order, the `siad.metrics.PixelState` of the maps, merged exactly) and writes the
+one report, whose numbers equal a one-process run's (`processes` in report.json says how many ran).
+`--workers W` DataLoader worker processes per process read and resize the images while the model runs.
+Every finished batch is kept in `<out>/.siad-resume/evaluate-<hash>/batch-<i>.npz` (written atomically:
+scores, answers, the batch's pixel state, about 4 bytes a pixel per pass at the original resolution, and
+its qualitative rows); a rerun with `--resume` and the same model files, data and settings skips them.
+The folder is removed once the report is written.
+
 `--protocol uzad` runs the paper's cross-dataset protocol: each test dataset is evaluated with the
 checkpoint trained on its source dataset (`UZAD_PROTOCOL`: MVTec -> VisA, MPDD, DTD, SDD, BTAD;
 VisA -> MVTec; Br35H -> BrainMRI, HeadCT; BrainMRI -> Br35H). `--models TRAIN=M ...` names the
@@ -96,11 +111,15 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, barrier, check_failures, collect,
+                         file_identity, from_json_array, in_turns, json_array, plan_batches, run_shard,
+                         start_processes)
 
 PASSES: tuple[str, str] = ("pass1", "pass2")
 SCORE_SYMBOL = {"pass1": "S", "pass2": "S'"}
@@ -223,6 +242,7 @@ class DatasetEvaluation:
     qualitative: list[Any]
     notes: list[str]
     seconds: float = 0.0
+    processes: int = 1  # how many processes shared the images (the numbers do not depend on it)
     shots: int = 0
     seed: int | None = None  # the seed of the references' draw (None: zero-shot, or the mean over seeds)
     references: dict[str, list[str]] = field(default_factory=dict)  # class -> the reference images
@@ -278,49 +298,80 @@ def safe_name(name: str) -> str:
 # ------------------------------------------------------------------------------------ evaluation
 def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, settings: EvalSettings,
                      root: str = "", model: str = "", references: dict[str, list[Path]] | None = None,
-                     seed: int | None = None) -> DatasetEvaluation:
+                     seed: int | None = None, run: RunOptions | None = None) -> DatasetEvaluation | None:
     """Run `detector` over `samples` (siad.data Samples) class by class and compute every number
-    of the report. Images go through `detect` in batches of `settings.batch_size`; the maps are
-    reduced to the evaluation size at once, so memory holds one batch at full size.
+    of the report. Each class is cut into batches of `settings.batch_size` (`siad.runner.plan_batches`),
+    each batch one `detect` call; a batch's maps are reduced at once to their `PixelState`s (at the
+    evaluation size), so memory holds one batch at full size.
 
     references: few-shot, the normal reference images of every class (a bank is built per class with
     `detector.build_references(paths, class, seed=seed)` and used for all its images); seed: the seed
-    they were drawn with (reported)."""
-    from tqdm.auto import tqdm
+    they were drawn with (reported).
 
+    run: processes, DataLoader workers and resumption (`siad.runner.RunOptions`; default: one process,
+    images loaded in this process, results in memory). With several processes each runs its shard of
+    the batches, and rank 0 merges every class exactly (its images' records in order, the pixel states
+    with `PixelState.merge`) and returns the evaluation, equal to a one-process run's; the other ranks
+    return None."""
     from siad.baseline import has_llm
     from siad.data import group_by_class
 
     if not samples:
         raise ValueError(f"no images in the {settings.split} split of {dataset}")
+    run = run or RunOptions(processes=Processes(device=str(detector.device)))
+    processes = run.processes
     chat = settings.chat and has_llm(detector)
     passes = passes_for(detector, settings)
     groups = group_by_class(samples)
-    quota = max(1, math.ceil(settings.qualitative / len(groups))) if settings.qualitative > 0 else 0
+    ordered = [sample for group in groups.values() for sample in group]
+    batches = plan_batches([(name, len(group)) for name, group in groups.items()], settings.batch_size)
+    shown = _qualitative_picks(groups, settings.qualitative)
+    has_masks = {name: any(s.mask_path is not None for s in group) for name, group in groups.items()}
+    description = {"dataset": dataset, "root": root, "model": model, "model_files": file_identity(model),
+                   "settings": {k: v for k, v in asdict(settings).items() if k not in ("progress", "workers")},
+                   "config": detector.config.to_dict(), "seed": seed,
+                   "references": {c: [str(p) for p in paths] for c, paths in (references or {}).items()},
+                   "samples": [(str(s.image_path), str(s.mask_path), s.class_name, s.defect_type, s.label)
+                               for s in ordered]}
+    store = run.store("evaluate", description, _encode_batch, _decode_batch)
+    banks: dict[str, Any] = {}  # the few-shot bank of the class being run (batches come class by class)
+
+    def work(batch: Batch, items: list[BatchItem]) -> EvalBatch:
+        if batch.group not in banks and references is not None:
+            banks.clear()
+            banks[batch.group] = detector.build_references(references[batch.group], batch.group, seed=seed or 0,
+                                                           batch_size=settings.batch_size)
+        return _evaluate_batch(detector, ordered[batch.start:batch.stop], items, batch.group, dataset, settings,
+                               passes, chat, has_masks[batch.group], shown[batch.group], banks.get(batch.group))
+
     start = time.perf_counter()
+    report = run_shard(batches, [s.image_path for s in ordered], work, store, processes, config=detector.config,
+                       workers=run.workers, resume=run.resume, progress=settings.progress,
+                       title=f"evaluate {dataset}" + ("" if seed is None else f" (seed {seed})"))
+    check_failures(report.failure, processes)
     classes: list[ClassResult] = []
     records: list[ImageRecord] = []
     qualitative: list[Any] = []
-    bar = tqdm(total=len(samples), desc=f"evaluate {dataset}", unit="img", disable=not settings.progress,
-               file=sys.stderr)
     for name, group in groups.items():
-        bar.set_postfix_str(name)
-        take = min(quota, settings.qualitative - len(qualitative))
-        bank = None
-        if references is not None:
-            bank = detector.build_references(references[name], name, seed=seed or 0, batch_size=settings.batch_size)
-        result, group_records, rows = _evaluate_class(detector, name, group, dataset, settings, passes, chat, take, bar,
-                                                      bank)
-        classes.append(result)
-        records += group_records
-        qualitative += rows
-    bar.close()
+        parts = [part for _, part in collect([b for b in batches if b.group == name], len(batches),
+                                             lambda b: store.load(b.index), processes)]
+        if processes.is_main:
+            result, class_records, rows = _class_result(name, group, parts, passes, chat, has_masks[name],
+                                                        float(detector.config.threshold))
+            classes.append(result)
+            records += class_records
+            qualitative += rows
+    barrier(processes)  # every batch has reached rank 0: the kept results can go
+    store.discard()
+    if not processes.is_main:
+        return None
     mean, mean_answers = _means(classes, passes)
     evaluation = DatasetEvaluation(
         dataset=dataset, root=root, model=model, passes=passes, chat=chat,
         settings=_settings_dict(detector, settings, chat), classes=classes, mean=mean,
         mean_answers=mean_answers, records=records, qualitative=qualitative, notes=[],
-        seconds=time.perf_counter() - start, shots=settings.shots if references is not None else 0,
+        seconds=time.perf_counter() - start, processes=processes.world,
+        shots=settings.shots if references is not None else 0,
         seed=seed if references is not None else None,
         references={c: [str(p) for p in paths] for c, paths in (references or {}).items()})
     if references is not None:
@@ -355,11 +406,14 @@ def draw_class_references(pools: dict[str, list[Path]], shots: int, seed: int,
 
 
 def evaluate_few_shot(detector: Any, samples: Sequence[Any], train_samples: Sequence[Any], *, dataset: str,
-                      settings: EvalSettings, root: str = "", model: str = "") -> DatasetEvaluation:
+                      settings: EvalSettings, root: str = "", model: str = "",
+                      run: RunOptions | None = None) -> DatasetEvaluation | None:
     """The few-shot protocol (module docstring): one `evaluate_samples` per seed of
     `settings.shot_seeds`, each with `settings.shots` references per class drawn from
     `train_samples`; returns their mean over seeds (`combine_seeds`), which holds them in `per_seed`.
-    Every draw is checked before the first image is detected."""
+    Every draw is checked before the first image is detected. The draws depend only on the pools, the
+    seed and the class, so every process of a distributed run draws the same references (rank 0 returns
+    the evaluation, the other ranks None)."""
     if settings.shots < 1:
         raise ValueError("evaluate_few_shot needs settings.shots >= 1")
     if not hasattr(detector, "build_references"):
@@ -367,8 +421,10 @@ def evaluate_few_shot(detector: Any, samples: Sequence[Any], train_samples: Sequ
     pools = reference_pools(samples, train_samples)
     draws = {seed: draw_class_references(pools, settings.shots, seed, dataset) for seed in settings.shot_seeds}
     per_seed = [evaluate_samples(detector, samples, dataset=dataset, settings=settings, root=root, model=model,
-                                 references=draws[seed], seed=seed) for seed in settings.shot_seeds]
-    return combine_seeds(per_seed)
+                                 references=draws[seed], seed=seed, run=run) for seed in settings.shot_seeds]
+    if any(evaluation is None for evaluation in per_seed):
+        return None
+    return combine_seeds([evaluation for evaluation in per_seed if evaluation is not None])
 
 
 def combine_seeds(per_seed: list[DatasetEvaluation]) -> DatasetEvaluation:
@@ -398,7 +454,8 @@ def combine_seeds(per_seed: list[DatasetEvaluation]) -> DatasetEvaluation:
     return DatasetEvaluation(
         dataset=first.dataset, root=first.root, model=first.model, passes=first.passes, chat=first.chat,
         settings=settings, classes=classes, mean=mean, mean_answers=mean_answers, records=[], qualitative=[],
-        notes=notes, seconds=sum(e.seconds for e in per_seed), shots=first.shots, seed=None, per_seed=per_seed)
+        notes=notes, seconds=sum(e.seconds for e in per_seed), processes=first.processes, shots=first.shots, seed=None,
+        per_seed=per_seed)
 
 
 def _mean_defined(values: list[float | None]) -> float | None:
@@ -406,59 +463,120 @@ def _mean_defined(values: list[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def _evaluate_class(detector: Any, name: str, samples: list[Any], dataset: str, settings: EvalSettings,
-                    passes: tuple[str, ...], chat: bool, qualitative_quota: int,
-                    bar: Any, bank: Any = None) -> tuple[ClassResult, list[ImageRecord], list[Any]]:
-    from siad.metrics import PixelMetricAccumulator, average_precision, f1_max, image_auroc
+@dataclass
+class EvalBatch:
+    """What one batch of an evaluation gives: its images' records (in order), the `PixelState` of its
+    maps for each pass (classes with masks), and the qualitative rows of its images that were picked."""
+
+    records: list[ImageRecord]
+    states: dict[str, Any]
+    rows: list[Any]
+
+
+def _evaluate_batch(detector: Any, samples: list[Any], items: list[BatchItem], name: str, dataset: str,
+                    settings: EvalSettings, passes: tuple[str, ...], chat: bool, has_masks: bool,
+                    shown: set[Path], bank: Any = None) -> EvalBatch:
+    """Detect one batch of one class (`items`: its images from the DataLoader) and reduce it."""
+    from siad.metrics import PixelMetricAccumulator
     from siad.prompts import describe
 
-    has_masks = any(s.mask_path is not None for s in samples)
+    unreadable = [item for item in items if item.image is None]
+    if unreadable:
+        raise ValueError(f"cannot read {unreadable[0].path}: {unreadable[0].error}")
+    few_shot = {} if bank is None else {"references": bank}  # the zero-shot baseline takes none
+    results = detector.detect([item.image for item in items], name, descriptions=describe(name, dataset), chat=chat,
+                              self_improve=settings.self_improve, batch_size=len(items),
+                              score_smoothing_sigma=settings.smooth_sigma, **few_shot)
     accumulators = {p: PixelMetricAccumulator() for p in passes} if has_masks else {}
-    answers = {p: AnswerStats() for p in passes} if chat else {}
-    description = describe(name, dataset)
-    shown = _pick_qualitative(samples, qualitative_quota)
     records: list[ImageRecord] = []
     rows: list[Any] = []
-    for begin in range(0, len(samples), settings.batch_size):
-        chunk = samples[begin:begin + settings.batch_size]
-        few_shot = {} if bank is None else {"references": bank}  # the zero-shot baseline takes none
-        results = detector.detect([s.image_path for s in chunk], name, descriptions=description, chat=chat,
-                                  self_improve=settings.self_improve, batch_size=len(chunk),
-                                  score_smoothing_sigma=settings.smooth_sigma, **few_shot)
-        for sample, result in zip(chunk, results):
-            maps = {"pass1": result.initial_map, "pass2": result.anomaly_map}
-            scores = {"pass1": float(result.initial_score), "pass2": float(result.score)}
-            texts = {"pass1": result.initial_answer, "pass2": result.answer}
-            if has_masks:
-                shape = (settings.eval_size,) * 2 if settings.eval_size else maps["pass1"].shape
-                mask = eval_mask(sample.mask_path, shape)
-                for p in passes:
-                    heat = resize_map(maps[p], settings.eval_size) if settings.eval_size else maps[p]
-                    accumulators[p].update(mask, heat)
-            for p in answers:
-                answers[p].add(texts[p], sample.label, scores[p] >= detector.config.threshold)
-            records.append(ImageRecord(
-                path=str(sample.image_path), class_name=name, defect_type=sample.defect_type, label=sample.label,
-                scores={p: scores[p] for p in passes}, answers={p: texts[p] for p in passes} if chat else {}))
-            if sample.image_path in shown:
-                rows.append(_qualitative_row(sample, {p: maps[p] for p in passes}, scores, settings))
-        bar.update(len(chunk))
-    labels = np.array([s.label for s in samples])
+    for sample, result in zip(samples, results):
+        maps = {"pass1": result.initial_map, "pass2": result.anomaly_map}
+        scores = {"pass1": float(result.initial_score), "pass2": float(result.score)}
+        texts = {"pass1": result.initial_answer, "pass2": result.answer}
+        if has_masks:
+            shape = (settings.eval_size,) * 2 if settings.eval_size else maps["pass1"].shape
+            mask = eval_mask(sample.mask_path, shape)
+            for p in passes:
+                accumulators[p].update(mask, resize_map(maps[p], settings.eval_size) if settings.eval_size else maps[p])
+        records.append(ImageRecord(
+            path=str(sample.image_path), class_name=name, defect_type=sample.defect_type, label=sample.label,
+            scores={p: scores[p] for p in passes}, answers={p: texts[p] for p in passes} if chat else {}))
+        if sample.image_path in shown:
+            rows.append(_qualitative_row(sample, {p: maps[p] for p in passes}, scores, settings))
+    return EvalBatch(records=records, states={p: a.state() for p, a in accumulators.items()}, rows=rows)
+
+
+def _class_result(name: str, samples: list[Any], parts: list[EvalBatch], passes: tuple[str, ...], chat: bool,
+                  has_masks: bool, threshold: float) -> tuple[ClassResult, list[ImageRecord], list[Any]]:
+    """One class's numbers from its batches' results (in order): image metrics from the scores, pixel
+    metrics from the merged `PixelState`s, answer statistics from the records."""
+    from siad.metrics import PixelState, average_precision, f1_max, image_auroc
+
+    records = [record for part in parts for record in part.records]
+    labels = np.array([r.label for r in records])
+    answers = {p: AnswerStats() for p in passes} if chat else {}
+    for record in records:
+        for p in answers:
+            answers[p].add(record.answers[p], record.label, record.scores[p] >= threshold)
     metrics: dict[str, dict[str, float | None]] = {}
     for p in passes:
         image_scores = np.array([r.scores[p] for r in records])
-        values: dict[str, float | None] = {
+        state = PixelState.merge([part.states[p] for part in parts]) if has_masks else None
+        metrics[p] = {
             "image_auroc": _defined(image_auroc, labels, image_scores),
-            "pixel_auroc": _defined(accumulators[p].pixel_auroc) if has_masks else None,
-            "aupro": _defined(accumulators[p].aupro, fpr_limit=AUPRO_FPR_LIMIT) if has_masks else None,
+            "pixel_auroc": _defined(state.pixel_auroc) if state is not None else None,
+            "aupro": _defined(state.aupro, fpr_limit=AUPRO_FPR_LIMIT) if state is not None else None,
             "image_ap": _defined(average_precision, labels, image_scores),
             "image_f1_max": _defined(f1_max, labels, image_scores),
         }
-        metrics[p] = values
     n_anomalous = int(labels.sum())
     result = ClassResult(name=name, n_images=len(samples), n_normal=len(samples) - n_anomalous,
                          n_anomalous=n_anomalous, has_masks=has_masks, metrics=metrics, answers=answers)
-    return result, records, rows
+    return result, records, [row for part in parts for row in part.rows]
+
+
+def _encode_batch(batch: EvalBatch) -> dict[str, np.ndarray]:
+    """An `EvalBatch` as named arrays (for `siad.runner.DiskStore`; `_decode_batch` reads it back)."""
+    arrays: dict[str, np.ndarray] = {"records": json_array([asdict(r) for r in batch.records])}
+    for p, state in batch.states.items():
+        arrays.update({f"{p}.{key}": value for key, value in state.to_arrays().items()})
+    rows = []
+    for i, row in enumerate(batch.rows):
+        rows.append({"caption": row.caption, "maps": list(row.maps), "mask": row.mask is not None})
+        arrays[f"row{i}.image"] = row.image
+        if row.mask is not None:
+            arrays[f"row{i}.mask"] = row.mask
+        arrays.update({f"row{i}.map{j}": m for j, m in enumerate(row.maps.values())})
+    arrays["rows"] = json_array(rows)
+    return arrays
+
+
+def _decode_batch(arrays: Mapping[str, np.ndarray]) -> EvalBatch:
+    from siad.metrics import PixelState
+    from siad.visualize import QualitativeRow
+
+    records = [ImageRecord(**r) for r in from_json_array(arrays["records"])]
+    states = {p: PixelState.from_arrays({key.split(".", 1)[1]: value for key, value in arrays.items()
+                                         if key.startswith(p + ".")})
+              for p in PASSES if f"{p}.counts" in arrays}
+    rows = [QualitativeRow(caption=r["caption"], image=arrays[f"row{i}.image"],
+                           mask=arrays[f"row{i}.mask"] if r["mask"] else None,
+                           maps={m: arrays[f"row{i}.map{j}"] for j, m in enumerate(r["maps"])})
+            for i, r in enumerate(from_json_array(arrays["rows"]))]
+    return EvalBatch(records=records, states=states, rows=rows)
+
+
+def _qualitative_picks(groups: dict[str, list[Any]], total: int) -> dict[str, set[Path]]:
+    """The images of each class shown in the qualitative grid: up to `total` in all, an equal quota per
+    class (`_pick_qualitative`), classes in order."""
+    quota = max(1, math.ceil(total / len(groups))) if total > 0 else 0
+    picks: dict[str, set[Path]] = {}
+    taken = 0
+    for name, group in groups.items():
+        picks[name] = _pick_qualitative(group, min(quota, total - taken))
+        taken += len(picks[name])
+    return picks
 
 
 def _pick_qualitative(samples: list[Any], count: int) -> set[Path]:
@@ -666,7 +784,8 @@ def markdown_report(evaluation: DatasetEvaluation, command: str, plots: bool = T
         if plots:
             files += ", roc_<class>.png, histograms.png" + (", qualitative.png" if e.qualitative else "")
         count = f"{len(e.records)} images"
-    lines += [f"{count} in {e.seconds:.1f} s. Files: {files}.", ""]
+    where = f" on {e.processes} processes" if e.processes > 1 else ""
+    lines += [f"{count} in {e.seconds:.1f} s{where}. Files: {files}.", ""]
     return "\n".join(lines)
 
 
@@ -708,6 +827,7 @@ def report_dict(evaluation: DatasetEvaluation, command: str) -> dict[str, Any]:
                                     "references": s.references} for s in e.per_seed}} if e.per_seed else {}),
         "notes": e.notes,
         "seconds": e.seconds,
+        "processes": e.processes,
     }
 
 
@@ -880,6 +1000,7 @@ def _parser() -> argparse.ArgumentParser:
                "--out runs/4shot\n"
                "  python -m siad.evaluate --protocol uzad --models mvtec=runs/m visa=runs/v br35h=runs/b brainmri=runs/r \\\n"
                "      --datasets visa=data/visa mvtec=data/mvtec headct=data/headct --out runs/uzad\n"
+               "  torchrun --nproc_per_node 8 -m siad.evaluate --device cuda ...   (one process per GPU; README: launchers)\n"
                "See the module docstring (python -c 'import siad.evaluate; help(siad.evaluate)') for the file formats.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="SIAD model folder or Hub id, or zero-shot:<SIAD folder | Hub id | "
@@ -919,6 +1040,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where raw KolektorSDD is tiled (default: <out>/cache)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes that read and resize the images while the model runs "
+                             "(default 2; 0: in the main process)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the batches an interrupted run with the same model, data and settings finished "
+                             "(kept in <out>/.siad-resume until the report is written)")
     parser.add_argument("--card", action="store_true",
                         help="write the measured results into the evaluated model folder's card (README.md "
                              "model-index and a results table); the model must be a local SIAD folder")
@@ -947,6 +1074,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--shots must be >= 0")
     if args.shot_seeds is not None and args.shots == 0:
         parser.error("--shot-seeds needs --shots K (K >= 1)")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
     seeds = tuple(dict.fromkeys(args.shot_seeds or [0]))
     try:
         jobs = plan_jobs(args)
@@ -971,9 +1100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             qualitative=args.qualitative, progress=not args.quiet, shots=args.shots,
                             shot_seeds=seeds)
     try:
-        evaluations = run_jobs(jobs, settings, args, command)
-    except (FileNotFoundError, ValueError, OSError) as error:
+        processes = start_processes(args.device)
+        evaluations = run_jobs(jobs, settings, args, command, processes)
+    except (FileNotFoundError, ValueError, OSError, RunFailed) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if not processes.is_main:
+        return 0
     for e in evaluations:
         values = ", ".join(f"{METRIC_TITLES[m]} {_pct(e.mean[p][m])}" for p in e.passes for m in ("image_auroc",
                                                                                                    "pixel_auroc"))
@@ -983,15 +1115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_jobs(jobs: list[Job], settings: EvalSettings, args: argparse.Namespace, command: str) -> list[DatasetEvaluation]:
+def run_jobs(jobs: list[Job], settings: EvalSettings, args: argparse.Namespace, command: str,
+             processes: Processes | None = None) -> list[DatasetEvaluation]:
     """Read every dataset first (a wrong root fails before any model loads), then evaluate them
-    grouped by model, loading each model once, and write the reports."""
+    grouped by model, loading each model once, and write the reports. With several processes every
+    process reads the datasets (`in_turns`: raw KolektorSDD is tiled into the cache once) and runs its
+    shards; rank 0 writes the reports and returns the evaluations, the other ranks return []."""
     from siad.baseline import detector_name, load_detector, parse_dtype
     from siad.data import load_dataset
 
+    processes = processes or Processes(device=args.device)
     cache_dir = args.cache_dir or args.out / "cache"
-    samples = {job.dataset: load_dataset(job.dataset, job.root, settings.split, cache_dir=cache_dir,
-                                         classes=args.classes) for job in jobs}
+
+    def read_splits() -> dict[str, list[Any]]:
+        return {job.dataset: load_dataset(job.dataset, job.root, settings.split, cache_dir=cache_dir,
+                                          classes=args.classes) for job in jobs}
+
+    samples = in_turns(processes, read_splits)
     for job in jobs:
         if not samples[job.dataset]:
             raise ValueError(f"no images in the {settings.split} split of {job.dataset} at {job.root}")
@@ -1006,19 +1146,24 @@ def run_jobs(jobs: list[Job], settings: EvalSettings, args: argparse.Namespace, 
     single = len(jobs) == 1 and args.protocol is None
     done: dict[str, DatasetEvaluation] = {}
     for spec in dict.fromkeys(job.model for job in jobs):
-        detector = load_detector(spec, dtype=parse_dtype(args.dtype), device=args.device)
+        detector = load_detector(spec, dtype=parse_dtype(args.dtype), device=processes.device)
         for job in (j for j in jobs if j.model == spec):
             name = detector_name(detector, spec)
+            out = args.out if single else args.out / job.dataset
+            run = RunOptions(processes=processes, workers=args.workers, folder=out, resume=args.resume)
             if settings.shots:
                 evaluation = evaluate_few_shot(detector, samples[job.dataset], train[job.dataset], dataset=job.dataset,
-                                               settings=settings, root=str(job.root), model=name)
+                                               settings=settings, root=str(job.root), model=name, run=run)
             else:
                 evaluation = evaluate_samples(detector, samples[job.dataset], dataset=job.dataset, settings=settings,
-                                              root=str(job.root), model=name)
-            write_report(evaluation, args.out if single else args.out / job.dataset, command, plots=not args.no_plots)
-            done[job.dataset] = evaluation
+                                              root=str(job.root), model=name, run=run)
+            if evaluation is not None:  # rank 0
+                write_report(evaluation, out, command, plots=not args.no_plots)
+                done[job.dataset] = evaluation
         del detector
         _release_memory()
+    if not processes.is_main:
+        return []
     evaluations = [done[job.dataset] for job in jobs]
     if not single:
         write_summary(evaluations, args.out, command)

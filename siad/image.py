@@ -8,6 +8,9 @@
   it; of a multi-frame file (animated GIF/WebP, multi-page TIFF) frame 0 is used, with a warning.
 - `resize_for_encoder()` makes the encoder's square input (bicubic; "squash" or ImageBind's
   "center_crop"), `normalize()` turns a batch of them into a tensor with the CLIP mean and std.
+- `prepare_image()` does both steps ahead of time (in a DataLoader worker, while the model runs) and
+  gives a `PreparedImage`, which `SIADModel.detect` and the zero-shot baseline take like any image;
+  `encoder_inputs()` is the one place where a batch of any inputs becomes the encoder's uint8 batch.
 - `map_to_original()` brings an anomaly map back to the original height and width, or to a smaller
   size of the same aspect ratio when that holds more than `SIADConfig.max_map_pixels` pixels
   (`map_size()`).
@@ -22,7 +25,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -224,6 +227,40 @@ def resize_for_encoder(rgb: np.ndarray, size: int, mode: str = "squash") -> np.n
     new_w, new_h, left, top = center_crop_geometry(image.width, image.height, size)
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready for the encoder ahead of time: `pixels`, the S x S x 3 uint8 encoder input
+    (`resize_for_encoder` of the loaded image), and `original_size` (H, W), the size its maps come back
+    at; `source`: what it was made from (a path, for messages; "" otherwise)."""
+
+    pixels: np.ndarray
+    original_size: tuple[int, int]
+    source: str = ""
+
+
+def prepare_image(source: ImageInput, config: SIADConfig) -> PreparedImage:
+    """`load_rgb` and `resize_for_encoder` with `config`'s bounds, size and resize mode: exactly what
+    the model does with `source` itself (so results are the same bit for bit). Raises ValueError for
+    an image that cannot be read."""
+    loaded = load_rgb(source, config.max_input_side, config.max_input_pixels)
+    return PreparedImage(pixels=resize_for_encoder(loaded.rgb, config.image_size, config.resize_mode),
+                         original_size=loaded.original_size,
+                         source=os.fspath(source) if isinstance(source, (str, os.PathLike)) else "")
+
+
+def encoder_inputs(images: Sequence[ImageInput | PreparedImage], config: SIADConfig
+                   ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A batch of images (any `ImageInput`, or `PreparedImage`s made for this config) -> the B x S x S x 3
+    uint8 encoder batch and each image's original size (H, W)."""
+    prepared = [image if isinstance(image, PreparedImage) else prepare_image(image, config) for image in images]
+    side = config.image_size
+    for image in prepared:
+        if image.pixels.shape != (side, side, 3) or image.pixels.dtype != np.uint8:
+            raise ValueError(f"a PreparedImage must hold {side} x {side} x 3 uint8 pixels (prepare_image with this "
+                             f"model's config), got {image.pixels.shape} {image.pixels.dtype}")
+    return np.stack([image.pixels for image in prepared]), [image.original_size for image in prepared]
 
 
 def center_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:

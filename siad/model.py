@@ -40,7 +40,7 @@ from transformers.generation import GenerationConfig
 from siad.config import SIADConfig
 from siad.encoders import ImageBindEncoder, ImageBindTokenizer, VisionFeatures
 from siad.hub import GENERATION_NAME  # transformers' file name (GenerationConfig.save_pretrained)
-from siad.image import ImageInput, load_rgb, map_to_original, normalize, resize_for_encoder
+from siad.image import ImageInput, PreparedImage, encoder_inputs, map_to_original, normalize
 from siad.llm import (AnswerStreamer, LLMInputs, PromptBuilder, TextLimits, add_lora, build_generation_config,
                       conversation_header, conversation_segments, generate, generation_settings, load_language_model,
                       longest_token_bytes)
@@ -316,13 +316,12 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                                  local_files_only=local_files_only, llm_quantization=llm_quantization)
 
     # ------------------------------------------------------------------ inputs
-    def prepare_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Images of any kind -> B x 3 x S x S normalised pixels and the original sizes."""
-        config = self.config
-        loaded = [load_rgb(image, config.max_input_side, config.max_input_pixels) for image in images]
-        resized = np.stack([resize_for_encoder(item.rgb, config.image_size, config.resize_mode) for item in loaded])
-        pixels = normalize(resized, config.image_mean, config.image_std)
-        return pixels.to(device=self.device, dtype=self.dtype), [item.original_size for item in loaded]
+    def prepare_images(self, images: Sequence[ImageInput | PreparedImage]
+                       ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images of any kind (or `PreparedImage`s) -> B x 3 x S x S normalised pixels and the original sizes."""
+        resized, sizes = encoder_inputs(images, self.config)
+        pixels = normalize(resized, self.config.image_mean, self.config.image_std)
+        return pixels.to(device=self.device, dtype=self.dtype), sizes
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         """A batch tensor: uint8 B x 3 x S x S (normalised here) or float (already normalised)."""
@@ -631,7 +630,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                references: References = None) -> list[DetectionResult]:
         """Detect anomalies: one `DetectionResult` per image.
 
-        images: paths, PIL images or numpy arrays (any mode, any size); class_names: one per image
+        images: paths, PIL images or numpy arrays (any mode, any size), or `siad.image.PreparedImage`s (loaded
+        and resized ahead of time, e.g. in DataLoader workers: the same results); class_names: one per image
         (or a single string for all); descriptions: default from the paper's tables (generic for unknown classes).
         chat=False: no LLM runs at all (map and score of pass 1). self_improve=False: pass 1 only.
         score_smoothing_sigma: Gaussian sigma on the maps before scoring, for this call (None: the config's;

@@ -1,11 +1,12 @@
 """Batch prediction: an overlay PNG and a CSV row for every image.
 
     python -m siad.predict --model M --class NAME PATHS_OR_DIRS... --out DIR [--no-chat] [--batch-size 8]
-        [--references NORMAL_PATHS_OR_DIRS...]
+        [--references NORMAL_PATHS_OR_DIRS...] [--workers 2] [--resume]
+    torchrun --nproc_per_node N -m siad.predict ... --device cuda      (N processes, see below)
 
 For each image: `<out>/<stem>_overlay.png`, the anomaly map in jet (alpha 0.5) over the image (names
-are made unique when stems repeat: `<stem>-2_overlay.png`, ...), and a row of `<out>/predictions.csv`
-with the columns
+are made unique when stems repeat, in the order of the inputs: `<stem>-2_overlay.png`, ...), and a row
+of `<out>/predictions.csv` with the columns
 
     path, score, verdict, initial_score, answer, initial_answer, mode, overlay, error
 
@@ -20,7 +21,20 @@ that cannot be read stops the run before any prediction (exit status 2); an inpu
 reference is predicted, with a warning (its score says little). The zero-shot baseline takes no references. A file that cannot be read (or a
 path that does not exist) gets a row with only path and error, and the run goes on. Folders are
 searched recursively for image files (png, jpg, jpeg, bmp, tif, tiff); files under --out are
-skipped. The CSV is written as the run goes, so an interrupted run keeps its rows.
+skipped. An image that cannot be scored is also logged on stderr (with the rank, in a distributed run).
+
+Streaming and resuming: the CSV is written batch by batch as the run goes (memory stays flat with the
+number of images; an interrupted run keeps its rows), and each finished batch's rows are kept in
+`<out>/.siad-resume/predict-<hash>/batch-<i>.npz` (written atomically) until the run ends: a rerun with
+`--resume` and the same model files, images and settings skips those batches (their overlays are
+already written) and writes the whole CSV again, equal to an uninterrupted run's. `--workers W`
+DataLoader worker processes read and resize the images while the model runs.
+
+Several processes (`torchrun` or `accelerate launch`, as for `siad.evaluate`; `siad.runner`): the
+batches are shared among the processes (no image twice), each writes the overlays of its images, and
+rank 0 writes predictions.csv in the order of the inputs, equal to a one-process run's. On several
+machines `--out` must be a shared folder for the overlays to land in one place (the CSV comes to rank 0
+through torch.distributed either way).
 """
 
 from __future__ import annotations
@@ -28,17 +42,22 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, barrier, check_failures, collect,
+                         file_identity, from_json_array, json_array, log, owner_of, plan_batches, run_shard,
+                         start_processes)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 CSV_NAME = "predictions.csv"
 COLUMNS = ("path", "score", "verdict", "initial_score", "answer", "initial_answer", "mode", "overlay", "error")
 
-__all__ = ["collect_images", "predict_paths", "Prediction", "main", "COLUMNS", "CSV_NAME"]
+__all__ = ["collect_images", "predict_paths", "overlay_names", "Prediction", "PredictionCounts", "main",
+           "COLUMNS", "CSV_NAME"]
 
 
 def collect_images(inputs: Iterable[str | Path], exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -104,79 +123,154 @@ class _UniqueNames:
         return name
 
 
+def overlay_names(paths: Sequence[Path]) -> list[str]:
+    """Each image's overlay file name, from the whole ordered list (repeated stems made unique in
+    order), so that every process of a distributed run names an image the same way."""
+    names = _UniqueNames()
+    return [names(Path(p).stem) for p in paths]
+
+
+@dataclass
+class PredictionCounts:
+    """What a prediction run wrote: rows (one per input), unreadable ones, anomalous verdicts."""
+
+    rows: int = 0
+    errors: int = 0
+    anomalous: int = 0
+
+
+class _CsvSink:
+    """predictions.csv on rank 0, rows appended batch by batch and flushed (so memory stays flat and an
+    interrupted run keeps its rows); on the other ranks nothing is written."""
+
+    def __init__(self, path: Path, active: bool) -> None:
+        self.path = path
+        self.active = active
+        self.counts = PredictionCounts()
+        self._handle: Any = None
+        self._writer: Any = None
+
+    def __enter__(self) -> "_CsvSink":
+        if self.active:
+            self._handle = self.path.open("w", newline="", encoding="utf-8")
+            self._writer = csv.DictWriter(self._handle, fieldnames=list(COLUMNS))
+            self._writer.writeheader()
+        return self
+
+    def write(self, rows: Sequence[Prediction]) -> None:
+        if not self.active:
+            return
+        for row in rows:
+            self._writer.writerow(row.row())
+            self.counts.rows += 1
+            self.counts.errors += row.error is not None
+            self.counts.anomalous += row.verdict == "anomalous"
+        self._handle.flush()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
 def predict_paths(detector: Any, paths: Sequence[Path], class_name: str, out: Path, *, chat: bool = True,
                   self_improve: bool = True, batch_size: int = 8, alpha: float = 0.5,
                   description: str | None = None, missing: Sequence[Path] = (),
-                  progress: bool = True, references: Any = None) -> list[Prediction]:
-    """Run `detector` over `paths` in batches, write the overlays and predictions.csv under `out`,
-    and return the rows (one per path, in order; `missing` paths first, as errors). references: a
-    few-shot `ReferenceBank` of the class (or anything `SIADModel.detect` takes as references)."""
-    from PIL import Image
-    from tqdm.auto import tqdm
+                  progress: bool = True, references: Any = None, run: RunOptions | None = None,
+                  identity: Mapping[str, Any] | None = None) -> PredictionCounts | None:
+    """Run `detector` over `paths` in batches, write the overlays and predictions.csv under `out`
+    (one row per path, in order; `missing` paths first, as errors), and return the counts. references:
+    a few-shot `ReferenceBank` of the class (or anything `SIADModel.detect` takes as references).
 
-    from siad.image import load_rgb
+    The rows go to the CSV batch by batch (memory does not grow with the number of images). run:
+    processes, DataLoader workers and resumption (`siad.runner.RunOptions`); with several processes
+    each runs its shard of the batches and writes their overlays, rank 0 writes the CSV (its own
+    batches as they finish, then the others' in order) and returns the counts, the others None.
+    identity: what the results depend on beyond the images and these settings (the model's files, the
+    references), so that `--resume` only reuses batches of the same run."""
+    run = run or RunOptions(processes=Processes(device=str(detector.device)))
+    processes = run.processes
+    out.mkdir(parents=True, exist_ok=True)
+    names = overlay_names(paths)
+    batches = plan_batches([(class_name, len(paths))], batch_size)
+    key = {"identity": identity or {}, "paths": [str(p) for p in paths], "class": class_name, "chat": chat,
+           "self_improve": self_improve, "batch_size": batch_size, "alpha": alpha, "description": description,
+           "config": detector.config.to_dict()}
+    store = run.store("predict", key, _encode_rows, _decode_rows)
+    with _CsvSink(out / CSV_NAME, processes.is_main) as sink:
+        sink.write([Prediction(path=str(p), error="no such file or folder") for p in missing])
+
+        def work(batch: Batch, items: list[BatchItem]) -> list[Prediction]:
+            rows = _predict_batch(detector, items, names[batch.start:batch.stop], class_name, out, description, chat,
+                                  self_improve, alpha, references)
+            for row in rows:
+                if row.error:
+                    log(processes, f"predict: cannot score {row.path}: {row.error}")
+            return rows
+
+        report = run_shard(batches, paths, work, store, processes, config=detector.config, workers=run.workers,
+                           resume=run.resume, for_overlays=True, progress=progress, title="predict",
+                           each=lambda _, rows: sink.write(rows))
+        check_failures(report.failure, processes)
+        others = [b for b in batches if owner_of(b.index, len(batches), processes.world) != 0]
+        for _, rows in collect(others, len(batches), lambda b: store.load(b.index), processes):
+            sink.write(rows)
+    barrier(processes)
+    store.discard()
+    return sink.counts if processes.is_main else None
+
+
+def _predict_batch(detector: Any, items: list[BatchItem], names: list[str], class_name: str, out: Path,
+                   description: str | None, chat: bool, self_improve: bool, alpha: float,
+                   references: Any) -> list[Prediction]:
+    """One batch: detect the readable images, save their overlays, one row per item in order."""
+    from PIL import Image
+
     from siad.visualize import overlay
 
-    out.mkdir(parents=True, exist_ok=True)
-    names = _UniqueNames()
-    rows: list[Prediction] = [Prediction(path=str(p), error="no such file or folder") for p in missing]
-    with (out / CSV_NAME).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.row())
-        bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, file=sys.stderr)
-        for start in range(0, len(paths), batch_size):
-            chunk = list(paths[start:start + batch_size])
-            loaded: list[tuple[Path, np.ndarray]] = []
-            chunk_rows: dict[Path, Prediction] = {}
-            for path in chunk:
-                try:
-                    loaded.append((path, load_rgb(path, detector.config.max_input_side,
-                                                  detector.config.max_input_pixels).rgb))
-                except (ValueError, OSError) as error:
-                    chunk_rows[path] = Prediction(path=str(path), error=str(error))
-            for path, rgb, result, error in _detect_each(detector, loaded, class_name, description, chat,
-                                                         self_improve, references):
-                if result is None:
-                    chunk_rows[path] = Prediction(path=str(path), error=error)
-                    continue
-                name = names(path.stem)
-                Image.fromarray(overlay(rgb, result.anomaly_map, alpha)).save(out / name)
-                chunk_rows[path] = Prediction(
-                    path=str(path), score=float(result.score),
-                    verdict="anomalous" if result.is_anomalous else "normal",
-                    initial_score=float(result.initial_score), answer=result.answer,
-                    initial_answer=result.initial_answer, mode=result.mode, overlay=name)
-            for path in chunk:
-                rows.append(chunk_rows[path])
-                writer.writerow(chunk_rows[path].row())
-            handle.flush()
-            bar.update(len(chunk))
-        bar.close()
-    return rows
+    readable = [(item, name) for item, name in zip(items, names) if item.image is not None]
+    results = _detect_each(detector, [item.image for item, _ in readable], class_name, description, chat,
+                           self_improve, references)
+    rows = {item.index: Prediction(path=item.path, error=item.error) for item in items if item.image is None}
+    for (item, name), (result, error) in zip(readable, results):
+        if result is None:
+            rows[item.index] = Prediction(path=item.path, error=error)
+            continue
+        Image.fromarray(overlay(item.rgb, result.anomaly_map, alpha)).save(out / name)
+        rows[item.index] = Prediction(
+            path=item.path, score=float(result.score), verdict="anomalous" if result.is_anomalous else "normal",
+            initial_score=float(result.initial_score), answer=result.answer, initial_answer=result.initial_answer,
+            mode=result.mode, overlay=name)
+    return [rows[item.index] for item in items]
 
 
-def _detect_each(detector: Any, loaded: list[tuple[Path, np.ndarray]], class_name: str, description: str | None,
-                 chat: bool, self_improve: bool, references: Any = None) -> list[tuple[Path, np.ndarray, Any, str | None]]:
-    """Detect a batch; if the batch fails, image by image, so that one bad image fails alone."""
-    if not loaded:
+def _encode_rows(rows: list[Prediction]) -> dict[str, np.ndarray]:
+    return {"rows": json_array([asdict(row) for row in rows])}
+
+
+def _decode_rows(arrays: Mapping[str, np.ndarray]) -> list[Prediction]:
+    return [Prediction(**row) for row in from_json_array(arrays["rows"])]
+
+
+def _detect_each(detector: Any, images: list[Any], class_name: str, description: str | None, chat: bool,
+                 self_improve: bool, references: Any = None) -> list[tuple[Any, str | None]]:
+    """Detect a batch: (result, None) per image; if the batch fails, image by image, so that one bad
+    image fails alone (None, its error)."""
+    if not images:
         return []
     kwargs: dict[str, Any] = dict(descriptions=description, chat=chat, self_improve=self_improve)
     if references is not None:  # the zero-shot baseline takes no references argument
         kwargs["references"] = references
     try:
-        results = detector.detect([rgb for _, rgb in loaded], class_name, batch_size=len(loaded), **kwargs)
-        return [(path, rgb, result, None) for (path, rgb), result in zip(loaded, results)]
+        return [(result, None) for result in detector.detect(images, class_name, batch_size=len(images), **kwargs)]
     except (ValueError, RuntimeError) as batch_error:
-        if len(loaded) == 1:
-            return [(loaded[0][0], loaded[0][1], None, f"{type(batch_error).__name__}: {batch_error}")]
-    out = []
-    for path, rgb in loaded:
+        if len(images) == 1:
+            return [(None, f"{type(batch_error).__name__}: {batch_error}")]
+    out: list[tuple[Any, str | None]] = []
+    for image in images:
         try:
-            out.append((path, rgb, detector.detect([rgb], class_name, batch_size=1, **kwargs)[0], None))
+            out.append((detector.detect([image], class_name, batch_size=1, **kwargs)[0], None))
         except (ValueError, RuntimeError) as error:
-            out.append((path, rgb, None, f"{type(error).__name__}: {error}"))
+            out.append((None, f"{type(error).__name__}: {error}"))
     return out
 
 
@@ -187,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
                     "predictions.csv in --out.",
         epilog="Examples:\n  python -m siad.predict --model runs/siad --class bottle photos/ extra.png --out runs/pred\n"
                "  python -m siad.predict --model runs/siad --class bottle photos/ --references good/ --out runs/pred\n"
+               "  torchrun --nproc_per_node 8 -m siad.predict --device cuda ...   (one process per GPU; README: launchers)\n"
                "CSV columns: " + ", ".join(COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_DIR", help="image files and/or folders (recursive)")
@@ -205,6 +300,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes that read and resize the images while the model runs "
+                             "(default 2; 0: in the main process)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the batches an interrupted run with the same model, images and settings finished "
+                             "(kept in <out>/.siad-resume until the run ends)")
     return parser
 
 
@@ -219,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--alpha must lie in [0, 1]")
     if not args.class_name.strip():
         parser.error("--class must not be empty")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
     paths, missing = collect_images(args.inputs, exclude=args.out)
     if not paths and not missing:
         parser.exit(2, f"{parser.prog}: error: no image files in {' '.join(args.inputs)}\n")
@@ -238,20 +341,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {len(shared)} input image(s) are also references; their scores say little",
                   file=sys.stderr)
     try:
-        detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
+        processes = start_processes(args.device)
+        detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=processes.device)
         bank = (detector.build_references(references, args.class_name, batch_size=args.batch_size)
                 if references else None)
     except (FileNotFoundError, ValueError, OSError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     chat = not args.no_chat and has_llm(detector)
-    rows = predict_paths(detector, paths, args.class_name, args.out, chat=chat, self_improve=not args.no_self_improve,
-                         batch_size=args.batch_size, alpha=args.alpha, description=args.description,
-                         missing=missing, progress=not args.quiet, references=bank)
-    errors = sum(1 for r in rows if r.error)
-    anomalous = sum(1 for r in rows if r.verdict == "anomalous")
+    run = RunOptions(processes=processes, workers=args.workers, folder=args.out, resume=args.resume)
+    identity = {"model": file_identity(args.model), "references": [str(p) for p in references]}
+    try:
+        counts = predict_paths(detector, paths, args.class_name, args.out, chat=chat,
+                               self_improve=not args.no_self_improve, batch_size=args.batch_size, alpha=args.alpha,
+                               description=args.description, missing=missing, progress=not args.quiet,
+                               references=bank, run=run, identity=identity)
+    except RunFailed as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if counts is None:  # not rank 0
+        return 0
     mode = bank.mode if bank is not None else "zero-shot"
-    print(f"{len(rows) - errors} images scored, {mode} ({anomalous} anomalous at threshold "
-          f"{detector.config.threshold}), {errors} unreadable; wrote {args.out / CSV_NAME} and the overlays")
+    print(f"{counts.rows - counts.errors} images scored, {mode} ({counts.anomalous} anomalous at threshold "
+          f"{detector.config.threshold}), {counts.errors} unreadable; wrote {args.out / CSV_NAME} and the overlays")
     return 0
 
 

@@ -179,7 +179,7 @@ def test_normal_only_uses_each_class_and_the_false_alarm_rule(tmp_path, monkeypa
     monkeypatch.setattr("siad.data.load_dataset", lambda *a, **k: samples)
     seen = []
 
-    def fake_scores(detector, images, names, chat, batch_size, progress, references=None):
+    def fake_scores(detector, images, names, chat, batch_size, progress, references=None, run=None):
         seen.append((names[0], len(images)))
         return [0.1 * (i + 1) + (0.05 if names[0] == "b" else 0.0) for i in range(len(images))]
 

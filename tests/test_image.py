@@ -254,3 +254,29 @@ def test_multi_frame_files_use_frame_zero_and_say_so(tmp_path, fmt):
         loaded = load_rgb(path)
     assert loaded.original_size == (12, 16)
     assert loaded.rgb[..., 0].min() > 200 and loaded.rgb[..., 1:].max() < 50  # the first (red) frame
+
+
+def test_prepared_images_give_the_same_results_as_paths(tmp_path):
+    """prepare_image (what DataLoader workers run) + detect == detect on the path, bit for bit, for the
+    model and the zero-shot baseline; a PreparedImage of another size is refused."""
+    from siad.baseline import load_detector
+    from siad.image import PreparedImage, encoder_inputs, prepare_image
+    from tests.conftest import build_tiny
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for index, shape in enumerate([(40, 56, 3), (300, 90, 3)]):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(paths[-1])
+    model = build_tiny(0).eval()
+    prepared = [prepare_image(path, model.config) for path in paths]
+    assert [p.original_size for p in prepared] == [(40, 56), (300, 90)] and prepared[0].source == str(paths[0])
+    for detector in (model, load_detector("zero-shot:tiny")):
+        direct = detector.detect(paths, "gear", chat=False)
+        ahead = detector.detect(prepared, "gear", chat=False)
+        for a, b in zip(direct, ahead):
+            assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    batch, sizes = encoder_inputs([prepared[0], paths[1]], model.config)
+    assert batch.shape == (2, 224, 224, 3) and batch.dtype == np.uint8 and sizes == [(40, 56), (300, 90)]
+    with pytest.raises(ValueError, match="PreparedImage"):
+        model.detect([PreparedImage(np.zeros((32, 32, 3), np.uint8), (32, 32))], "gear", chat=False)

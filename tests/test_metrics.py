@@ -11,6 +11,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from siad import metrics
 from siad.metrics import (
     PixelMetricAccumulator,
+    PixelState,
     aupro,
     average_precision,
     f1_max,
@@ -293,6 +294,89 @@ def test_accumulator_copies_its_input_and_keeps_float64_exact() -> None:
     accumulator.update(mask, amap)
     amap[:] = 0.0  # the caller reuses its buffer
     assert accumulator.pixel_auroc() == 1.0
+
+
+# ------------------------------------------------------------------------------- merged state
+
+
+def _all_pixel_metrics(state: PixelState) -> tuple[float, ...]:
+    return (state.pixel_auroc(), state.aupro(), state.aupro(fpr_limit=0.05), state.average_precision(),
+            state.f1_max())
+
+
+def _same_state(a: PixelState, b: PixelState) -> bool:
+    return (a.negatives.dtype == b.negatives.dtype and np.array_equal(a.negatives, b.negatives)
+            and np.array_equal(a.positives, b.positives) and np.array_equal(a.region_sizes, b.region_sizes)
+            and (a.n_regions, a.n_images, a.connectivity) == (b.n_regions, b.n_images, b.connectivity))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merged_shard_states_give_the_metrics_of_all_images_exactly(seed: int) -> None:
+    """Images split into shards of random sizes (one may be empty of anomalies), in a random order:
+    the merged state is the state of all images, bit for bit, and so are all the metrics; they equal
+    the one-shot functions (which are exact) and the accumulator."""
+    masks, maps = _blob_masks_and_maps(seed, n=11, levels=3 if seed % 2 else 0)
+    rng = np.random.default_rng(100 + seed)
+    order = rng.permutation(len(masks))
+    cuts = np.sort(rng.choice(np.arange(1, len(masks)), size=rng.integers(1, 5), replace=False))
+    shards = np.split(order, cuts)
+    states = [PixelState.of(masks[index], maps[index]) for index in shards]
+    merged = PixelState.merge(states[::-1])
+    whole = PixelState.of(masks, maps)
+    assert _same_state(merged, whole)
+    assert _all_pixel_metrics(merged) == _all_pixel_metrics(whole)
+    assert merged.pixel_auroc() == pixel_auroc(masks, maps)
+    assert merged.aupro() == aupro(masks, maps)
+    assert merged.aupro() == pytest.approx(_reference_aupro(masks, maps, 0.3), abs=1e-9)
+    assert merged.average_precision() == average_precision(masks.ravel(), maps.ravel())
+    assert merged.f1_max() == f1_max(masks.ravel(), maps.ravel())
+    accumulator = PixelMetricAccumulator()
+    for image in range(len(masks)):
+        accumulator.update(masks[image], maps[image])
+    assert _same_state(accumulator.state(), whole)
+    assert merged.n_images == len(masks) and merged.negatives.size + merged.positives.size == masks.size
+
+
+def test_merge_keeps_float64_maps_exact_and_refuses_mixed_connectivity() -> None:
+    masks, maps = _blob_masks_and_maps(3, n=6)
+    exact64 = maps.astype(np.float64)
+    exact64[3:] += 2.0**-40  # not representable in float32: the whole state works in float64
+    one = PixelState.of(masks[:3], exact64[:3])
+    two = PixelState.of(masks[3:], exact64[3:])
+    assert one.negatives.dtype == np.float32 and two.negatives.dtype == np.float64
+    merged = PixelState.merge([one, two])
+    assert _same_state(merged, PixelState.of(masks, exact64))
+    assert merged.pixel_auroc() == pixel_auroc(masks, exact64)
+    with pytest.raises(ValueError, match="connectivity"):
+        PixelState.merge([one, PixelState.of(masks[3:], exact64[3:], connectivity=4)])
+    with pytest.raises(ValueError, match="no states"):
+        PixelState.merge([])
+    assert PixelState.of(masks, maps, connectivity=4).aupro() == aupro(masks, maps, connectivity=4)
+
+
+def test_state_arrays_round_trip_through_an_npz_archive() -> None:
+    import io
+
+    masks, maps = _blob_masks_and_maps(5, n=4, levels=2)
+    state = PixelState.of(masks, maps, connectivity=4)
+    buffer = io.BytesIO()
+    np.savez(buffer, **state.to_arrays())
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as archive:
+        again = PixelState.from_arrays(archive)
+    assert _same_state(again, state) and _all_pixel_metrics(again) == _all_pixel_metrics(state)
+
+
+def test_aupro_of_a_perfect_map_is_exactly_one_in_any_image_order() -> None:
+    """A region's weight is (its pixels at a score) / (its size): no rounding drift from adding 1/size
+    once per pixel, whatever the order of the images."""
+    masks = np.zeros((3, 9, 9), dtype=bool)
+    masks[0, 1:4, 1:8] = True  # 21 pixels
+    masks[1, 5:, 2:5] = True  # 12 pixels
+    masks[2, 0, 0] = True
+    maps = masks.astype(np.float32)
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        assert PixelState.of(masks[order], maps[order]).aupro() == 1.0
 
 
 # -------------------------------------------------------------------------------- validation

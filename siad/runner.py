@@ -1,0 +1,525 @@
+"""Batch inference across processes, GPUs and machines: what `siad.evaluate`, `siad.predict` and
+`siad.calibrate` share (DESIGN 10).
+
+A run is a list of image files, ordered group by group (a group: a class), cut into batches that
+never cross a group (`plan_batches`); batch i holds the same images whatever the number of processes,
+so every image is detected in the same batch as in a one-process run (batched generation and batched
+kernels then give the same numbers).
+
+- Processes (`start_processes`): a plain `python -m siad.evaluate ...` is one process and touches no
+  process group. Under `torchrun` or `accelerate launch` (WORLD_SIZE > 1) Accelerate's `PartialState`
+  joins the process group (gloo for `--device cpu`, NCCL on GPUs) and gives the rank, the number of
+  processes and the device (`--device cuda` becomes `cuda:<local rank>`).
+- Sharding (`shard_bounds`): each process takes a contiguous block of the batch list, the split of
+  Accelerate's `split_between_processes` without padding: uneven lists give the first processes one
+  batch more, more processes than batches leave the last ones idle. No batch is padded, repeated or
+  dropped, so no image is processed twice.
+- Running (`run_shard`): a torch DataLoader decodes and resizes the images of the process's batches in
+  worker processes (`workers`; `siad.image.prepare_image`) while the model runs on the previous batch;
+  the tool's work function turns each batch into a result that a `BatchStore` keeps: on disk
+  (`DiskStore`, one file per batch written atomically, temporary file and rename, under the output
+  folder) so that a rerun with `resume=True` skips the batches already done, or in memory
+  (`MemoryStore`, for API calls). Rank 0 shows one progress bar (images/s and ETA of its shard); a
+  batch that fails is logged with the rank and the files.
+- Agreeing (`check_failures`): before anything is collected every process says whether its shard
+  failed, so that a failure on one rank stops every rank with the message instead of a hang.
+- Collecting (`collect`): rank 0 receives every batch's result in the order of the batch list, one
+  batch at a time, point to point (no shared file system needed; with NCCL through a gloo group, in
+  host memory); the tool merges them exactly (image scores in order, `siad.metrics.PixelState.merge`
+  for the pixel metrics, CSV rows in order).
+
+Nothing here runs at import time; torch, Accelerate and torch.distributed are imported when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Mapping, Protocol, Sequence, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from siad.config import SIADConfig
+    from siad.image import PreparedImage
+
+Payload = TypeVar("Payload")
+Result = TypeVar("Result")
+
+# How long a process waits in a collective for the others: shards end at different times (a slow class,
+# a reference bank), and rank 0 merges class by class while the others wait to send.
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
+RESUME_FOLDER = ".siad-resume"  # under the output folder: one sub-folder per run, removed when it ends
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+# ------------------------------------------------------------------------------------ processes
+@dataclass(frozen=True)
+class Processes:
+    """This process in the run: `rank` of `world` processes (`local_rank` on its machine), and the
+    torch device it uses."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    local_rank: int = 0
+    # the torch.distributed group that carries results and messages (host objects): None is the default
+    # group (gloo on the CPU); with NCCL, a gloo group over the same processes, so that results travel
+    # through host memory and TCP, not through GPU memory
+    group: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def label(self) -> str:
+        """"rank 1/8", for messages."""
+        return f"rank {self.rank}/{self.world}"
+
+
+def launched_world_size() -> int:
+    """The number of processes a launcher (torchrun, accelerate launch, mpirun) started, from its
+    environment; 1 for a plain `python` command."""
+    for name in _WORLD_SIZE_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return int(value)
+    return 1
+
+
+def start_processes(device: str = "cpu") -> Processes:
+    """This process's rank, the number of processes and its device.
+
+    One process (no launcher): `Processes(0, 1, device)`, nothing initialised. Launched with several
+    processes: Accelerate's `PartialState` initialises torch.distributed (gloo when `device` is "cpu",
+    else the accelerator's backend, e.g. NCCL) and "cuda" becomes this process's GPU
+    (`cuda:<local rank>`); any other device is used as given. Call it once per process (with NCCL it
+    makes the gloo group that carries the results: a collective call)."""
+    world = launched_world_size()
+    if world <= 1:
+        return Processes(device=device)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu", timeout=COLLECTIVE_TIMEOUT)
+    if state.num_processes != world:
+        raise ValueError(f"the launcher started {world} processes but Accelerate sees {state.num_processes} "
+                         f"({state.distributed_type}): with --device {device} on this machine each process would "
+                         "run everything alone (no GPU here? give --device cpu)")
+    resolved = str(state.device) if device == "cuda" else device
+    group = None
+    if state.backend != "gloo":
+        import torch.distributed as dist
+
+        group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+    return Processes(rank=state.process_index, world=state.num_processes, device=resolved,
+                     local_rank=state.local_process_index, group=group)
+
+
+def in_turns(processes: Processes, action: Callable[[], Result]) -> Result:
+    """`action()` on every process, rank 0 first, then the first process of each other machine, then the
+    rest: what rank 0 writes into a cache (tiled KolektorSDD) the others reuse on a shared file system,
+    and on a machine of its own the first process writes it for the others there."""
+    turn = 0 if processes.is_main else (1 if processes.local_rank == 0 else 2)
+    result: Result | None = None
+    for step in range(3 if processes.world > 1 else 1):
+        if step == turn:
+            result = action()
+        barrier(processes)
+    return result  # type: ignore[return-value]
+
+
+def barrier(processes: Processes) -> None:
+    """Wait until every process gets here (nothing with one process)."""
+    if processes.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier(group=processes.group)
+
+
+# ------------------------------------------------------------------------------------ batches and shards
+@dataclass(frozen=True)
+class Batch:
+    """Items [start, stop) of a run's item list, all of one group; `index`: its place in the batch list."""
+
+    index: int
+    group: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def plan_batches(groups: Sequence[tuple[str, int]], batch_size: int) -> list[Batch]:
+    """The batches of items laid out group after group (`groups`: (name, number of items) in order):
+    each group cut into batches of `batch_size` (its last batch may be smaller), never across groups."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batches: list[Batch] = []
+    offset = 0
+    for name, count in groups:
+        for start in range(offset, offset + count, batch_size):
+            batches.append(Batch(index=len(batches), group=name, start=start, stop=min(start + batch_size,
+                                                                                         offset + count)))
+        offset += count
+    return batches
+
+
+def shard_bounds(count: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of the `count` batches that process `rank` of `world` runs: contiguous blocks, the
+    first `count % world` processes one batch more (Accelerate's `split_between_processes`, unpadded)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, {world})")
+    per_process, extras = divmod(count, world)
+    start = rank * per_process + min(rank, extras)
+    return start, start + per_process + (1 if rank < extras else 0)
+
+
+def owner_of(position: int, count: int, world: int) -> int:
+    """The rank whose shard holds position `position` of `count` batches."""
+    per_process, extras = divmod(count, world)
+    boundary = extras * (per_process + 1)  # the first `extras` ranks hold per_process + 1 each
+    if position < boundary:
+        return position // (per_process + 1)
+    return extras + (position - boundary) // per_process
+
+
+def shard(batches: Sequence[Batch], processes: Processes) -> list[Batch]:
+    """This process's batches (`shard_bounds`)."""
+    start, stop = shard_bounds(len(batches), processes.rank, processes.world)
+    return list(batches[start:stop])
+
+
+# ------------------------------------------------------------------------------------ stores
+class BatchStore(Protocol[Payload]):
+    """Where a run keeps each finished batch's result, by batch index."""
+
+    def has(self, index: int) -> bool: ...
+
+    def save(self, index: int, payload: Payload) -> None: ...
+
+    def load(self, index: int) -> Payload: ...
+
+    def discard(self) -> None: ...
+
+
+class MemoryStore(Generic[Payload]):
+    """Results in memory (API calls; nothing to resume)."""
+
+    def __init__(self) -> None:
+        self._results: dict[int, Payload] = {}
+
+    def has(self, index: int) -> bool:
+        return index in self._results
+
+    def save(self, index: int, payload: Payload) -> None:
+        self._results[index] = payload
+
+    def load(self, index: int) -> Payload:
+        return self._results[index]
+
+    def discard(self) -> None:
+        self._results.clear()
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write a file through `write(binary handle)` into a temporary file beside `path`, then rename it
+    over `path`: a reader (or a resumed run) sees the whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with temporary.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def json_array(value: Any) -> np.ndarray:
+    """A JSON-able value as a uint8 array (to store beside arrays in an .npz file)."""
+    return np.frombuffer(json.dumps(value).encode("utf-8"), dtype=np.uint8)
+
+
+def from_json_array(array: np.ndarray) -> Any:
+    return json.loads(bytes(np.asarray(array, dtype=np.uint8)).decode("utf-8"))
+
+
+class DiskStore(Generic[Payload]):
+    """Results as `<folder>/batch-<index>.npz` files (arrays only, read with allow_pickle=False), each
+    written atomically; `encode` / `decode` turn a result into named arrays and back."""
+
+    def __init__(self, folder: Path, encode: Callable[[Payload], dict[str, np.ndarray]],
+                 decode: Callable[[Mapping[str, np.ndarray]], Payload]) -> None:
+        self.folder = folder
+        self._encode = encode
+        self._decode = decode
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"batch-{index:06d}.npz"
+
+    def has(self, index: int) -> bool:
+        return self.path(index).is_file()
+
+    def save(self, index: int, payload: Payload) -> None:
+        arrays = self._encode(payload)
+        atomic_write(self.path(index), lambda handle: np.savez(handle, **arrays))
+
+    def load(self, index: int) -> Payload:
+        with np.load(self.path(index), allow_pickle=False) as archive:
+            return self._decode({name: archive[name] for name in archive.files})
+
+    def discard(self) -> None:
+        """Remove this run's folder (and the resume folder above it when nothing else is left there)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:
+            pass
+
+
+def run_folder(out: Path, tool: str, description: Mapping[str, Any]) -> Path:
+    """The folder of one run's batch files: `<out>/.siad-resume/<tool>-<hash of description>`. The
+    description holds everything the results depend on (model, images, settings, batch size), so a
+    rerun with other settings never picks up results that are not its own."""
+    import hashlib
+
+    text = json.dumps(description, sort_keys=True, default=str)
+    return out / RESUME_FOLDER / f"{tool}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a tool runs its batches: `processes` (`start_processes`), DataLoader `workers` (0: images
+    are loaded in this process), `folder` under which finished batches are kept on disk for resuming
+    (None: in memory), and `resume` (skip the batches kept by an interrupted run with the same
+    description)."""
+
+    processes: Processes = Processes()
+    workers: int = 0
+    folder: Path | None = None
+    resume: bool = False
+
+    def store(self, tool: str, description: Mapping[str, Any], encode: Callable[[Payload], dict[str, np.ndarray]],
+              decode: Callable[[Mapping[str, np.ndarray]], Payload]) -> "BatchStore[Payload]":
+        """The store of one run: a `DiskStore` in `run_folder(folder, tool, description)`, or in memory."""
+        if self.folder is None:
+            return MemoryStore()
+        return DiskStore(run_folder(self.folder, tool, description), encode, decode)
+
+
+def file_identity(spec: str) -> Any:
+    """What a run's results depend on in a model given by `spec`: for a local folder, the size and
+    modification time of each file in it (a retrained model in the same folder is another model; its
+    card, README.md, is left out: `--card` rewrites it), else `spec` itself (a Hub id, zero-shot:...)."""
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return spec
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in folder.rglob("*") if p.is_file() and p.name != "README.md")
+
+
+# ------------------------------------------------------------------------------------ loading
+@dataclass(frozen=True)
+class BatchItem:
+    """One image of a batch as the DataLoader gives it: `image` (None when it could not be read, then
+    `error` says why) and, for overlays, `rgb`, the decoded image its maps come back at."""
+
+    index: int
+    path: str
+    image: PreparedImage | None
+    rgb: np.ndarray | None = None
+    error: str | None = None
+
+
+class ImageFiles:
+    """A map-style dataset of image files for a torch DataLoader: item i is the `BatchItem` of
+    `paths[i]` (`siad.image.prepare_image` with `config`). `for_overlays`: keep the decoded RGB image
+    and bring the maps back at its size (what `siad.predict` draws on); otherwise at the original size."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], config: SIADConfig, for_overlays: bool = False) -> None:
+        self.paths = [str(p) for p in paths]
+        self.config = config
+        self.for_overlays = for_overlays
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> BatchItem:
+        from siad.image import load_rgb, prepare_image
+
+        path = self.paths[index]
+        try:
+            if not self.for_overlays:
+                return BatchItem(index=index, path=path, image=prepare_image(path, self.config))
+            rgb = load_rgb(path, self.config.max_input_side, self.config.max_input_pixels).rgb
+            prepared = dataclasses.replace(prepare_image(rgb, self.config), source=path)
+            return BatchItem(index=index, path=path, image=prepared, rgb=rgb)
+        except (ValueError, OSError) as error:
+            return BatchItem(index=index, path=path, image=None, error=str(error))
+
+
+def _as_list(items: list[BatchItem]) -> list[BatchItem]:
+    return list(items)
+
+
+def batch_loader(dataset: ImageFiles, batches: Sequence[Batch], workers: int) -> Iterator[list[BatchItem]]:
+    """The items of `batches`, batch by batch in order, loaded by `workers` DataLoader worker processes
+    (0: in this process) that run ahead of the consumer by up to two batches each."""
+    if not batches:
+        return iter(())
+    from torch.utils.data import DataLoader
+
+    index_lists = [list(range(b.start, b.stop)) for b in batches]
+    loader = DataLoader(dataset, batch_sampler=index_lists, collate_fn=_as_list, num_workers=workers,
+                        prefetch_factor=2 if workers > 0 else None)
+    return iter(loader)
+
+
+# ------------------------------------------------------------------------------------ running
+@dataclass
+class ShardReport:
+    """What one process did: batches (and images) run and resumed, and the failure that stopped it."""
+
+    ran: list[int] = field(default_factory=list)
+    resumed: list[int] = field(default_factory=list)
+    images: int = 0
+    seconds: float = 0.0
+    failure: str | None = None
+
+
+class RunFailed(RuntimeError):
+    """A process of the run failed; the message names the rank and the files."""
+
+
+def log(processes: Processes, message: str) -> None:
+    """A line on stderr naming the rank when there are several processes."""
+    prefix = f"siad [{processes.label}]" if processes.world > 1 else "siad"
+    print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+
+
+def run_shard(batches: Sequence[Batch], paths: Sequence[str | os.PathLike],
+              work: Callable[[Batch, list[BatchItem]], Payload], store: BatchStore[Payload], processes: Processes,
+              *, config: SIADConfig, workers: int = 0, resume: bool = False, for_overlays: bool = False,
+              progress: bool = True, title: str = "run",
+              each: Callable[[Batch, Payload], None] | None = None) -> ShardReport:
+    """Run this process's shard of `batches` (over the images `paths`): `work(batch, items)` per batch,
+    its result saved in `store`. With `resume`, batches whose result the store has are skipped (and
+    loaded for `each`). `each(batch, result)` is called for every batch of the shard in order.
+
+    An exception in a batch is logged (rank, batch, files) and stops the shard: the returned report's
+    `failure` holds the message; give it to `check_failures`. KeyboardInterrupt and the like propagate."""
+    from tqdm.auto import tqdm
+
+    mine = shard(batches, processes)
+    done = [b for b in mine if resume and store.has(b.index)]
+    done_indices = {b.index for b in done}
+    todo = [b for b in mine if b.index not in done_indices]
+    report = ShardReport(resumed=[b.index for b in done])
+    total = sum(b.size for b in mine)
+    where = f" [{processes.label}: {total} of {sum(b.size for b in batches)} images]" if processes.world > 1 else ""
+    bar = tqdm(total=total, initial=sum(b.size for b in done), desc=title + where, unit="img", file=sys.stderr,
+               disable=not (progress and processes.is_main), dynamic_ncols=True)
+    if done:
+        log(processes, f"{title}: resuming, {len(done)} of {len(mine)} batches of this process already done")
+    start = time.perf_counter()
+    loaded = batch_loader(ImageFiles(paths, config, for_overlays), todo, workers)
+    current: Batch | None = None
+    try:
+        for batch in mine:
+            current = batch
+            if batch.index in done_indices:
+                if each is not None:
+                    each(batch, store.load(batch.index))
+                continue
+            bar.set_postfix_str(batch.group, refresh=False)
+            result = work(batch, next(loaded))
+            store.save(batch.index, result)
+            report.ran.append(batch.index)
+            report.images += batch.size
+            if each is not None:
+                each(batch, result)
+            bar.update(batch.size)
+    except Exception as error:  # noqa: BLE001 - reported with the rank and the files, then agreed on
+        report.failure = _failure_message(processes, current, paths, error)
+        log(processes, report.failure)
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - start
+    if processes.world > 1 or done:
+        log(processes, f"{title}: ran {len(report.ran)} batches ({report.images} images) in {report.seconds:.1f} s"
+                       f"{_ranges(report.ran)}, resumed {len(report.resumed)}{_ranges(report.resumed)}")
+    return report
+
+
+def _failure_message(processes: Processes, batch: Batch | None, paths: Sequence[str | os.PathLike],
+                     error: Exception) -> str:
+    where = "before its first batch" if batch is None else (
+        f"on batch {batch.index} ({batch.group}: {', '.join(str(paths[i]) for i in range(batch.start, batch.stop))})")
+    return f"{processes.label} failed {where}: {type(error).__name__}: {error}"
+
+
+def _ranges(indices: list[int]) -> str:
+    """" [batches 0-3, 7]" for messages ("" when empty)."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    parts = [str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs]
+    return f" [batches {', '.join(parts)}]" if parts else ""
+
+
+def check_failures(failure: str | None, processes: Processes) -> None:
+    """Every process gives its failure (or None); if any failed, every process raises `RunFailed` with
+    all the messages (with one process: raise its own)."""
+    failures = [failure]
+    if processes.world > 1:
+        import torch.distributed as dist
+
+        gathered: list[str | None] = [None] * processes.world
+        dist.all_gather_object(gathered, failure, group=processes.group)
+        failures = gathered
+    messages = [f for f in failures if f]
+    if messages:
+        raise RunFailed("; ".join(messages))
+
+
+def collect(batches: Sequence[Batch], total: int, load: Callable[[Batch], Payload],
+            processes: Processes) -> Iterator[tuple[Batch, Payload]]:
+    """Every batch of `batches` (a part of a batch list of `total` batches, in order) with its result,
+    on rank 0, in order: its own from `load`, the others' received from their owner (`owner_of`), one
+    at a time. The other ranks send the results of their batches and yield nothing. Every process must
+    iterate it to the end with the same `batches`."""
+    for batch in batches:
+        owner = owner_of(batch.index, total, processes.world)
+        if processes.is_main:
+            yield batch, (load(batch) if owner == 0 else _receive(owner, processes))
+        elif processes.rank == owner:
+            _send(load(batch), processes)
+
+
+def _send(payload: Any, processes: Processes) -> None:
+    import torch.distributed as dist
+
+    dist.send_object_list([payload], dst=0, group=processes.group)
+
+
+def _receive(source: int, processes: Processes) -> Any:
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    dist.recv_object_list(box, src=source, group=processes.group)
+    return box[0]
