@@ -7,12 +7,14 @@ It runs, on the CPU by default:
   2. one follow-up `chat` turn (served from the cache of passes: one generation);
   3. one training step of `forward` (both passes, focal + dice + LM loss) with the LoRA adapter and the
      trainable modules in float32 under bf16 autocast, as `train/train.py` does for `model.dtype:
-     bfloat16`, then an AdamW step;
+     bfloat16`, with the LLM's activation checkpointing (`train.grad_checkpointing: true`; off with
+     --no-grad-checkpointing), then an AdamW step;
 and prints the shapes at each stage, the time of each stage and the peak resident memory (RSS) against
 the size of the weights. A benchmark, not a test: it needs about 21 GB of RAM and several minutes on 2
 CPU cores.
 
     python benchmarks/full_size_smoke.py [--new-tokens 4] [--device cpu] [--threads 2] [--preset tiny]
+        [--no-grad-checkpointing]
 """
 
 from __future__ import annotations
@@ -103,10 +105,12 @@ def shapes(model: SIADModel, picture: np.ndarray) -> list[str]:
     return lines
 
 
-def training_step(model: SIADModel, picture: np.ndarray) -> tuple[dict[str, float], float]:
+def training_step(model: SIADModel, picture: np.ndarray, checkpointing: bool) -> tuple[dict[str, float], float]:
     """One optimizer step on a pair (the normal image and its CutPaste copy): trainable parameters in
-    float32, bf16 autocast (what train.py does for model.dtype bfloat16 with mixed_precision bf16)."""
+    float32, bf16 autocast (what train.py does for model.dtype bfloat16 with mixed_precision bf16),
+    the LLM's activations checkpointed when `checkpointing`."""
     from siad.image import resize_for_encoder
+    from siad.llm import enable_activation_checkpointing
 
     normal = resize_for_encoder(picture, model.config.image_size)
     pseudo = cutpaste_poisson(normal, normal, np.random.default_rng(0))
@@ -115,6 +119,8 @@ def training_step(model: SIADModel, picture: np.ndarray) -> tuple[dict[str, floa
     batch = {"images": images, "masks": masks, "class_names": ["screw", "screw"],
              "answers": ["No, there is no anomaly in the image.", "Yes, there is an anomaly in the image."]}
     model.train()
+    if checkpointing:
+        enable_activation_checkpointing(model.llm.get_base_model())
     trainable = [p for _, p in model.trainable_parameters()]
     for p in trainable:
         p.data = p.data.float()
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--preset", choices=["full", "tiny"], default="full", help="tiny: try the script quickly")
+    parser.add_argument("--no-grad-checkpointing", action="store_true",
+                        help="keep the LLM's activations in the training step (4.2 GB more at full size)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
           f"weights and buffers {weights / GB:.2f} GB in bf16; RSS {current_rss() / GB:.2f} GB "
           f"(peak {peak_rss() / GB:.2f} GB, {baseline / GB:.2f} GB before building)")
     picture = image()
-    print("\nshapes:")
+    model.timer = StageTimer(device)
+    print("\nshapes (pass 1 without the LLM; the class's text features computed here, then cached):")
     for line in shapes(model, picture):
         print(f"  {line}")
-    model.timer = StageTimer(device)
+    print("  " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in model.timer.seconds.items()))
+    model.timer.reset()
     start = time.perf_counter()
     result = model.detect([picture], ["screw"])[0]
     detect_s = time.perf_counter() - start
@@ -168,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in sorted(model.timer.seconds.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<16} {seconds:8.2f} s  ({model.timer.calls[name]} calls)")
     model.timer = None
-    losses, step_s = training_step(model, picture)
-    print(f"\none training step (forward of both passes, backward, AdamW): {step_s:.1f} s; "
+    checkpointing = not args.no_grad_checkpointing
+    before = peak_rss()
+    losses, step_s = training_step(model, picture, checkpointing)
+    print(f"\none training step (forward of both passes, backward, AdamW; LLM activation checkpointing "
+          f"{'on' if checkpointing else 'off'}): {step_s:.1f} s, peak RSS {before / GB:.2f} -> {peak_rss() / GB:.2f} GB; "
           + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
     peak = peak_rss()
     print(f"\npeak RSS {peak / GB:.2f} GB = {peak / weights:.2f} x the weights ({weights / GB:.2f} GB); "

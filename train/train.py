@@ -154,18 +154,10 @@ def build_model(settings: T.RunSettings, config: Any, accelerator: Any) -> Any:
         for _, param in model.trainable_parameters():
             param.data = param.data.float()
     if settings.train.grad_checkpointing:
-        enable_llm_checkpointing(model.llm.get_base_model())
+        from siad.llm import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model.llm.get_base_model())
     return model.train()
-
-
-def enable_llm_checkpointing(llm: Any) -> None:
-    """Activation (gradient) checkpointing of the LLM's decoder layers (transformers >= 5.x names it
-    `activation_checkpointing_enable`, earlier `gradient_checkpointing_enable`)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(llm, "activation_checkpointing_enable"):
-        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def make_optimizer(settings: T.RunSettings, model: Any, total_steps: int) -> tuple[Any, Any]:
