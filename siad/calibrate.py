@@ -55,8 +55,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from siad.runner import (Batch, BatchItem, MemoryStore, Processes, RunFailed, RunOptions, check_failures, collect,
-                         plan_batches, run_shard, start_processes)
+from siad.runner import (Batch, BatchItem, MemoryStore, Processes, RunFailed, RunOptions, add_run_arguments,
+                          check_failures, collect, plan_batches, run_shard, start_processes)
 
 __all__ = ["threshold_for_fpr", "threshold_f1_max", "write_threshold", "main"]
 
@@ -183,15 +183,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--smooth-sigma", type=float, default=None,
                         help="Gaussian sigma before scoring; stored with the threshold (default: the model's own)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per detect call (default 8)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--out", type=Path, default=None,
                         help="save a calibrated copy of the model here instead of editing the model folder")
     parser.add_argument("--dry-run", action="store_true", help="only print the threshold")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="DataLoader worker processes that read and resize the images while the model runs "
-                             "(default 2; 0: in the main process)")
+    add_run_arguments(parser)
     return parser
 
 

@@ -117,9 +117,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, barrier, check_failures, collect,
-                         file_identity, from_json_array, in_turns, json_array, plan_batches, run_shard,
-                         start_processes)
+from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, add_run_arguments, barrier,
+                          check_failures, collect, file_identity, from_json_array, in_turns, json_array, plan_batches,
+                          run_shard, start_processes)
 
 PASSES: tuple[str, str] = ("pass1", "pass2")
 SCORE_SYMBOL = {"pass1": "S", "pass2": "S'"}
@@ -1033,18 +1033,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shot-seeds", type=int, nargs="+", default=None, metavar="SEED",
                         help="with --shots: the seeds of the references' draw, one evaluation each, reported with "
                              "their mean (default: 0)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--qualitative", type=int, default=8, help="rows of qualitative.png (default 8; 0: none)")
     parser.add_argument("--no-plots", action="store_true", help="write the reports only")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where raw KolektorSDD is tiled (default: <out>/cache)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="DataLoader worker processes that read and resize the images while the model runs "
-                             "(default 2; 0: in the main process)")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip the batches an interrupted run with the same model, data and settings finished "
+    add_run_arguments(parser, resume="skip the batches an interrupted run with the same model, data and settings finished "
                              "(kept in <out>/.siad-resume until the report is written)")
     parser.add_argument("--card", action="store_true",
                         help="write the measured results into the evaluated model folder's card (README.md "

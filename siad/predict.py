@@ -48,9 +48,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, barrier, check_failures, collect,
-                         file_identity, from_json_array, json_array, log, owner_of, plan_batches, run_shard,
-                         start_processes)
+from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, add_run_arguments, barrier,
+                          check_failures, collect, file_identity, from_json_array, json_array, log, owner_of,
+                          plan_batches, run_shard, start_processes)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 CSV_NAME = "predictions.csv"
@@ -297,14 +297,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-self-improve", action="store_true", help="pass 1 only (answer R, no refined pass)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per detect call (default 8)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="DataLoader worker processes that read and resize the images while the model runs "
-                             "(default 2; 0: in the main process)")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip the batches an interrupted run with the same model, images and settings finished "
+    add_run_arguments(parser, resume="skip the batches an interrupted run with the same model, images and settings finished "
                              "(kept in <out>/.siad-resume until the run ends)")
     return parser
 

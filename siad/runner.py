@@ -299,6 +299,18 @@ def run_folder(out: Path, tool: str, description: Mapping[str, Any]) -> Path:
     return out / RESUME_FOLDER / f"{tool}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
 
 
+def add_run_arguments(parser: Any, resume: str | None = None) -> None:
+    """The options every tool that runs a model over images shares (evaluate, predict, calibrate):
+    --device, --dtype, --workers and, when `resume` says what a resumed run skips, --resume."""
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes that read and resize the images while the model runs "
+                             "(default 2; 0: in the main process)")
+    if resume is not None:
+        parser.add_argument("--resume", action="store_true", help=resume)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a tool runs its batches: `processes` (`start_processes`), DataLoader `workers` (0: images

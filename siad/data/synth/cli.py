@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from siad.data.synth.common import SynthError
 from siad.data.synth.writing import DEFAULTS, SMALL, generate
@@ -41,18 +41,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a former SIAD-Synth set in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(arguments)
-    settings = dict(SMALL if args.small else DEFAULTS)
+    summary, elapsed = _write(parser, args, generate, dict(SMALL if args.small else DEFAULTS))
+    print(f"wrote {summary['total_images']} images and {summary['total_masks']} masks to {args.out} "
+          f"in {elapsed:.1f} s (seed {args.seed})")
+    return 0
+
+
+def _write(parser: argparse.ArgumentParser, args: argparse.Namespace, write: Callable[..., dict],
+           settings: dict) -> tuple[dict, float]:
+    """Run a set's writer with the parsed options (--size overriding the settings); a problem with the
+    output folder or a setting exits with status 2. Returns the set's summary and the seconds it took."""
     if args.size is not None:
         settings["size"] = args.size
     start = time.perf_counter()
     try:
-        summary = generate(args.out, args.seed, overwrite=args.overwrite, progress=not args.quiet, **settings)
+        summary = write(args.out, args.seed, overwrite=args.overwrite, progress=not args.quiet, **settings)
     except (SynthError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    elapsed = time.perf_counter() - start
-    print(f"wrote {summary['total_images']} images and {summary['total_masks']} masks to {args.out} "
-          f"in {elapsed:.1f} s (seed {args.seed})")
-    return 0
+    return summary, time.perf_counter() - start
 
 
 def _family_main(command: str, arguments: list[str]) -> int:
@@ -86,14 +92,7 @@ def _family_main(command: str, arguments: list[str]) -> int:
     else:
         settings = dict(sets.HELDOUT_SMALL if args.small else sets.HELDOUT_DEFAULTS)
         write = sets.generate_heldout if command == "heldout" else sets.generate_validation
-    if args.size is not None:
-        settings["size"] = args.size
-    start = time.perf_counter()
-    try:
-        summary = write(args.out, args.seed, overwrite=args.overwrite, progress=not args.quiet, **settings)
-    except (SynthError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    elapsed = time.perf_counter() - start
+    summary, elapsed = _write(parser, args, write, settings)
     rate = summary["total_images"] / max(elapsed, 1e-9)
     print(f"wrote {summary['total_images']} images and {summary['total_masks']} masks of "
           f"{len(summary['families'])} families to {args.out} in {elapsed:.1f} s ({rate:.1f} images/s, "
