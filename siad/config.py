@@ -122,6 +122,9 @@ class SIADConfig:
             "layer": a per-patch LayerNorm, which removes the level, so that an all-0 and an all-1
             map give the same tokens (every model before format 3 was trained with it; kept to load them).
         logit_scale: the scale of the cosine logits between patch and text features.
+        center_patch_features: subtract each image's mean patch feature (per stage) before the cosine
+            with the text (beyond the paper; for encoders trained from scratch, whose maps otherwise
+            never start to localise: see `AnomalyMapHead`). False: the paper's maps.
 
     LLM side:
         llm_name_or_path: Hub id or local path of the causal LM (any `AutoModelForCausalLM`).
@@ -201,6 +204,7 @@ class SIADConfig:
     pem_groups: int = 9
     pem_norm: str = "center"
     logit_scale: float = 100.0
+    center_patch_features: bool = False
 
     # --- LLM -----------------------------------------------------------------------
     llm_name_or_path: str | None = "lmsys/vicuna-7b-v1.5"

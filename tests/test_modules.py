@@ -214,3 +214,16 @@ def test_pem_patches_are_unfolds_patches():
     maps = torch.rand(3, 4, 224, 224)
     expected = torch.nn.functional.unfold(maps, kernel_size=16, stride=16).transpose(1, 2)
     assert torch.equal(pem.patches(maps), expected)
+
+
+def test_map_head_centering_compares_each_patch_with_the_rest_of_its_image():
+    torch.manual_seed(0)
+    features = [torch.randn(2, 16, 8) for _ in range(2)]
+    text = torch.nn.functional.normalize(torch.randn(2, 2, 2, 8), dim=-1)
+    centred = AnomalyMapHead(32, 10.0, center_patches=True)
+    shifted = [f + torch.randn(2, 1, 8) * 5 for f in features]  # a shift shared by an image's patches
+    assert torch.allclose(centred.logits(features, text), centred.logits(shifted, text), atol=1e-4)
+    plain = AnomalyMapHead(32, 10.0)
+    assert not torch.allclose(plain.logits(features, text), plain.logits(shifted, text), atol=1e-2)
+    expected = plain.logits([f - f.mean(dim=1, keepdim=True) for f in features], text)
+    assert torch.allclose(centred.logits(features, text), expected, atol=1e-6)
