@@ -65,8 +65,9 @@ CUTPASTE = "cutpaste"
 KINDS: tuple[str, ...] = (CUTPASTE,) + tuple(f"{s}:{c}" for s in SHAPES for c in CONTENTS)
 
 # Default mixture: thin shapes (scar, spots, curve) make up half of the shapes; blobs and rectangles
-# span small to large. At 224 x 224 on SIAD-Synth family images this gives masks of median area
-# ~250 px (10 % / 90 %: ~35 / ~3200 px), 43 % under 196 px (one 14 x 14 patch), median width ~10 px.
+# span small to large. At 224 x 224 on SIAD-Synth family images (1500 draws) this gives masks of
+# median area ~400 px (10 % / 90 %: ~105 / ~3500 px), 25 % under 196 px (one 14 x 14 patch), 62 %
+# under 600 px, median width ~12 px, 31 % under 8 px wide.
 SHAPE_WEIGHTS: Mapping[str, float] = MappingProxyType({
     "rectangle": 0.20, "scar": 0.20, "blob": 0.30, "spots": 0.12, "curve": 0.18,
 })
@@ -78,6 +79,13 @@ CUTPASTE_WEIGHT = 0.05
 
 # The reference side: shape sizes are given at 224 x 224 and scaled with sqrt(H * W) / 224.
 _REFERENCE_SIDE = 224.0
+# The smallest shapes (at 224 x 224): lines at least 2 px wide, spots of radius 3 px, blobs of 64 px.
+# Smaller ones (1 px lines, 1 px spots, 16 px blobs, as the first version drew) cannot be localised
+# by a model with 14-px patches: fitting one batch of the mini, its 23- and 30-px pseudo-anomalies
+# were never found while a 1517-px one was; real defects are larger (SIAD-Synth's median ~500 px).
+MIN_THIN_WIDTH = 2.0
+MIN_SPOT_RADIUS = 3.0
+MIN_BLOB_AREA = 64.0
 # Pixels of context around a shape's bounding box (blur, sharpen, displacement read from there).
 _MARGIN = 12
 # Poisson blending erodes its mask: thin shapes are blended through their dilation by this much.
@@ -135,8 +143,8 @@ def _rectangle(rng: np.random.Generator, height: int, width: int, scale: float) 
 
 
 def _scar(rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
-    thickness = max(1, round(_log_uniform(rng, 1.0, 10.5) * scale))
-    length = _log_uniform(rng, 10.0, 120.0) * scale
+    thickness = max(1, round(_log_uniform(rng, MIN_THIN_WIDTH, 10.5) * scale))
+    length = _log_uniform(rng, 20.0, 120.0) * scale
     angle = rng.uniform(0.0, math.pi)
     cx, cy = _point(rng, height, width)
     dx, dy = 0.5 * length * math.cos(angle), 0.5 * length * math.sin(angle)
@@ -148,7 +156,7 @@ def _scar(rng: np.random.Generator, height: int, width: int, scale: float) -> np
 def _blob(rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
     """Smooth noise on a small grid, upsampled over a box, times a radial falloff, thresholded at the
     quantile that leaves the target area; the largest region is kept."""
-    area = _log_uniform(rng, 16.0 * scale * scale, 0.15 * height * width)
+    area = _log_uniform(rng, MIN_BLOB_AREA * scale * scale, 0.15 * height * width)
     fill = rng.uniform(0.3, 0.5)  # fraction of the box the blob covers
     aspect = _log_uniform(rng, 0.5, 2.0)
     box_h = min(height, max(2, round(math.sqrt(area / fill * aspect))))
@@ -180,7 +188,7 @@ def _spots(rng: np.random.Generator, height: int, width: int, scale: float) -> n
     cx, cy = _point(rng, height, width)
     canvas = np.zeros((height, width), np.uint8)
     for k in range(count):
-        radius = _log_uniform(rng, 1.0, 8.0) * scale
+        radius = _log_uniform(rng, MIN_SPOT_RADIUS, 10.0) * scale
         axes = (max(1, round(radius * rng.uniform(0.7, 1.3))), max(1, round(radius * rng.uniform(0.7, 1.3))))
         ox, oy = (0.0, 0.0) if k == 0 else (rng.uniform(-spread, spread), rng.uniform(-spread, spread))
         centre = (round(cx + ox), round(cy + oy))
@@ -191,8 +199,8 @@ def _spots(rng: np.random.Generator, height: int, width: int, scale: float) -> n
 def _curve(rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
     """An open path from a random walk of the heading: a few long segments with sharp turns
     (a polyline) or many short ones with small turns (a smooth curve)."""
-    thickness = max(1, round(_log_uniform(rng, 1.0, 6.5) * scale))
-    length = _log_uniform(rng, 15.0, 160.0) * scale
+    thickness = max(1, round(_log_uniform(rng, MIN_THIN_WIDTH, 6.5) * scale))
+    length = _log_uniform(rng, 20.0, 160.0) * scale
     if rng.random() < 0.5:
         steps, turn = int(rng.integers(2, 6)), 1.2
     else:
