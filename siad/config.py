@@ -173,6 +173,13 @@ class SIADConfig:
             best) or "visual" (the adapted features S_emd_k).
         max_bank_patches: the greedy coreset's bound on a bank's rows per stage (None: no bound);
             4096 keeps 16 shots of 256 patches whole.
+
+    Self-reference (beyond the paper; zero-shot, no extra input): an image without references is its
+    own reference, the "local break of the image's own regularity" (`siad.references.self_reference_maps`):
+        self_reference_weight: w in fused_k = (1 - w) * M_k + w * R_self_k, fused before PEM as the
+            few-shot maps are; 0 (the default, the paper's model) turns it off.
+        self_reference_radius: a patch is compared with the image's patches outside its
+            (2r + 1) x (2r + 1) grid neighbourhood (its own surroundings would hide a defect that spans them).
     """
 
     # --- encoder -------------------------------------------------------------------
@@ -250,6 +257,10 @@ class SIADConfig:
     few_shot_weight: float = 0.9
     few_shot_features: str = "trunk"
     max_bank_patches: int | None = 4096
+
+    # --- self-reference (beyond the paper; zero-shot; off by default) ------------------
+    self_reference_weight: float = 0.0
+    self_reference_radius: int = 2
 
     # the text encoder's context (fixed by ImageBind's TextPreprocessor) and vocabulary
     text_context_length: int = field(default=77, init=False, repr=False)
@@ -353,6 +364,11 @@ class SIADConfig:
             fail("logit_scale", "must be positive")
         if not 0.0 <= self.few_shot_weight <= 1.0:
             fail("few_shot_weight", "must lie in [0, 1]")
+        if not 0.0 <= self.self_reference_weight <= 1.0:
+            fail("self_reference_weight", "must lie in [0, 1]")
+        if (not isinstance(self.self_reference_radius, int) or isinstance(self.self_reference_radius, bool)
+                or self.self_reference_radius < 0):
+            fail("self_reference_radius", "must be an integer >= 0")
         if self.max_bank_patches is not None and self.max_bank_patches <= 0:
             fail("max_bank_patches", "must be a positive integer or None (no bound)")
         if self.encoder_checkpoint is not None and not isinstance(self.encoder_checkpoint, str):

@@ -50,7 +50,8 @@ from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, Stage
 from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
 from siad.references import (ZERO_SHOT, ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
-                             model_fingerprint, normalise_class_name, reference_distances, reference_maps)
+                             model_fingerprint, normalise_class_name, reference_distances, reference_maps,
+                             self_reference_distances, self_reference_maps)
 
 Conversation = Sequence[Any]
 # What `detect` and `chat` take as few-shot references: None (zero-shot), one bank, a list of normal
@@ -123,11 +124,12 @@ class _Algorithm1:
 
 @dataclass(frozen=True)
 class _ReferenceMaps:
-    """The few-shot reference maps of a batch: maps B x K x S x S (R_k; zeros for an image without a
-    bank) and present, B booleans (which images have a bank)."""
+    """The reference maps of a batch: maps B x K x S x S (R_k of an image's bank, its self-reference
+    maps without one, zeros when neither applies) and weights, B fusion weights (few_shot_weight,
+    self_reference_weight or 0)."""
 
     maps: torch.Tensor
-    present: torch.Tensor
+    weights: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -525,15 +527,20 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def _reference_maps(self, vision: VisionFeatures, features: list[torch.Tensor],
                         banks: Sequence[ReferenceBank | None] | None) -> _ReferenceMaps | None:
-        """The reference maps R_k (`siad.references.reference_maps`) of the images with a bank, from the
-        stage tokens ("trunk" banks) or the adapted features K x (B x N x D) ("visual" banks); None when
-        no image has one. Images sharing a bank are searched together."""
-        if banks is None or all(bank is None for bank in banks):
+        """The reference maps of a batch: R_k (`siad.references.reference_maps`) for the images with a
+        bank, from the stage tokens ("trunk" banks) or the adapted features K x (B x N x D) ("visual"
+        banks), searched together for images sharing a bank; for the others, with
+        config.self_reference_weight > 0, their self-reference maps (`siad.references.self_reference_maps`,
+        zero-shot). None when no image gets either."""
+        batch = vision.stage_tokens[0].shape[0]
+        banks = list(banks) if banks is not None else [None] * batch
+        weight = self.config.self_reference_weight
+        if all(bank is None for bank in banks) and weight == 0.0:
             return None
         size = self.config.image_size
         with self._timed("references"):
-            maps = torch.zeros(len(banks), self.config.num_stages, size, size, device=self.device)
-            present = torch.zeros(len(banks), dtype=torch.bool, device=self.device)
+            maps = torch.zeros(batch, self.config.num_stages, size, size, device=self.device)
+            weights = torch.zeros(batch, device=self.device)
             groups: dict[int, list[int]] = {}
             for b, bank in enumerate(banks):
                 if bank is not None:
@@ -545,18 +552,27 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                 tokens = vision.stage_tokens if bank.features == "trunk" else features
                 distances = reference_distances([t[index] for t in tokens], bank)
                 maps[index] = reference_maps(distances, bank.normal_scale, size).to(maps.device)
-                present[index] = True
-        return _ReferenceMaps(maps=maps, present=present)
+                weights[index] = self.config.few_shot_weight
+            alone = [b for b, bank in enumerate(banks) if bank is None]
+            if alone and weight > 0.0:
+                index = torch.tensor(alone, device=self.device)
+                with torch.no_grad():
+                    distances = self_reference_distances([t[index].detach() for t in vision.stage_tokens],
+                                                         self.config.self_reference_radius)
+                    maps[index] = self_reference_maps(distances, size).to(maps.device)
+                weights[index] = weight
+        return _ReferenceMaps(maps=maps, weights=weights)
 
     def _fuse(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:
         """The pass with its stage maps fused with the reference maps (`siad.references.fuse_stage_maps`,
-        weight config.few_shot_weight) and its final map recombined; an image without a bank keeps its
+        each image with its own weight) and its final map recombined; an image of weight 0 keeps its
         maps exactly. The logits stay the text's (they are what the training loss reads)."""
         if reference is None:
             return one
-        fused = fuse_stage_maps(one.stage_maps, reference.maps, self.config.few_shot_weight)
-        if not bool(reference.present.all()):
-            fused = torch.where(reference.present[:, None, None, None], fused, one.stage_maps)
+        fused = fuse_stage_maps(one.stage_maps, reference.maps, reference.weights)
+        present = reference.weights > 0
+        if not bool(present.all()):
+            fused = torch.where(present[:, None, None, None], fused, one.stage_maps)
         return _Pass(logits=one.logits, stage_maps=fused, anomaly_map=self.map_head.combine(fused))
 
     # ------------------------------------------------------------------ training
@@ -569,7 +585,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         generates for pass 2) come from a teacher map made from its ground-truth mask
         (`teacher_stage_maps`) instead of the predicted stage maps, so that the LLM learns to read
         maps before the predicted ones are any good (a curriculum: train.py lowers it step by step).
-        The map losses always use the predicted maps.
+        The map losses always use the predicted maps; with config.self_reference_weight > 0 the LLM
+        reads them fused with the self-reference maps, as at inference.
         """
         config = self.config
         class_names = list(batch["class_names"])
@@ -583,9 +600,13 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         passes = [self.anomaly_maps(features, text)]
         taught = torch.rand(masks.shape[0], device=self.device) < teacher_maps if teacher_maps > 0 else None
         teacher = teacher_stage_maps(masks, config.num_stages) if taught is not None else None
+        self_reference = self._reference_maps(vision, features, None)
 
         def llm_maps(stage_maps: torch.Tensor) -> torch.Tensor:
-            """What the LLM reads: the predicted stage maps, or the teacher's for the taught images."""
+            """What the LLM reads: the predicted stage maps (fused with the self-reference maps when
+            they are on), or the teacher's for the taught images."""
+            if self_reference is not None:
+                stage_maps = fuse_stage_maps(stage_maps, self_reference.maps, self_reference.weights)
             if taught is None:
                 return stage_maps
             return torch.where(taught[:, None, None, None], teacher.to(stage_maps.dtype), stage_maps)

@@ -560,26 +560,69 @@ def reference_distances(stage_features: Sequence[torch.Tensor], bank: ReferenceB
 
 def reference_maps(distances: torch.Tensor, normal_scale: torch.Tensor, image_size: int) -> torch.Tensor:
     """B x K x G x G distances -> B x K x S x S reference maps R_k = d / (d + s_k) in [0, 1), the
-    grid upsampled as the text maps are (`AnomalyMapHead.upsample`); normal_scale: K values > 0."""
-    if distances.ndim != 4 or normal_scale.shape != (distances.shape[1],):
+    grid upsampled as the text maps are (`AnomalyMapHead.upsample`); normal_scale: K values > 0 (one
+    per stage) or B x K (one per image and stage)."""
+    batch, stages = distances.shape[:2] if distances.ndim == 4 else (None, None)
+    if distances.ndim != 4 or normal_scale.shape not in ((stages,), (batch, stages)):
         raise ValueError(f"distances {tuple(distances.shape)} must be B x K x G x G with one normal scale per stage "
-                         f"(got {tuple(normal_scale.shape)})")
+                         f"or per image and stage (got {tuple(normal_scale.shape)})")
     upsampled = AnomalyMapHead.upsample(distances.float(), image_size)
-    scale = normal_scale.to(device=upsampled.device, dtype=upsampled.dtype).view(1, -1, 1, 1)
+    scale = normal_scale.to(device=upsampled.device, dtype=upsampled.dtype)
+    scale = scale.view(1, -1, 1, 1) if scale.ndim == 1 else scale.view(batch, stages, 1, 1)
     return upsampled / (upsampled + scale)
 
 
-def fuse_stage_maps(text_maps: torch.Tensor, reference: torch.Tensor, weight: float) -> torch.Tensor:
+# ----------------------------------------------------------------------------------------- self-reference
+def self_reference_distances(stage_tokens: Sequence[torch.Tensor], radius: int) -> torch.Tensor:
+    """Zero-shot self-reference (beyond the paper): K x (B x N x D_k) stage tokens of the images ->
+    B x K x G x G float32 distances, each patch's 1 - max cosine to the same image's patches outside
+    its (2 radius + 1)^2 grid neighbourhood (3 x 3-aggregated as the banks are, `aggregate_patches`).
+
+    A patch that repeats elsewhere in its own image (texture, a part's regular structure) is near 0;
+    one the rest of the image never shows is far: the "local break of the image's own regularity"
+    that the training data teaches the text maps, computed without any training. Memory B x N x N."""
+    grids = []
+    for tokens in stage_tokens:
+        batch, count, _ = tokens.shape
+        side = math.isqrt(count)
+        if side * side != count:
+            raise ValueError(f"{count} patch tokens do not form a square grid")
+        if 2 * radius + 1 >= side:
+            raise ValueError(f"self-reference radius {radius} leaves no patch to compare with on a {side} x {side} grid")
+        features = aggregate_patches(tokens)
+        rows = torch.arange(side, device=tokens.device).repeat_interleave(side)
+        cols = torch.arange(side, device=tokens.device).repeat(side)
+        near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+        similarity = (features @ features.transpose(1, 2)).masked_fill_(near, -1.0)
+        grids.append((1.0 - similarity.amax(dim=-1)).clamp_(min=0.0).view(batch, side, side))
+    return torch.stack(grids, dim=1)
+
+
+def self_reference_maps(distances: torch.Tensor, image_size: int) -> torch.Tensor:
+    """B x K x G x G self-reference distances -> B x K x S x S maps R_self_k = d / (d + m), m the
+    image's own median distance at that stage (so 0.5 marks a typical patch of this image and a patch
+    the image repeats nowhere approaches 1; an image has no references to take a normal scale from).
+    The per-image median scale was measured better than one fixed scale (issue 12 notes)."""
+    median = distances.flatten(2).median(dim=-1).values.clamp(min=1e-6)
+    return reference_maps(distances, median, image_size)
+
+
+def fuse_stage_maps(text_maps: torch.Tensor, reference: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:
     """fused_k = (1 - w) * M_k + w * R_k: B x K x S x S text maps and reference maps -> B x K x S x S.
-    weight 0 gives the text maps, 1 the reference maps."""
-    if not 0.0 <= weight <= 1.0:
+    weight: one value, or B values (one per image); 0 gives the text maps, 1 the reference maps."""
+    weights = torch.as_tensor(weight, dtype=torch.float32)
+    if weights.ndim > 1 or (weights.ndim == 1 and weights.shape[0] != text_maps.shape[0]):
+        raise ValueError(f"the fusion weight must be one value or one per image, got shape {tuple(weights.shape)}")
+    if bool(((weights < 0) | (weights > 1) | weights.isnan()).any()):
         raise ValueError(f"the few-shot weight must lie in [0, 1], got {weight!r}")
     if text_maps.shape != reference.shape:
         raise ValueError(f"text maps {tuple(text_maps.shape)} and reference maps {tuple(reference.shape)} differ")
-    return (1.0 - weight) * text_maps + weight * reference.to(text_maps.dtype)
+    w = weights.to(device=text_maps.device, dtype=text_maps.dtype)
+    if w.ndim == 1:
+        w = w.view(-1, 1, 1, 1)
+    return (1.0 - w) * text_maps + w * reference.to(text_maps.dtype)
 
 
-# ----------------------------------------------------------------------------------------- coreset
 def kcenter_greedy(features: torch.Tensor, count: int, *, seed: int = 0,
                    projection_dim: int = CORESET_PROJECTION_DIM) -> torch.Tensor:
     """PatchCore's greedy coreset: M x D rows -> the sorted indices (int64, features' device) of at

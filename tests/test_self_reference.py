@@ -1,0 +1,131 @@
+"""Zero-shot self-reference (siad.references.self_reference_*, config.self_reference_weight): an image
+without references is compared with itself, and the LLM reads the fused maps in training as at inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import siad.model
+from siad import SIADConfig
+from siad.references import fuse_stage_maps, self_reference_distances, self_reference_maps
+from tests.conftest import build_tiny
+
+
+def _grid_tokens(side: int = 12, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    """1 x N x D tokens of a periodic 'texture': the token at (r, c) depends on (r % 2, c % 2) only."""
+    generator = torch.Generator().manual_seed(seed)
+    motifs = torch.randn(2, 2, dim, generator=generator)
+    rows = torch.arange(side).repeat_interleave(side)
+    cols = torch.arange(side).repeat(side)
+    return motifs[rows % 2, cols % 2][None].clone()
+
+
+def test_a_break_of_the_images_own_regularity_is_the_farthest_patch():
+    tokens = _grid_tokens()
+    tokens[0, 6 * 12 + 5] = torch.randn(16, generator=torch.Generator().manual_seed(9)) * 3
+    distances = self_reference_distances([tokens, tokens.clone()], radius=2)
+    assert distances.shape == (1, 2, 12, 12) and distances.dtype == torch.float32
+    grid = distances[0, 0]
+    assert divmod(int(grid.argmax()), 12) == (6, 5)
+    far = torch.ones(12, 12, dtype=torch.bool)
+    far[3:10, 2:9] = False  # outside the planted patch's 3 x 3 aggregation and the exclusion radius
+    assert float(grid[far].max()) < 1e-5  # a repeating texture matches itself elsewhere
+    assert torch.equal(distances[0, 0], distances[0, 1])
+
+
+def test_the_radius_excludes_the_patchs_own_surroundings():
+    """A 2 x 2 defect: with radius 0 each of its patches finds a twin inside the defect; radius 2 does not."""
+    tokens = _grid_tokens()
+    odd = torch.randn(16, generator=torch.Generator().manual_seed(3)) * 3
+    for r, c in ((6, 6), (6, 7), (7, 6), (7, 7)):
+        tokens[0, r * 12 + c] = odd
+    near = self_reference_distances([tokens], radius=0)[0, 0]
+    far = self_reference_distances([tokens], radius=2)[0, 0]
+    assert float(far[6, 6]) > float(near[6, 6]) + 0.05
+    with pytest.raises(ValueError, match="no patch to compare"):
+        self_reference_distances([tokens], radius=6)
+    with pytest.raises(ValueError, match="square grid"):
+        self_reference_distances([tokens[:, :-1]], radius=1)
+
+
+def test_self_reference_maps_use_the_images_own_median():
+    distances = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    maps = self_reference_maps(distances, 32)
+    assert maps.shape == (3, 2, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) < 1
+    scaled = distances.clone()
+    scaled[1] *= 7.0  # one image's distances all larger: its map does not change (scale-free per image)
+    assert torch.allclose(self_reference_maps(scaled, 32), maps, atol=1e-6)
+
+
+def test_per_image_fusion_weights():
+    generator = torch.Generator().manual_seed(1)
+    text, reference = torch.rand(2, 3, 4, 4, generator=generator), torch.rand(2, 3, 4, 4, generator=generator)
+    fused = fuse_stage_maps(text, reference, torch.tensor([0.0, 0.5]))
+    assert torch.equal(fused[0], text[0]) and torch.allclose(fused[1], 0.5 * text[1] + 0.5 * reference[1])
+    with pytest.raises(ValueError, match="one per image"):
+        fuse_stage_maps(text, reference, torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="few-shot weight"):
+        fuse_stage_maps(text, reference, torch.tensor([0.1, 1.2]))
+
+
+@pytest.mark.parametrize("field,value", [("self_reference_weight", -0.1), ("self_reference_weight", 1.5),
+                                         ("self_reference_radius", -1), ("self_reference_radius", 1.5)])
+def test_config_checks_the_self_reference_fields(field, value):
+    with pytest.raises(ValueError, match=field):
+        SIADConfig.tiny(**{field: value})
+
+
+def _images(count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def test_detect_fuses_the_self_reference_only_where_there_is_no_bank(monkeypatch):
+    plain = build_tiny(0).eval()
+    selfref = build_tiny(0, self_reference_weight=0.6).eval()
+    images = _images(2, seed=4)
+    off, on = plain.detect(images, "gear", chat=False), selfref.detect(images, "gear", chat=False)
+    assert all(not np.allclose(a.anomaly_map, b.anomaly_map) for a, b in zip(off, on))
+    assert all(r.mode == "zero-shot" and 0.0 <= r.score <= 1.0 for r in on)
+    weights = []
+    fuse = siad.model.fuse_stage_maps
+
+    def spy(text, reference, weight):
+        weights.append(torch.as_tensor(weight).tolist())
+        return fuse(text, reference, weight)
+
+    monkeypatch.setattr(siad.model, "fuse_stage_maps", spy)
+    bank = selfref.build_references(_images(2, seed=5), "gear")
+    mixed = selfref.detect(images + images[:1], ["gear", "wood", "gear"], chat=False, references={"gear": bank})
+    assert weights == [pytest.approx([selfref.config.few_shot_weight, 0.6, selfref.config.few_shot_weight])]
+    alone = selfref.detect([images[1]], "wood", chat=False)[0]
+    assert np.allclose(mixed[1].anomaly_map, alone.anomaly_map, atol=1e-6)  # no bank: the self-reference alone
+
+
+def test_training_feeds_the_llm_the_fused_maps(monkeypatch):
+    """With the self-reference on, PEM reads (1 - w) M_k + w R_self_k in training (as in detect); the map
+    losses still read the text maps."""
+    from tests.test_model import _batch  # a small training batch
+
+    model = build_tiny(0, self_reference_weight=0.5)
+    seen = []
+    map_tokens = model.map_tokens
+
+    def spy(stage_maps):
+        seen.append(stage_maps.detach().clone())
+        return map_tokens(stage_maps)
+
+    monkeypatch.setattr(model, "map_tokens", spy)
+    batch = _batch()
+    torch.manual_seed(0)
+    out = model(batch)
+    assert torch.isfinite(out.loss)
+    with torch.no_grad():
+        vision = model.encode_images(model._pixels(batch["images"]))
+        text_maps = model.anomaly_maps(model.visual_features(vision), model.class_text_features(batch["class_names"]))
+        reference = model._reference_maps(vision, model.visual_features(vision), None)
+    expected = fuse_stage_maps(text_maps.stage_maps, reference.maps, reference.weights)
+    assert torch.allclose(seen[0], expected, atol=1e-5)
+    assert not torch.allclose(seen[0], text_maps.stage_maps, atol=1e-3)
