@@ -48,6 +48,7 @@ def run_variant(name: str, steps: int, out: Path, test_root: Path, seed: int = 0
         train_script = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(train_script)
         overrides = [f"train.max_steps={steps}", f"train.warmup_steps={max(1, steps // 20)}",
+                     f"train.lm_teacher_maps_steps={max(1, 2 * steps // 3)}",  # the curriculum ends within the run
                      f"train.seed={seed}", f"data.seed={seed}", f"output.dir={run_dir}", "output.log_with=null",
                      *VARIANTS[name][1]]
         code = train_script.main(["--config", str(REPO_ROOT / "train" / "configs" / "mini.yaml"), *overrides,
