@@ -527,11 +527,14 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def _reference_maps(self, vision: VisionFeatures, features: list[torch.Tensor],
                         banks: Sequence[ReferenceBank | None] | None) -> _ReferenceMaps | None:
-        """The reference maps of a batch: R_k (`siad.references.reference_maps`) for the images with a
-        bank, from the stage tokens ("trunk" banks) or the adapted features K x (B x N x D) ("visual"
-        banks), searched together for images sharing a bank; for the others, with
-        config.self_reference_weight > 0, their self-reference maps (`siad.references.self_reference_maps`,
-        zero-shot). None when no image gets either."""
+        """The reference maps of a batch, with each image's fusion weight:
+        - an image with a bank: R_k of the bank (`siad.references.reference_maps`; from the stage tokens
+          for "trunk" banks, the adapted features K x (B x N x D) for "visual" ones; images sharing a bank
+          are searched together), weight config.few_shot_weight; with the self-reference on
+          (config.self_reference_weight > 0) the mean of R_k and the image's self-reference map;
+        - an image without one: with the self-reference on, its self-reference map
+          (`siad.references.self_reference_maps`, zero-shot), weight config.self_reference_weight.
+        None when no image gets either."""
         batch = vision.stage_tokens[0].shape[0]
         banks = list(banks) if banks is not None else [None] * batch
         weight = self.config.self_reference_weight
@@ -541,6 +544,12 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         with self._timed("references"):
             maps = torch.zeros(batch, self.config.num_stages, size, size, device=self.device)
             weights = torch.zeros(batch, device=self.device)
+            if weight > 0.0:
+                with torch.no_grad():
+                    distances = self_reference_distances([t.detach() for t in vision.stage_tokens],
+                                                         self.config.self_reference_radius)
+                    maps = self_reference_maps(distances, size).to(maps.device)
+                weights.fill_(weight)
             groups: dict[int, list[int]] = {}
             for b, bank in enumerate(banks):
                 if bank is not None:
@@ -551,16 +560,9 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                 index = torch.tensor(rows, device=self.device)
                 tokens = vision.stage_tokens if bank.features == "trunk" else features
                 distances = reference_distances([t[index] for t in tokens], bank)
-                maps[index] = reference_maps(distances, bank.normal_scale, size).to(maps.device)
+                found = reference_maps(distances, bank.normal_scale, size).to(maps.device)
+                maps[index] = found if weight == 0.0 else 0.5 * (found + maps[index])
                 weights[index] = self.config.few_shot_weight
-            alone = [b for b, bank in enumerate(banks) if bank is None]
-            if alone and weight > 0.0:
-                index = torch.tensor(alone, device=self.device)
-                with torch.no_grad():
-                    distances = self_reference_distances([t[index].detach() for t in vision.stage_tokens],
-                                                         self.config.self_reference_radius)
-                    maps[index] = self_reference_maps(distances, size).to(maps.device)
-                weights[index] = weight
         return _ReferenceMaps(maps=maps, weights=weights)
 
     def _fuse(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:

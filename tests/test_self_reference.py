@@ -82,7 +82,7 @@ def _images(count: int, seed: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def test_detect_fuses_the_self_reference_only_where_there_is_no_bank(monkeypatch):
+def test_detect_weighs_banked_and_unbanked_images_by_their_own_weights(monkeypatch):
     plain = build_tiny(0).eval()
     selfref = build_tiny(0, self_reference_weight=0.6).eval()
     images = _images(2, seed=4)
@@ -129,3 +129,27 @@ def test_training_feeds_the_llm_the_fused_maps(monkeypatch):
     expected = fuse_stage_maps(text_maps.stage_maps, reference.maps, reference.weights)
     assert torch.allclose(seen[0], expected, atol=1e-5)
     assert not torch.allclose(seen[0], text_maps.stage_maps, atol=1e-3)
+
+
+def test_with_a_bank_the_reference_map_is_the_mean_of_the_bank_and_self_reference_maps(monkeypatch):
+    from siad.references import reference_distances, reference_maps
+
+    model = build_tiny(0, self_reference_weight=0.4).eval()
+    images = _images(2, seed=6)
+    bank = model.build_references(_images(2, seed=7), "gear")
+    captured = []
+    fuse = siad.model.fuse_stage_maps
+
+    def spy(text, reference, weight):
+        captured.append(reference.clone())
+        return fuse(text, reference, weight)
+
+    monkeypatch.setattr(siad.model, "fuse_stage_maps", spy)
+    model.detect(images, "gear", chat=False, references=bank)
+    pixels, _ = model.prepare_images(images)
+    with torch.no_grad():
+        vision = model.encode_images(model._pixels(pixels))
+    size = model.config.image_size
+    found = reference_maps(reference_distances(vision.stage_tokens, bank), bank.normal_scale, size)
+    own = self_reference_maps(self_reference_distances(vision.stage_tokens, 2), size)
+    assert torch.allclose(captured[0], 0.5 * (found + own), atol=1e-5)
