@@ -32,6 +32,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "wo_sem": ("w/o SEM", ["model.use_sem=false"]),
     "wo_pem": ("w/o PEM", ["model.use_pem=false"]),
     "wo_adapter": ("w/o Adapter", ["model.use_adapter=false"]),
+    # beyond the paper: the mini's zero-shot self-reference (SIADConfig.self_reference_weight)
+    "wo_self_reference": ("w/o self-reference (beyond the paper)", ["model.self_reference_weight=0"]),
 }
 
 
