@@ -19,8 +19,8 @@ showed. Notation: B query images, K stages, G x G patch grid (N = G^2 patches), 
   two-way softmax of log d and log s_k, as a text map is a softmax of two logits.
 - Fusion (`fuse_stage_maps`): fused_k = (1 - w) * M_k + w * R_k (w = few_shot_weight), before PEM,
   so that the LLM and the self-improvement loop see the fused maps; the image score stays max of the
-  mean over stages. Decided by `benchmarks/few_shot_fusion.py` (bundled siad-mini, SIAD-Synth's 8
-  unseen test classes, 224 test images, seeds 0 and 1; image / pixel AUROC, mean over classes):
+  mean over stages. Decided by `benchmarks/few_shot_fusion.py` (siad-mini v1, the bundled model then,
+  SIAD-Synth's 8 unseen test classes, 224 test images, seeds 0 and 1; image / pixel AUROC, mean over classes):
       maps                      1-shot          4-shot
       zero-shot text maps       0.614 / 0.769   0.614 / 0.769
       trunk, w = 0.5            0.697 / 0.832   0.696 / 0.848

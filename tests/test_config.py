@@ -145,9 +145,9 @@ def test_a_format_2_config_is_upgraded_to_the_layernorm_pem_and_an_old_wo_sp_mod
         upgrade_config_dict(old)
 
 
-def test_the_bundled_mini_config_has_no_version_and_loads():
+def test_the_bundled_mini_config_is_of_the_current_format_and_loads():
     path = Path(__file__).resolve().parents[1] / "checkpoints" / "siad-mini" / "config.json"
-    assert "format_version" not in json.loads(path.read_text())
+    assert json.loads(path.read_text())["format_version"] == CONFIG_FORMAT_VERSION  # v2, saved by this siad
     assert SIADConfig.load(path).num_stages == 4
 
 

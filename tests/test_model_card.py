@@ -2,7 +2,6 @@
 Hub LM, no results but measured ones in the metadata, the paper's figures labelled in the prose."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -161,8 +160,15 @@ def test_a_folder_without_a_card_gets_one_and_a_foreign_card_gets_the_section(fo
     assert card.data.library_name == "siad-llm" and len(card.data.eval_results) == 2
     mini = tmp_path / "mini"
     mini.mkdir()
-    shutil.copy(ROOT / "checkpoints" / "siad-mini" / "README.md", mini / "README.md")
+    # a hand-written card with results in its metadata but no results section: the bundled mini's card
+    # with its section (and what it holds) taken out
+    bundled = (ROOT / "checkpoints" / "siad-mini" / "README.md").read_text(encoding="utf-8")
+    start, end = bundled.index("<!-- siad:measured-results:start -->"), bundled.index("<!-- siad:measured-results:end -->")
+    foreign = bundled[:start] + bundled[end + len("<!-- siad:measured-results:end -->"):]
+    assert "siad:measured-results" not in foreign
+    (mini / "README.md").write_text(foreign, encoding="utf-8")
     earlier = ModelCard.load(mini / "README.md").data.eval_results
+    assert earlier
     write_card_results(mini, [_result("mvtec_format", "SIAD-Synth test")], command="cmd")
     card = ModelCard.load(mini / "README.md")
     assert card.data.eval_results[:len(earlier)] == earlier  # other datasets' results are kept
