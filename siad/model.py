@@ -542,14 +542,14 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
             return None
         size = self.config.image_size
         with self._timed("references"):
-            maps = torch.zeros(batch, self.config.num_stages, size, size, device=self.device)
-            weights = torch.zeros(batch, device=self.device)
+            weights = torch.full((batch,), weight, device=self.device)
             if weight > 0.0:
                 with torch.no_grad():
                     distances = self_reference_distances([t.detach() for t in vision.stage_tokens],
                                                          self.config.self_reference_radius)
-                    maps = self_reference_maps(distances, size).to(maps.device)
-                weights.fill_(weight)
+                    maps = self_reference_maps(distances, size).to(self.device)
+            else:
+                maps = torch.zeros(batch, self.config.num_stages, size, size, device=self.device)
             groups: dict[int, list[int]] = {}
             for b, bank in enumerate(banks):
                 if bank is not None:

@@ -625,7 +625,8 @@ def fuse_stage_maps(text_maps: torch.Tensor, reference: torch.Tensor, weight: fl
     if weights.ndim > 1 or (weights.ndim == 1 and weights.shape[0] != text_maps.shape[0]):
         raise ValueError(f"the fusion weight must be one value or one per image, got shape {tuple(weights.shape)}")
     if bool(((weights < 0) | (weights > 1) | weights.isnan()).any()):
-        raise ValueError(f"the few-shot weight must lie in [0, 1], got {weight!r}")
+        raise ValueError(f"the fusion weight (the few-shot weight or the self-reference weight) must lie in [0, 1], "
+                         f"got {weight!r}")
     if text_maps.shape != reference.shape:
         raise ValueError(f"text maps {tuple(text_maps.shape)} and reference maps {tuple(reference.shape)} differ")
     w = weights.to(device=text_maps.device, dtype=text_maps.dtype)
@@ -634,6 +635,7 @@ def fuse_stage_maps(text_maps: torch.Tensor, reference: torch.Tensor, weight: fl
     return (1.0 - w) * text_maps + w * reference.to(text_maps.dtype)
 
 
+# ----------------------------------------------------------------------------------------- coreset
 def kcenter_greedy(features: torch.Tensor, count: int, *, seed: int = 0,
                    projection_dim: int = CORESET_PROJECTION_DIM) -> torch.Tensor:
     """PatchCore's greedy coreset: M x D rows -> the sorted indices (int64, features' device) of at
