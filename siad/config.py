@@ -422,8 +422,8 @@ class SIADConfig:
         From-scratch features are far from CLIP-like, so the cosine logits use a scale of 10 (with 100,
         the paper's value for pretrained features, the two-state softmax saturates and the maps
         learn far more slowly). The zero-shot self-reference is on (weight 0.7, beyond the paper): on
-        the 6 validation families it lifted a mini trained without it from image / pixel AUROC
-        54.4 / 74.3 to 58.2 / 85.2 (weights 0.5 / 0.7 / 0.9 / 1 compared, radius 1 and 2; issue 12 notes)."""
+        the 6 validation families the bundled mini's pass-1 image / pixel AUROC is 57.8 / 85.4 with it,
+        52.3 / 67.5 without (README: "Self-reference", with the command and how the weight was chosen)."""
         values: dict[str, Any] = dict(
             vision_embed_dim=96, vision_num_blocks=4, vision_num_heads=3, text_embed_dim=64, text_num_blocks=2,
             text_num_heads=2, embed_dim=64, stage_blocks=(0, 1, 2, 3), num_prompt_vectors=4, logit_scale=10.0,

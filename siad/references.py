@@ -36,7 +36,8 @@ showed. Notation: B query images, K stages, G x G patch grid (N = G^2 patches), 
   same distance with the image's own patches outside each patch's (2r + 1)^2 neighbourhood as the bank,
   scaled by the image's median distance. `SIADModel` fuses it like a bank's maps
   (config.self_reference_weight) for images without references; with a bank and the self-reference
-  on, the reference map is the mean of the two. That mean was measured against the bank alone
+  on, the reference map is the mean of the two. That mean was measured against the bank alone with
+  a one-off script (not kept; `siad.evaluate --shots` gives the end-to-end figures of the shipped model)
   (4 shots, seed 0, 224 px, image / pixel AUROC, fused (0.1 text + 0.9 R) vs (0.1 text + 0.4 self +
   0.5 bank), the nearest to the mean with w = 0.9): siad-mini v1 on SIAD-Synth's unseen test classes
   72.2 / 86.6 -> 72.6 / 90.5, on the held-out families 56.2 / 57.5 -> 57.0 / 79.1; siad-mini v2 on the
