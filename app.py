@@ -134,7 +134,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
     from siad.visualize import colorize, fit_map, overlay_with_scale
 
     model = loaded.model
-    tokens = model.config.max_new_tokens
+    tokens = model.config.llm.max_new_tokens
     if model.generation_config.max_time is None:  # a per-request bound, unless the model's folder sets one
         model.generation_config.max_time = limits.generation_seconds
     pictures = Path(gradio_cache_folder()) / "siad-pictures"
@@ -202,7 +202,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         bank, kept = reference_bank(name, references, session or {})
         try:
             # decoded once, for the model and the display
-            rgb = load_rgb(image, model.config.max_input_side, model.config.max_input_pixels).rgb
+            rgb = load_rgb(image, model.config.vision.max_input_side, model.config.vision.max_input_pixels).rgb
             result = model.detect([rgb], [name], [description], references=bank)[0]
         except ValueError as error:
             raise gr.Error(str(error).replace(f"'{image}'", "the uploaded file")) from None
@@ -212,7 +212,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         mode = "zero-shot" if bank is None else (
             f"{bank.mode} ({bank.num_shots} reference{'s' if bank.num_shots > 1 else ''})")
         summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
-                   f"threshold {model.config.threshold:.3f}; {mode}" + agreement_note(result))
+                   f"threshold {model.config.map.threshold:.3f}; {mode}" + agreement_note(result))
         history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": result.answer or ""}]
         shown = save_picture(overlay_with_scale(rgb, result.anomaly_map, title=f"{name}: score {result.score:.3f}"),
                              pictures)

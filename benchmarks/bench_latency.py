@@ -54,12 +54,12 @@ def make_config(name: str, max_new_tokens: int | None) -> SIADConfig:
     elif name == "small":
         config = SIADConfig.tiny(**SMALL)
     elif name == "full":
-        config = SIADConfig.siad_llm(llm_name_or_path=None, llm_architecture=dict(LLAMA_7B_ARCHITECTURE))
+        config = SIADConfig.siad_llm(llm=dict(name_or_path=None, architecture=dict(LLAMA_7B_ARCHITECTURE)))
     else:
         raise ValueError(f"unknown config {name!r}; expected tiny, small or full")
     if max_new_tokens is not None:
-        config = config.replace(max_new_tokens=max_new_tokens)
-    return config.replace(min_new_tokens=config.max_new_tokens)
+        config = config.replace(llm=dict(max_new_tokens=max_new_tokens))
+    return config.replace(llm=dict(min_new_tokens=config.llm.max_new_tokens))
 
 
 def build_model(config: SIADConfig, dtype: torch.dtype, device: torch.device) -> SIADModel:
@@ -204,7 +204,7 @@ def main() -> None:
         model = build_model(config, dtype, device)
         params = sum(p.numel() for p in model.parameters())
         print(f"\n== {name}: {params / 1e6:,.1f} M parameters, built in {time.perf_counter() - start:.1f} s; {device}, "
-              f"{str(dtype).removeprefix('torch.')}, answers of {config.max_new_tokens} tokens, "
+              f"{str(dtype).removeprefix('torch.')}, answers of {config.llm.max_new_tokens} tokens, "
               f"torch threads {torch.get_num_threads()}")
         results = [measure(model, name, path, batch, args.repeats, args.image_size, device)
                    for batch in args.batch_sizes for path in args.paths]

@@ -96,11 +96,11 @@ def main() -> None:
         # every answer is exactly max_new_tokens long (random weights would stop at random places),
         # so that the two passes are compared at equal generation lengths
         config = SIADConfig.tiny(**(SMALL if name == "small" else {}))
-        config = config.replace(min_new_tokens=config.max_new_tokens)
+        config = config.replace(llm=dict(min_new_tokens=config.llm.max_new_tokens))
         model = SIADModel(config, dtype=dtype, device=args.device).eval()
         params = sum(p.numel() for p in model.parameters())
         print(f"\n== {name}: {params / 1e6:.1f} M parameters, {args.device}, {args.dtype}, "
-              f"max_new_tokens={config.max_new_tokens}, torch threads={torch.get_num_threads()}")
+              f"max_new_tokens={config.llm.max_new_tokens}, torch threads={torch.get_num_threads()}")
         for batch in (1, 8):
             images = [rng.integers(0, 255, (256, 256, 3), dtype=np.uint8) for _ in range(batch)]
             per_image = {}

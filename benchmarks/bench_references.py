@@ -106,9 +106,9 @@ def main() -> None:
             pixels, _ = model.prepare_images(chunk)
             vision = model.encode_images(pixels)
             visual = model.visual_features(vision)
-            text_maps = model.anomaly_maps(visual, model.class_text_features([name] * len(chunk))).stage_maps
-            encoded.append({"trunk": vision.stage_tokens, "visual": visual, "maps": text_maps})
-    size = model.config.image_size
+            text_maps = model.anomaly_maps(visual, model.class_text_features([name] * len(chunk)), vision.grids).stage_maps
+            encoded.append({"trunk": vision.stage_tokens, "visual": visual, "maps": text_maps, "grids": vision.grids})
+    size = model.config.vision.image_size
     print(f"\n{'features':<8}{'shots':>6}{'bound':>7}{'rows/stage':>11}{'bank MB':>9}{'MB/stage':>22}"
           f"{'build s':>9}{'refs ms/img':>13}{'ratio':>7}")
     for features in ("trunk", "visual"):
@@ -116,7 +116,7 @@ def main() -> None:
             if shots == 0:
                 print(f"{features:<8}{0:>6}{'-':>7}{0:>11}{0.0:>9.2f}{'-':>22}{'-':>9}{0.0:>13.2f}{1.0:>7.2f}")
                 continue
-            patches = shots * (size // model.config.vision_patch_size) ** 2
+            patches = shots * min(h * w for h, w in encoded[0]["grids"])
             for bound in [DEFAULT_MAX_BANK_PATCHES] + ([None] if patches > DEFAULT_MAX_BANK_PATCHES else []):
                 start = time.perf_counter()
                 bank = build_reference_bank(model, normals[:shots], name, features=features, max_bank_patches=bound,
@@ -126,7 +126,7 @@ def main() -> None:
                 def reference_path() -> None:
                     with torch.no_grad():
                         for item in encoded:
-                            distances = reference_distances(item[features], bank)
+                            distances = reference_distances(item[features], item["grids"], bank)
                             fused = fuse_stage_maps(item["maps"], reference_maps(distances, bank.normal_scale, size),
                                                     args.weight)
                             fused.mean(dim=1).flatten(1).amax(dim=1)

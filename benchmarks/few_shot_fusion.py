@@ -44,16 +44,18 @@ KINDS = ("trunk", "visual", "trunk-raw")
 
 @dataclass
 class Encoded:
-    """Features of some images of one class: trunk / visual K x (B x N x D), text stage maps B x K x S x S."""
+    """Features of some images of one class: trunk / visual K x (B x N_k x D) on `grids`, text stage maps
+    B x K x S x S."""
 
     trunk: list[torch.Tensor]
     visual: list[torch.Tensor]
     text_maps: torch.Tensor | None
+    grids: list[tuple[int, int]]
 
 
 @torch.no_grad()
 def encode(model: SIADModel, paths: list[Path], class_name: str, batch_size: int, with_maps: bool) -> Encoded:
-    trunk, visual, maps = [], [], []
+    trunk, visual, maps, grids = [], [], [], []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         pixels, _ = model.prepare_images(chunk)
@@ -61,11 +63,12 @@ def encode(model: SIADModel, paths: list[Path], class_name: str, batch_size: int
         features = model.visual_features(vision)
         trunk.append(vision.stage_tokens)
         visual.append(features)
+        grids = vision.grids
         if with_maps:
             text = model.class_text_features([class_name] * len(chunk))
-            maps.append(model.anomaly_maps(features, text).stage_maps.float())
+            maps.append(model.anomaly_maps(features, text, vision.grids).stage_maps.float())
     join = lambda parts: [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]  # noqa: E731
-    return Encoded(join(trunk), join(visual), torch.cat(maps) if with_maps else None)
+    return Encoded(join(trunk), join(visual), torch.cat(maps) if with_maps else None, grids)
 
 
 def metrics(stage_maps: torch.Tensor, labels: np.ndarray, masks: np.ndarray, sigma: float = 0.0) -> tuple[float, float]:
@@ -102,7 +105,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model = SIADModel.from_pretrained(args.model, device=args.device).eval()
-    size = model.config.image_size
+    size = model.config.vision.image_size
     root = ensure_synth(args.data)
     tests = group_by_class(load_dataset("mvtec_format", root, "test"))
     trains = group_by_class(load_dataset("mvtec_format", root, "train"))
@@ -133,13 +136,14 @@ def main() -> None:
                 for kind in KINDS:
                     base = "visual" if kind == "visual" else "trunk"
                     features = getattr(pool, base)
-                    bank = bank_from_features([f[pick] for f in features], class_name=class_name, features=base,
-                                              stage_blocks=model.config.stage_blocks,
+                    bank = bank_from_features([f[pick] for f in features], pool.grids, class_name=class_name,
+                                              features=base,
+                                              stage_blocks=model.config.vision.stages,
                                               fingerprint=fingerprints[base], max_bank_patches=None, seed=seed)
-                    distances = reference_distances(getattr(query, base), bank)
+                    distances = reference_distances(getattr(query, base), query.grids, bank)
                     scale = bank.normal_scale if kind != "trunk-raw" else None
-                    ref = (reference_maps(distances, scale, size) if scale is not None
-                           else AnomalyMapHead.upsample(distances, size).clamp(max=1.0))
+                    ref = (reference_maps(distances, scale, size) if scale is not None else torch.cat(
+                        [AnomalyMapHead.upsample(d[:, None], size) for d in distances], dim=1).clamp(max=1.0))
                     for weight in args.weights:
                         fused = fuse_stage_maps(query.text_maps, ref, weight)
                         record(f"{kind} w={weight:g}", shots, seed, class_name,

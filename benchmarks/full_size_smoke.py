@@ -62,10 +62,10 @@ def build(new_tokens: int, device: torch.device, preset: str = "full") -> tuple[
     """The full-size model (or the tiny preset, to try the script) with random bf16 weights; returns it
     and the bytes of its weights and buffers."""
     if preset == "full":
-        config = SIADConfig.siad_llm(llm_name_or_path=None, llm_architecture=dict(LLAMA_7B_ARCHITECTURE))
+        config = SIADConfig.siad_llm(llm=dict(name_or_path=None, architecture=dict(LLAMA_7B_ARCHITECTURE)))
     else:
         config = SIADConfig.tiny()
-    config = config.replace(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    config = config.replace(llm=dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens))
     torch.manual_seed(0)
     with default_dtype(torch.bfloat16), torch.device(device):
         model = SIADModel(config, dtype=torch.bfloat16, device=device)
@@ -112,7 +112,7 @@ def training_step(model: SIADModel, picture: np.ndarray, checkpointing: bool) ->
     from siad.image import resize_for_encoder
     from siad.llm import enable_activation_checkpointing
 
-    normal = resize_for_encoder(picture, model.config.image_size)
+    normal = resize_for_encoder(picture, model.config.vision.image_size)
     pseudo = cutpaste_poisson(normal, normal, np.random.default_rng(0))
     images = torch.from_numpy(np.stack([normal, pseudo.image]).transpose(0, 3, 1, 2).copy())
     masks = torch.from_numpy(np.stack([np.zeros(pseudo.mask.shape, np.float32), pseudo.mask.astype(np.float32)]))

@@ -20,13 +20,13 @@ GB = 1e9
 
 
 def main() -> None:
-    config = SIADConfig.siad_llm(llm_name_or_path=None, llm_architecture=LLAMA_7B_ARCHITECTURE)
+    config = SIADConfig.siad_llm(llm=dict(name_or_path=None, architecture=LLAMA_7B_ARCHITECTURE))
     with init_empty_weights(include_buffers=False):
         model = SIADModel(config)
     state = model.state_dict()
     saved = {k: v for k, v in state.items() if not k.startswith("llm.")}
-    encoder = sum(v.numel() for k, v in saved.items() if k.startswith("encoder."))
-    modules = sum(v.numel() for k, v in saved.items() if not k.startswith("encoder."))
+    encoder = sum(v.numel() for k, v in saved.items() if k.startswith(("vision_encoder.", "text_encoder.")))
+    modules = sum(v.numel() for k, v in saved.items() if not k.startswith(("vision_encoder.", "text_encoder.")))
     lora = sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)
     base = model.llm.get_base_model()
     base_total = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)

@@ -1,6 +1,6 @@
 """Decision thresholds: from normal images only (a false-alarm rate) or from labelled data (F1-max).
 
-The verdict of `SIADModel.detect` is `score >= config.threshold`. This module chooses that threshold
+The verdict of `SIADModel.detect` is `score >= config.map.threshold`. This module chooses that threshold
 and stores it in the model's config.json.
 
 Pure functions (tested on known score lists):
@@ -122,8 +122,13 @@ def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
 
 def write_threshold(folder: str | Path, threshold: float, smoothing_sigma: float | None = None) -> Path:
     """Set `threshold` (and, if given, `score_smoothing_sigma`) in a model folder's config.json,
-    keeping every other field; the file is replaced atomically. Returns its path."""
-    from siad.config import SIADConfig
+    keeping every other field and the file's own config format (a folder of an older format names its
+    weights as that format did, `siad.hub.renamed_weight_keys`, so its config must stay of that format);
+    the file is replaced atomically. Returns its path."""
+    import json
+    import warnings
+
+    from siad.config import SIADConfig, saved_format_version
     from siad.hub import CONFIG_NAME
 
     path = Path(folder).expanduser() / CONFIG_NAME
@@ -132,16 +137,23 @@ def write_threshold(folder: str | Path, threshold: float, smoothing_sigma: float
     changes: dict[str, Any] = {"threshold": float(threshold)}
     if smoothing_sigma is not None:
         changes["score_smoothing_sigma"] = float(smoothing_sigma)
-    config = SIADConfig.load(path).replace(**changes)
+    text = path.read_text(encoding="utf-8")
+    SIADConfig.from_json_string(text, str(path))  # a readable config (errors name the file)
+    data = json.loads(text)
+    # before format 4 the fields were flat; since then they are in the map part
+    (data if saved_format_version(data, str(path)) < 4 else data.setdefault("map", {})).update(changes)
+    with warnings.catch_warnings():  # a newer format's warning was given by the first read
+        warnings.simplefilter("ignore")
+        SIADConfig.from_saved_dict(data, str(path))  # the new values are validated before anything is written
     temporary = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
-    config.save(temporary)
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, path)
     return path
 
 
 def _store(spec: str, detector: Any, threshold: float, sigma: float | None, out: Path | None) -> Path:
     if out is not None:
-        detector.config = detector.config.replace(threshold=threshold)
+        detector.config = detector.config.replace(map=dict(threshold=threshold))
         detector.save_pretrained(out)
         return out
     return write_threshold(spec, threshold, sigma)
@@ -315,7 +327,7 @@ def _run(args: argparse.Namespace) -> int:
     detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=run.processes.device)
     chat = chat and has_llm(detector)
     if args.smooth_sigma is not None:
-        detector.config = detector.config.replace(score_smoothing_sigma=args.smooth_sigma)
+        detector.config = detector.config.replace(map=dict(score_smoothing_sigma=args.smooth_sigma))
     bank = None
     if references:
         bank = detector.build_references(references, args.class_name or args.classes[0], batch_size=args.batch_size)

@@ -103,7 +103,7 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     failed = 0
     for path in args.images:
         try:
-            rgb = load_rgb(path, detector.config.max_input_side).rgb
+            rgb = load_rgb(path, detector.config.vision.max_input_side).rgb
             result = detector.detect([rgb], args.class_name, descriptions=args.description, chat=chat,
                                      self_improve=not args.no_self_improve, **few_shot)[0]
         except (ValueError, OSError, RuntimeError) as error:
@@ -112,7 +112,7 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             continue
         verdict = "anomalous" if result.is_anomalous else "normal"
         print(f"{path}: score {result.score:.4f} (pass 1: {result.initial_score:.4f}), {verdict} "
-              f"(threshold {detector.config.threshold:.4f}), {result.mode}")
+              f"(threshold {detector.config.map.threshold:.4f}), {result.mode}")
         if result.answer is not None:
             print(f"  answer: {result.answer}")
             if result.initial_answer != result.answer:

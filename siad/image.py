@@ -3,7 +3,7 @@
 - `load_rgb()` turns a path, a PIL image of any mode or a numpy array (H x W, H x W x 1/3/4; uint8,
   uint16, integers, bool or float) into an RGB uint8 array, downscaled first when it is larger than
   a bound, and remembers the original size. An input of more pixels than a budget
-  (`SIADConfig.max_input_pixels`) is refused from its header, before anything is decoded. The EXIF
+  (`VisionConfig.max_input_pixels`) is refused from its header, before anything is decoded. The EXIF
   orientation is applied for every format (JPEG, PNG eXIf, WebP, TIFF), as browsers and PIL show
   it; of a multi-frame file (animated GIF/WebP, multi-page TIFF) frame 0 is used, with a warning.
 - `resize_for_encoder()` makes the encoder's square input (bicubic; "squash" or ImageBind's
@@ -12,7 +12,7 @@
   gives a `PreparedImage`, which `SIADModel.detect` and the zero-shot baseline take like any image;
   `encoder_inputs()` is the one place where a batch of any inputs becomes the encoder's uint8 batch.
 - `map_to_original()` brings an anomaly map back to the original height and width, or to a smaller
-  size of the same aspect ratio when that holds more than `SIADConfig.max_map_pixels` pixels
+  size of the same aspect ratio when that holds more than `MapConfig.max_map_pixels` pixels
   (`map_size()`).
 
 Bad input raises `ValueError` saying what is wrong.
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from siad.config import SIADConfig
+from siad.config import MapConfig, SIADConfig, VisionConfig
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -53,11 +53,11 @@ def _describe(source: object) -> str:
 
 
 def check_pixel_budget(height: int, width: int, max_pixels: int, what: str) -> None:
-    """Refuse an image of more than `max_pixels` pixels (`SIADConfig.max_input_pixels`) with a
+    """Refuse an image of more than `max_pixels` pixels (`VisionConfig.max_input_pixels`) with a
     `ValueError` naming its size; called with the header's size, before any decoding."""
     if height * width > max_pixels:
         raise ValueError(f"{what} is {width} x {height} pixels ({height * width / 1e6:.1f} MP), more than this "
-                         f"model reads ({max_pixels / 1e6:.1f} MP, SIADConfig.max_input_pixels); downscale it first")
+                         f"model reads ({max_pixels / 1e6:.1f} MP, VisionConfig.max_input_pixels); downscale it first")
 
 
 def _orientation(image: Image.Image) -> int:
@@ -157,8 +157,8 @@ def _pil_to_rgb(image: Image.Image, max_side: int) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_rgb(source: ImageInput, max_side: int = SIADConfig.max_input_side,
-             max_pixels: int = SIADConfig.max_input_pixels) -> LoadedImage:
+def load_rgb(source: ImageInput, max_side: int = VisionConfig.max_input_side,
+             max_pixels: int = VisionConfig.max_input_pixels) -> LoadedImage:
     """Read `source` (path, PIL image or numpy array) as RGB uint8, at most `max_side` pixels a side.
 
     An input of more than `max_pixels` pixels raises `ValueError` before it is decoded (a JPEG file is
@@ -207,7 +207,7 @@ def _load_file(path: Path, max_side: int, max_pixels: int) -> LoadedImage:
                 rgb = _pil_to_rgb(upright, max_side)
     except Image.DecompressionBombError as error:
         raise ValueError(f"{what} is larger than any image that is read ({error}); this model reads at most "
-                         f"{max_pixels / 1e6:.1f} MP (SIADConfig.max_input_pixels)") from error
+                         f"{max_pixels / 1e6:.1f} MP (VisionConfig.max_input_pixels)") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"{what} is not an image file that can be read: {error}") from error
     return LoadedImage(rgb=rgb, original_size=size)
@@ -244,8 +244,8 @@ def prepare_image(source: ImageInput, config: SIADConfig) -> PreparedImage:
     """`load_rgb` and `resize_for_encoder` with `config`'s bounds, size and resize mode: exactly what
     the model does with `source` itself (so results are the same bit for bit). Raises ValueError for
     an image that cannot be read."""
-    loaded = load_rgb(source, config.max_input_side, config.max_input_pixels)
-    return PreparedImage(pixels=resize_for_encoder(loaded.rgb, config.image_size, config.resize_mode),
+    loaded = load_rgb(source, config.vision.max_input_side, config.vision.max_input_pixels)
+    return PreparedImage(pixels=resize_for_encoder(loaded.rgb, config.vision.image_size, config.vision.resize_mode),
                          original_size=loaded.original_size,
                          source=os.fspath(source) if isinstance(source, (str, os.PathLike)) else "")
 
@@ -255,7 +255,7 @@ def encoder_inputs(images: Sequence[ImageInput | PreparedImage], config: SIADCon
     """A batch of images (any `ImageInput`, or `PreparedImage`s made for this config) -> the B x S x S x 3
     uint8 encoder batch and each image's original size (H, W)."""
     prepared = [image if isinstance(image, PreparedImage) else prepare_image(image, config) for image in images]
-    side = config.image_size
+    side = config.vision.image_size
     for image in prepared:
         if image.pixels.shape != (side, side, 3) or image.pixels.dtype != np.uint8:
             raise ValueError(f"a PreparedImage must hold {side} x {side} x 3 uint8 pixels (prepare_image with this "
@@ -284,7 +284,7 @@ def normalize(batch: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tu
     return (tensor - mean_t) / std_t
 
 
-def map_size(original_size: tuple[int, int], max_pixels: int = SIADConfig.max_map_pixels) -> tuple[int, int]:
+def map_size(original_size: tuple[int, int], max_pixels: int = MapConfig.max_map_pixels) -> tuple[int, int]:
     """The (height, width) a map of an image of `original_size` is returned at: the original size, or,
     when that holds more than `max_pixels` pixels, the largest size of the same aspect ratio within it."""
     height, width = original_size
@@ -298,7 +298,7 @@ def map_size(original_size: tuple[int, int], max_pixels: int = SIADConfig.max_ma
 
 
 def map_to_original(anomaly_map: torch.Tensor, original_size: tuple[int, int], mode: str = "squash",
-                    max_pixels: int = SIADConfig.max_map_pixels) -> np.ndarray:
+                    max_pixels: int = MapConfig.max_map_pixels) -> np.ndarray:
     """An S x S anomaly map (tensor) -> H x W float32 numpy array at the original size (at
     `map_size(original_size, max_pixels)`: a smaller one of the same aspect ratio beyond `max_pixels`).
 

@@ -2,7 +2,7 @@
 
 - `load_language_model()`: any causal LM by Hub id or local path through `AutoModelForCausalLM`,
   loaded straight into the requested dtype and device (no fp32 copy in host memory), or built with
-  random weights from a transformers config dict (`SIADConfig.llm_architecture`) together with
+  random weights from a transformers config dict (`SIADConfig.llm.architecture`) together with
   SIAD's own small BPE tokenizer (`build_siad_tokenizer`).
 - `add_lora()`: the LoRA adapter through peft with the config's values.
 - `conversation_segments()`, `PromptBuilder`: the Vicuna/PandaGPT format of DESIGN 3.8:
@@ -88,15 +88,15 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
                         cache_dir: str | Path | None = None) -> tuple[nn.Module, Any]:
     """The base causal LM and its tokenizer.
 
-    source: overrides config.llm_name_or_path (e.g. a saved model's `llm/` folder). With neither,
-    the LLM is built from `config.llm_architecture` with random weights and SIAD's own tokenizer.
+    source: overrides config.llm.name_or_path (e.g. a saved model's `llm/` folder). With neither,
+    the LLM is built from `config.llm.architecture` with random weights and SIAD's own tokenizer.
     quantization: None, "8bit" or "4bit" (bitsandbytes, GPU only).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    name = str(source) if source is not None else config.llm_name_or_path
+    name = str(source) if source is not None else config.llm.name_or_path
     if name is None:
-        architecture = dict(config.llm_architecture or {})
+        architecture = dict(config.llm.architecture or {})
         model_type = architecture.pop("model_type", "llama")
         llm_config = AutoConfig.for_model(model_type, **architecture)
         model = AutoModelForCausalLM.from_config(llm_config, dtype=dtype, **NO_REMOTE_CODE)
@@ -128,8 +128,8 @@ def add_lora(model: nn.Module, config: SIADConfig) -> nn.Module:
     """Wrap the base LM with the LoRA adapter of the config (the base is frozen by peft)."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=config.llm.lora_r, lora_alpha=config.llm.lora_alpha, lora_dropout=config.llm.lora_dropout,
+                      target_modules=list(config.llm.lora_target_modules), bias="none", task_type="CAUSAL_LM")
     with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         # the adapter takes the base model's dtype (peft would otherwise upcast it to float32)
@@ -324,7 +324,7 @@ class TextLimits:
         """ValueError naming `what` when the text is longer than max_text_tokens."""
         if self._count(text) is None:
             raise ValueError(f"the {what} is too long: at most {self.max_text_tokens} LM tokens "
-                             f"(SIADConfig.max_text_tokens)")
+                             f"(SIADConfig.llm.max_text_tokens)")
 
     def fit(self, description: str, turns: Sequence[tuple[str, str | None]], header: Sequence[Segment],
             what: str = "description and the question") -> list[tuple[str, str | None]]:
@@ -358,16 +358,16 @@ def longest_token_bytes(tokenizer: Any) -> int:
 # ---------------------------------------------------------------------- generation
 def build_generation_config(config: SIADConfig, tokenizer: Any) -> GenerationConfig:
     """The transformers `GenerationConfig` of a SIAD model from the SIADConfig's generation fields:
-    greedy unless config.do_sample (then with temperature and top_p, no top-k), at most
+    greedy unless config.llm.do_sample (then with temperature and top_p, no top-k), at most
     max_new_tokens, EOS masked for the first min_new_tokens, stopping at the stop string `###` or EOS.
 
     The penalties and the beam count are set explicitly, so that the base LM's own
     generation_config.json (e.g. Vicuna's sampling settings) does not change SIAD's answers."""
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    sampling = dict(temperature=config.temperature, top_p=config.top_p, top_k=0) if config.do_sample else {}
+    sampling = dict(temperature=config.llm.temperature, top_p=config.llm.top_p, top_k=0) if config.llm.do_sample else {}
     return GenerationConfig(
-        max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens, do_sample=config.do_sample,
+        max_new_tokens=config.llm.max_new_tokens, min_new_tokens=config.llm.min_new_tokens, do_sample=config.llm.do_sample,
         num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, stop_strings=STOP_STRING,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=pad, **sampling)
 

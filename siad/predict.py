@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     mode = bank.mode if bank is not None else "zero-shot"
     print(f"{counts.rows - counts.errors} images scored, {mode} ({counts.anomalous} anomalous at threshold "
-          f"{detector.config.threshold}), {counts.errors} unreadable; wrote {args.out / CSV_NAME} and the overlays")
+          f"{detector.config.map.threshold}), {counts.errors} unreadable; wrote {args.out / CSV_NAME} and the overlays")
     return 0
 
 

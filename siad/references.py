@@ -2,15 +2,16 @@
 
 Given k normal images of the class under inspection, every stage k keeps the patch features of those
 images (a `ReferenceBank`); a query patch's distance to the bank marks what the references never
-showed. Notation: B query images, K stages, G x G patch grid (N = G^2 patches), S = image size.
+showed. Notation: B query images, K stages, stage k on an H_k x W_k patch grid (N_k = H_k W_k
+patches; every grid is given, never derived from N_k), S = image size.
 
-- Features (`features=`): "trunk", the raw stage tokens P_k of the vision trunk
+- Features (`features=`): "trunk", the raw stage features P_k of the vision backbone
   (`VisionFeatures.stage_tokens`, DESIGN 9's first candidate, as PatchCore and WinCLIP+ use backbone
   features), or "visual", the adapted features S_emd_k (`SIADModel.visual_features`).
-- Local aggregation (PatchCore): each token is averaged with its 3 x 3 neighbourhood on the G x G
+- Local aggregation (PatchCore): each token is averaged with its 3 x 3 neighbourhood on its stage's
   grid (`aggregate_patches`), then L2-normalised; the bank holds those vectors, M_k x D_k per stage.
 - Patch distance: 1 - max cosine to the bank (`nearest_distances`, in chunks of at most
-  `chunk_elements` similarities, on the bank's device), B x K x G x G (`reference_distances`).
+  `chunk_elements` similarities, on the bank's device), K x (B x H_k x W_k) (`reference_distances`).
 - Reference map (`reference_maps`): the distance grid upsampled exactly as the text logits
   (`AnomalyMapHead.upsample`), then R_k = d / (d + s_k), s_k the bank's normal scale: the 0.99
   quantile of the distances of the references' own patches to the other references (leave one image
@@ -35,7 +36,7 @@ showed. Notation: B query images, K stages, G x G patch grid (N = G^2 patches), 
 - Self-reference (`self_reference_distances`, `self_reference_maps`; zero-shot, beyond the paper): the
   same distance with the image's own patches outside each patch's (2r + 1)^2 neighbourhood as the bank,
   scaled by the image's median distance. `SIADModel` fuses it like a bank's maps
-  (config.self_reference_weight) for images without references; with a bank and the self-reference
+  (config.map.self_reference_weight) for images without references; with a bank and the self-reference
   on, the reference map is the mean of the two. That mean was measured against the bank alone with
   a one-off script (not kept; `siad.evaluate --shots` gives the end-to-end figures of the shipped model)
   (4 shots, seed 0, 224 px, image / pixel AUROC, fused (0.1 text + 0.9 R) vs (0.1 text + 0.4 self +
@@ -79,15 +80,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from siad.config import FEW_SHOT_FEATURES, SIADConfig
-from siad.modules import AnomalyMapHead
+from siad.config import FEW_SHOT_FEATURES, FUSION_MODES, MapConfig
+from siad.modules import AnomalyMapHead, tokens_to_map
 
-# The few-shot settings live in SIADConfig (few_shot_features, few_shot_weight, max_bank_patches);
+# The few-shot settings live in SIADConfig.map (few_shot_features, few_shot_weight, max_bank_patches);
 # these names are their defaults, measured as the module docstring says.
 FEATURE_KINDS: tuple[str, ...] = FEW_SHOT_FEATURES
-DEFAULT_FEATURES: str = SIADConfig.few_shot_features  # measured (module docstring)
-DEFAULT_FEW_SHOT_WEIGHT: float = SIADConfig.few_shot_weight  # measured (module docstring)
-DEFAULT_MAX_BANK_PATCHES: int = SIADConfig.max_bank_patches  # 16 shots of 256 patches; 64 shots cut to a quarter
+DEFAULT_FEATURES: str = MapConfig.few_shot_features  # measured (module docstring)
+DEFAULT_FEW_SHOT_WEIGHT: float = MapConfig.few_shot_weight  # measured (module docstring)
+DEFAULT_MAX_BANK_PATCHES: int = MapConfig.max_bank_patches  # 16 shots of 256 patches; 64 shots cut to a quarter
 ZERO_SHOT = "zero-shot"
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MiB in float32
 CORESET_PROJECTION_DIM = 128
@@ -96,14 +97,24 @@ NORMAL_SCALE_QUERIES = 1024  # reference patches (all images together) whose dis
 MIN_NORMAL_SCALE = 1e-3
 FINGERPRINT_SAMPLES = 4096
 BANK_FORMAT = "siad-reference-bank"
-BANK_VERSION = 1
+BANK_VERSION = 2  # 2: `grids` (one H x W per stage); version 1 held one square `grid_size`, still read
 
 _BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_TRUNK_CONFIG_FIELDS = ("vision_embed_dim", "vision_num_blocks", "vision_num_heads", "vision_patch_size",
-                        "stage_blocks", "image_size", "image_mean", "image_std", "resize_mode", "max_input_side")
-_VISUAL_CONFIG_FIELDS = _TRUNK_CONFIG_FIELDS + ("embed_dim", "adapter_lambda", "use_adapter", "use_sem")
+# The config values a fingerprint covers, by their format-3 names for ImageBind backbones (so that the banks
+# of models saved before the config came in parts still serve them), as (name, part, field).
+_IMAGEBIND_TRUNK_FIELDS = (("vision_embed_dim", "vision", "width"), ("vision_num_blocks", "vision", "num_blocks"),
+                           ("vision_num_heads", "vision", "num_heads"), ("vision_patch_size", "vision", "patch_size"),
+                           ("stage_blocks", "vision", "stages"))
+_INPUT_FIELDS = (("image_size", "vision", "image_size"), ("image_mean", "vision", "image_mean"),
+                 ("image_std", "vision", "image_std"), ("resize_mode", "vision", "resize_mode"),
+                 ("max_input_side", "vision", "max_input_side"))
+_BACKBONE_FIELDS = (("backbone", "vision", "backbone"), ("stages", "vision", "stages"))
+_VISUAL_FIELDS = (("embed_dim", "", "embed_dim"), ("adapter_lambda", "map", "adapter_lambda"),
+                  ("use_adapter", "map", "use_adapter"), ("use_sem", "map", "use_sem"))
 _FINGERPRINT_ATTRIBUTE = "_siad_reference_fingerprints"
-_JSON_FIELDS = ("format", "version", "class_name", "features", "num_shots", "stage_blocks", "grid_size",
+_JSON_FIELDS_V1 = ("format", "version", "class_name", "features", "num_shots", "stage_blocks", "grid_size",
+                   "fingerprint", "max_bank_patches", "seed", "dtype", "shapes", "sha256")
+_JSON_FIELDS = ("format", "version", "class_name", "features", "num_shots", "stage_blocks", "grids",
                 "fingerprint", "max_bank_patches", "seed", "dtype", "shapes", "sha256")
 
 
@@ -115,7 +126,8 @@ class ReferenceBank:
     stages: K tensors M_k x D_k, L2-normalised 3 x 3-aggregated patch features, one dtype, one device;
     normal_scale: K float32 values > 0 (see the module docstring); class_name: the class, whitespace
     normalised; features: "trunk" or "visual"; num_shots: how many images made it; stage_blocks: the
-    vision blocks of the stages; grid_size: G (patches per side); fingerprint: `model_fingerprint` of
+    backbone's stages (`SIADConfig.vision.stages`); grids: (H_k, W_k) of each stage's patch grid;
+    fingerprint: `model_fingerprint` of
     the model that made it; max_bank_patches: the coreset bound it was made with (None: none);
     seed: the coreset's seed. Construction validates the fields (ValueError).
     """
@@ -124,7 +136,7 @@ class ReferenceBank:
     features: str
     num_shots: int
     stage_blocks: tuple[int, ...]
-    grid_size: int
+    grids: tuple[tuple[int, int], ...]
     fingerprint: str
     stages: tuple[torch.Tensor, ...]
     normal_scale: torch.Tensor
@@ -133,6 +145,7 @@ class ReferenceBank:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage_blocks", tuple(self.stage_blocks))
+        object.__setattr__(self, "grids", tuple(tuple(g) for g in self.grids))
         object.__setattr__(self, "stages", tuple(self.stages))
         problems = _bank_problems(self)
         if problems:
@@ -186,7 +199,7 @@ class ReferenceBank:
         if cached is not None and cached[0] == key:
             return cached[1]
         digest = hashlib.sha256(json.dumps(
-            [self.class_name, self.features, self.num_shots, list(self.stage_blocks), self.grid_size,
+            [self.class_name, self.features, self.num_shots, list(self.stage_blocks), [list(g) for g in self.grids],
              self.fingerprint, self.max_bank_patches, self.seed, _dtype_name(self.dtype)]).encode())
         for t in tensors:
             digest.update(f"|{tuple(t.shape)}|".encode())
@@ -213,7 +226,7 @@ class ReferenceBank:
         fields = {
             "format": BANK_FORMAT, "version": BANK_VERSION, "class_name": self.class_name,
             "features": self.features, "num_shots": self.num_shots, "stage_blocks": list(self.stage_blocks),
-            "grid_size": self.grid_size, "fingerprint": self.fingerprint,
+            "grids": [list(g) for g in self.grids], "fingerprint": self.fingerprint,
             "max_bank_patches": self.max_bank_patches, "seed": self.seed, "dtype": _dtype_name(self.dtype),
             "shapes": [list(s.shape) for s in self.stages],
         }
@@ -277,9 +290,16 @@ class ReferenceBank:
             raise ValueError(f"{tensors_path}: normal_scale must be float32 of shape ({count},), "
                              f"got {scale.dtype} {tuple(scale.shape)}")
         return cls(class_name=meta["class_name"], features=meta["features"], num_shots=meta["num_shots"],
-                   stage_blocks=tuple(meta["stage_blocks"]), grid_size=meta["grid_size"],
+                   stage_blocks=tuple(meta["stage_blocks"]), grids=_sidecar_grids(meta),
                    fingerprint=meta["fingerprint"], stages=tuple(stages), normal_scale=scale,
                    max_bank_patches=meta["max_bank_patches"], seed=meta["seed"])
+
+
+def _sidecar_grids(meta: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    """The grids of a sidecar: version 2's `grids`, or version 1's one square `grid_size` for every stage."""
+    if meta["version"] == 1:
+        return tuple((meta["grid_size"], meta["grid_size"]) for _ in meta["shapes"])
+    return tuple(tuple(g) for g in meta["grids"])
 
 
 def shot_mode(num_shots: int) -> str:
@@ -319,12 +339,14 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
         problems.append(f"features must be one of {FEATURE_KINDS}, got {bank.features!r}")
     if not _positive_int(bank.num_shots):
         problems.append(f"num_shots must be a positive integer, got {bank.num_shots!r}")
-    if not _positive_int(bank.grid_size):
-        problems.append(f"grid_size must be a positive integer, got {bank.grid_size!r}")
+    grids_ok = (isinstance(bank.grids, tuple) and len(bank.grids) == len(bank.stages)
+                and all(len(g) == 2 and all(_positive_int(v) for v in g) for g in bank.grids))
+    if not grids_ok:
+        problems.append(f"grids must hold one (height, width) of positive integers per stage, got {bank.grids!r}")
     if (not bank.stage_blocks or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0
                                          for b in bank.stage_blocks)
             or list(bank.stage_blocks) != sorted(set(bank.stage_blocks))):
-        problems.append(f"stage_blocks must be strictly increasing block indices, got {bank.stage_blocks!r}")
+        problems.append(f"stage_blocks must be strictly increasing stage indices, got {bank.stage_blocks!r}")
     if not isinstance(bank.fingerprint, str) or len(bank.fingerprint.split(":")) != 3:
         problems.append(f"fingerprint must be 'features:config:weights', got {bank.fingerprint!r}")
     elif bank.fingerprint.split(":")[0] != bank.features:
@@ -348,10 +370,10 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
         if (bank.max_bank_patches is not None and _positive_int(bank.max_bank_patches)
                 and s.ndim == 2 and s.shape[0] > bank.max_bank_patches):
             problems.append(f"stage {k} holds {s.shape[0]} rows, more than max_bank_patches={bank.max_bank_patches}")
-        if (_positive_int(bank.num_shots) and _positive_int(bank.grid_size) and s.ndim == 2
-                and s.shape[0] > bank.num_shots * bank.grid_size ** 2):
+        if (_positive_int(bank.num_shots) and grids_ok and s.ndim == 2
+                and s.shape[0] > bank.num_shots * bank.grids[k][0] * bank.grids[k][1]):
             problems.append(f"stage {k} holds {s.shape[0]} rows, more than {bank.num_shots} shots x "
-                            f"{bank.grid_size ** 2} patches")
+                            f"{bank.grids[k][0] * bank.grids[k][1]} patches")
     scale = bank.normal_scale
     if (not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or tuple(scale.shape) != (len(stages),)
             or not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all())):
@@ -383,13 +405,14 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a reference-bank sidecar (invalid JSON: {error})") from error
     if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT:
         raise ValueError(f"{path} is not a reference-bank sidecar (format is not {BANK_FORMAT!r})")
-    if meta.get("version") != BANK_VERSION:
+    if meta.get("version") not in (1, BANK_VERSION):
         raise ValueError(f"{path}: bank format version {meta.get('version')!r} is not supported "
-                         f"(this version reads {BANK_VERSION})")
-    missing, unknown = sorted(set(_JSON_FIELDS) - set(meta)), sorted(set(meta) - set(_JSON_FIELDS))
+                         f"(this version reads 1 and {BANK_VERSION})")
+    fields = _JSON_FIELDS if meta["version"] == BANK_VERSION else _JSON_FIELDS_V1
+    missing, unknown = sorted(set(fields) - set(meta)), sorted(set(meta) - set(fields))
     if missing or unknown:
         raise ValueError(f"{path}: missing fields {missing}, unknown fields {unknown}")
-    types = {"class_name": str, "features": str, "num_shots": int, "stage_blocks": list, "grid_size": int,
+    types = {"class_name": str, "features": str, "num_shots": int, "stage_blocks": list,
              "fingerprint": str, "seed": int, "dtype": str, "shapes": list, "sha256": str}
     for name, kind in types.items():
         if not isinstance(meta[name], kind) or isinstance(meta[name], bool):
@@ -403,6 +426,12 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: shapes must be a non-empty list of [rows, dims] pairs, got {shapes!r}")
     if not all(isinstance(b, int) and not isinstance(b, bool) for b in meta["stage_blocks"]):
         raise ValueError(f"{path}: stage_blocks must be integers, got {meta['stage_blocks']!r}")
+    if meta["version"] == 1:
+        if not _positive_int(meta["grid_size"]):
+            raise ValueError(f"{path}: grid_size must be a positive integer, got {meta['grid_size']!r}")
+    elif not (isinstance(meta["grids"], list) and all(isinstance(g, list) and len(g) == 2 and all(
+            _positive_int(v) for v in g) for g in meta["grids"])):
+        raise ValueError(f"{path}: grids must be a list of [height, width] pairs, got {meta['grids']!r}")
     return meta
 
 
@@ -416,9 +445,12 @@ def _feature_modules(model: Any, features: str) -> list[tuple[str, nn.Module]]:
     """The modules that make the features of a kind (their tensors are fingerprinted)."""
     if features not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
-    encoder = model.encoder
-    modules = [("vision_preprocessor", encoder.modality_preprocessors["vision"]),
-               ("vision_trunk", encoder.modality_trunks["vision"])]
+    encoder = model.vision_encoder
+    if model.config.vision.backbone == "imagebind":  # the names and modules of the format-3 fingerprints
+        modules = [("vision_preprocessor", encoder.modality_preprocessors["vision"]),
+                   ("vision_trunk", encoder.modality_trunks["vision"])]
+    else:
+        modules = [("vision_backbone", encoder)]
     if features == "visual":
         if not hasattr(model, "visual_features"):
             raise ValueError(f"{type(model).__name__} has no adapted visual features; use features='trunk'")
@@ -433,8 +465,10 @@ def _feature_tensors(model: Any, features: str) -> list[tuple[str, torch.Tensor]
 
 
 def _config_values(model: Any, features: str) -> dict[str, Any]:
-    names = _VISUAL_CONFIG_FIELDS if features == "visual" else _TRUNK_CONFIG_FIELDS
-    values = {name: getattr(model.config, name) for name in names}
+    config = model.config
+    trunk = _IMAGEBIND_TRUNK_FIELDS if config.vision.backbone == "imagebind" else _BACKBONE_FIELDS
+    names = trunk + _INPUT_FIELDS + (_VISUAL_FIELDS if features == "visual" else ())
+    values = {name: getattr(getattr(config, part) if part else config, field) for name, part, field in names}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
@@ -454,7 +488,7 @@ def _sample_bytes(tensor: torch.Tensor) -> bytes:
 def model_fingerprint(model: Any, features: str = "trunk") -> str:
     """"<features>:<config hash>:<weights hash>" of the model's `features` (see the module docstring).
 
-    model: a SIADModel (or anything with `config` and an ImageBind `encoder`, for "trunk").
+    model: a SIADModel (or anything with `config` and a `vision_encoder`, for "trunk").
     Cached on the model, keyed by the config values and the tensors' version counters, addresses,
     dtypes and devices."""
     config_values = _config_values(model, features)
@@ -488,9 +522,9 @@ def check_bank(bank: ReferenceBank, model_fingerprint: str, class_name: str) -> 
         elif have[0] != want[0]:
             why = f"it holds {have[0]!r} features and the model is asked for {want[0]!r} features"
         elif have[1] != want[1]:
-            why = (f"it was made with another model configuration (stage blocks {bank.stage_blocks}, grid "
-                   f"{bank.grid_size}x{bank.grid_size}, dims {[s.shape[1] for s in bank.stages]}; a different "
-                   "stage layout, image size, resize mode, normalisation or width)")
+            why = (f"it was made with another model configuration (stages {bank.stage_blocks}, grids "
+                   f"{['x'.join(map(str, g)) for g in bank.grids]}, dims {[s.shape[1] for s in bank.stages]}; a "
+                   "different backbone, stage layout, image size, resize mode, normalisation or width)")
         else:
             why = "it was made with another model (different weights)"
         raise ValueError(f"the reference bank of {bank.class_name!r} ({bank.num_shots}-shot, {bank.features}) "
@@ -502,15 +536,12 @@ def check_bank(bank: ReferenceBank, model_fingerprint: str, class_name: str) -> 
 
 
 # ----------------------------------------------------------------------------------------- features
-def aggregate_patches(tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """B x N x D patch tokens (N = G^2, row-major grid) -> B x N x D in `dtype`: each token averaged
-    over its 3 x 3 neighbourhood on the grid (borders: over the neighbours that exist), L2-normalised."""
-    batch, count, dim = tokens.shape
-    side = math.isqrt(count)
-    if side * side != count:
-        raise ValueError(f"{count} patch tokens do not form a square grid")
-    grid = tokens.to(dtype).transpose(1, 2).reshape(batch, dim, side, side)
-    pooled = F.avg_pool2d(grid, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+def aggregate_patches(tokens: torch.Tensor, grid: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """B x N x D patch tokens on an H x W grid (N = H W, row by row) -> B x N x D in `dtype`: each token
+    averaged over its 3 x 3 neighbourhood on the grid (borders: over the neighbours that exist),
+    L2-normalised."""
+    pooled = F.avg_pool2d(tokens_to_map(tokens.to(dtype), grid), kernel_size=3, stride=1, padding=1,
+                          count_include_pad=False)
     return F.normalize(pooled.flatten(2).transpose(1, 2), dim=-1)
 
 
@@ -551,77 +582,89 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, *,
     return (1.0 - out).clamp_(min=0.0)
 
 
-def reference_distances(stage_features: Sequence[torch.Tensor], bank: ReferenceBank, *,
-                        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-    """K x (B x N x D_k) features of the query images (of the bank's kind, before aggregation) ->
-    B x K x G x G float32 patch distances (1 - max cosine to the bank), on the queries' device.
-    The search runs on the bank's device."""
-    if len(stage_features) != bank.num_stages:
+def reference_distances(stage_features: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]],
+                        bank: ReferenceBank, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> list[torch.Tensor]:
+    """K x (B x N_k x D_k) features of the query images (of the bank's kind, before aggregation) on
+    their grids -> K float32 patch distances B x H_k x W_k (1 - max cosine to the bank), on the
+    queries' device. The search runs on the bank's device."""
+    if len(stage_features) != bank.num_stages or len(grids) != bank.num_stages:
         raise ValueError(f"{len(stage_features)} stages of features for a bank of {bank.num_stages} stages")
-    grids = []
-    for k, (tokens, rows) in enumerate(zip(stage_features, bank.stages)):
+    out = []
+    for k, (tokens, grid, rows) in enumerate(zip(stage_features, grids, bank.stages)):
         batch, count, dim = tokens.shape
-        if count != bank.grid_size ** 2 or dim != rows.shape[1]:
-            raise ValueError(f"stage {k}: queries of {count} x {dim} do not match the bank's "
-                             f"{bank.grid_size ** 2} patches x {rows.shape[1]} dims")
-        queries = aggregate_patches(tokens.to(bank.device), dtype=bank.dtype).reshape(-1, dim)
+        if tuple(grid) != tuple(bank.grids[k]) or dim != rows.shape[1]:
+            raise ValueError(f"stage {k}: queries of {dim} dims on a {grid[0]} x {grid[1]} grid do not match the "
+                             f"bank's {rows.shape[1]} dims on {bank.grids[k][0]} x {bank.grids[k][1]}")
+        queries = aggregate_patches(tokens.to(bank.device), grid, dtype=bank.dtype).reshape(-1, dim)
         distances = nearest_distances(queries, rows, chunk_elements=chunk_elements)
-        grids.append(distances.view(batch, bank.grid_size, bank.grid_size))
-    return torch.stack(grids, dim=1).float().to(stage_features[0].device)
+        out.append(distances.view(batch, *grid).float().to(stage_features[0].device))
+    return out
 
 
-def reference_maps(distances: torch.Tensor, normal_scale: torch.Tensor, image_size: int) -> torch.Tensor:
-    """B x K x G x G distances -> B x K x S x S reference maps R_k = d / (d + s_k) in [0, 1), the
+def reference_maps(distances: Sequence[torch.Tensor], normal_scale: torch.Tensor, image_size: int) -> torch.Tensor:
+    """K distances B x H_k x W_k -> B x K x S x S reference maps R_k = d / (d + s_k) in [0, 1), each
     grid upsampled as the text maps are (`AnomalyMapHead.upsample`); normal_scale: K values > 0 (one
     per stage) or B x K (one per image and stage)."""
-    batch, stages = distances.shape[:2] if distances.ndim == 4 else (None, None)
-    if distances.ndim != 4 or normal_scale.shape not in ((stages,), (batch, stages)):
-        raise ValueError(f"distances {tuple(distances.shape)} must be B x K x G x G with one normal scale per stage "
-                         f"or per image and stage (got {tuple(normal_scale.shape)})")
-    upsampled = AnomalyMapHead.upsample(distances.float(), image_size)
+    stages = len(distances)
+    batch = distances[0].shape[0] if stages else 0
+    if not stages or any(d.ndim != 3 or d.shape[0] != batch for d in distances) or \
+            tuple(normal_scale.shape) not in ((stages,), (batch, stages)):
+        raise ValueError(f"distances {[tuple(d.shape) for d in distances]} must be K tensors B x H_k x W_k with one "
+                         f"normal scale per stage or per image and stage (got {tuple(normal_scale.shape)})")
+    upsampled = torch.cat([AnomalyMapHead.upsample(d[:, None].float(), image_size) for d in distances], dim=1)
     scale = normal_scale.to(device=upsampled.device, dtype=upsampled.dtype)
     scale = scale.view(1, -1, 1, 1) if scale.ndim == 1 else scale.view(batch, stages, 1, 1)
     return upsampled / (upsampled + scale)
 
 
 # ----------------------------------------------------------------------------------------- self-reference
-def self_reference_distances(stage_tokens: Sequence[torch.Tensor], radius: int) -> torch.Tensor:
-    """Zero-shot self-reference (beyond the paper): K x (B x N x D_k) stage tokens of the images ->
-    B x K x G x G float32 distances, each patch's 1 - max cosine to the same image's patches outside
-    its (2 radius + 1)^2 grid neighbourhood (3 x 3-aggregated as the banks are, `aggregate_patches`).
+def self_reference_distances(stage_tokens: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]],
+                             radius: int) -> list[torch.Tensor]:
+    """Zero-shot self-reference (beyond the paper): K x (B x N_k x D_k) stage tokens of the images on
+    their grids -> K float32 distances B x H_k x W_k, each patch's 1 - max cosine to the same image's
+    patches outside its (2 radius + 1)^2 grid neighbourhood (3 x 3-aggregated as the banks are,
+    `aggregate_patches`).
 
     A patch that repeats elsewhere in its own image (texture, a part's regular structure) is near 0;
     one the rest of the image never shows is far: the "local break of the image's own regularity"
     that the training data teaches the text maps, computed without any training. Memory B x N x N."""
-    grids = []
-    for tokens in stage_tokens:
-        batch, count, _ = tokens.shape
-        side = math.isqrt(count)
-        if side * side != count:
-            raise ValueError(f"{count} patch tokens do not form a square grid")
-        if 2 * radius + 1 >= side:
-            raise ValueError(f"self-reference radius {radius} leaves no patch to compare with on a {side} x {side} grid")
-        features = aggregate_patches(tokens)
-        rows = torch.arange(side, device=tokens.device).repeat_interleave(side)
-        cols = torch.arange(side, device=tokens.device).repeat(side)
+    out = []
+    for tokens, (height, width) in zip(stage_tokens, grids, strict=True):
+        batch = tokens.shape[0]
+        if 2 * radius + 1 >= min(height, width):
+            raise ValueError(f"self-reference radius {radius} leaves no patch to compare with on a "
+                             f"{height} x {width} grid")
+        features = aggregate_patches(tokens, (height, width))
+        rows = torch.arange(height, device=tokens.device).repeat_interleave(width)
+        cols = torch.arange(width, device=tokens.device).repeat(height)
         near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
         similarity = (features @ features.transpose(1, 2)).masked_fill_(near, -1.0)
-        grids.append((1.0 - similarity.amax(dim=-1)).clamp_(min=0.0).view(batch, side, side))
-    return torch.stack(grids, dim=1)
+        out.append((1.0 - similarity.amax(dim=-1)).clamp_(min=0.0).view(batch, height, width))
+    return out
 
 
-def self_reference_maps(distances: torch.Tensor, image_size: int) -> torch.Tensor:
-    """B x K x G x G self-reference distances -> B x K x S x S maps R_self_k = d / (d + m), m the
+def self_reference_maps(distances: Sequence[torch.Tensor], image_size: int) -> torch.Tensor:
+    """K self-reference distances B x H_k x W_k -> B x K x S x S maps R_self_k = d / (d + m), m the
     image's own median distance at that stage (so 0.5 marks a typical patch of this image and a patch
     the image repeats nowhere approaches 1; an image has no references to take a normal scale from).
     The per-image median scale was measured better than one fixed scale (issue 12 notes)."""
-    median = distances.flatten(2).median(dim=-1).values.clamp(min=1e-6)
+    median = torch.stack([d.flatten(1).median(dim=-1).values for d in distances], dim=1).clamp(min=1e-6)
     return reference_maps(distances, median, image_size)
 
 
-def fuse_stage_maps(text_maps: torch.Tensor, reference: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:
-    """fused_k = (1 - w) * M_k + w * R_k: B x K x S x S text maps and reference maps -> B x K x S x S.
-    weight: one value, or B values (one per image); 0 gives the text maps, 1 the reference maps."""
+FUSION_FLOOR = 1e-4  # the geometric fusion's floor: a map value of 0 would make every fused value 0
+
+
+def fuse_stage_maps(text_maps: torch.Tensor, reference: torch.Tensor, weight: float | torch.Tensor,
+                    mode: str = "linear") -> torch.Tensor:
+    """B x K x S x S text maps M and reference maps R -> B x K x S x S fused maps, per stage k:
+
+    - "linear": fused_k = (1 - w) * M_k + w * R_k;
+    - "geometric": fused_k = M_k^(1 - w) * R_k^w (both floored at FUSION_FLOOR): high only where both
+      maps are high, so that a patch that is merely unique in its image (high R, low M) or a text map's
+      false alarm on a patch the image repeats (high M, low R) does not set the image score.
+
+    weight: one value, or B values (one per image); 0 gives the text maps, 1 the reference maps (either mode)."""
     weights = torch.as_tensor(weight, dtype=torch.float32)
     if weights.ndim > 1 or (weights.ndim == 1 and weights.shape[0] != text_maps.shape[0]):
         raise ValueError(f"the fusion weight must be one value or one per image, got shape {tuple(weights.shape)}")
@@ -630,10 +673,18 @@ def fuse_stage_maps(text_maps: torch.Tensor, reference: torch.Tensor, weight: fl
                          f"got {weight!r}")
     if text_maps.shape != reference.shape:
         raise ValueError(f"text maps {tuple(text_maps.shape)} and reference maps {tuple(reference.shape)} differ")
+    if mode not in FUSION_MODES:
+        raise ValueError(f"the fusion mode must be one of {FUSION_MODES}, got {mode!r}")
     w = weights.to(device=text_maps.device, dtype=text_maps.dtype)
     if w.ndim == 1:
         w = w.view(-1, 1, 1, 1)
-    return (1.0 - w) * text_maps + w * reference.to(text_maps.dtype)
+    reference = reference.to(text_maps.dtype)
+    if mode == "linear":
+        return (1.0 - w) * text_maps + w * reference
+    fused = text_maps.clamp(min=FUSION_FLOOR) ** (1.0 - w) * reference.clamp(min=FUSION_FLOOR) ** w
+    if w.ndim == 0:  # the ends are the maps themselves, exactly (no floor)
+        return text_maps if float(w) == 0.0 else reference if float(w) == 1.0 else fused
+    return torch.where(w == 0, text_maps, torch.where(w == 1, reference, fused))
 
 
 # ----------------------------------------------------------------------------------------- coreset
@@ -667,14 +718,14 @@ def kcenter_greedy(features: torch.Tensor, count: int, *, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------------------- building
-def _normal_scale(patches: torch.Tensor, *, seed: int, chunk_elements: int) -> float:
-    """n x N x D aggregated features of the references -> the NORMAL_SCALE_QUANTILE quantile of
-    their patches' distances to the other references (n >= 2; at most NORMAL_SCALE_QUERIES patches,
-    seeded) or, with one image, to the same image outside each patch's 3 x 3 neighbourhood."""
+def _normal_scale(patches: torch.Tensor, grid: Sequence[int], *, seed: int, chunk_elements: int) -> float:
+    """n x N x D aggregated features of the references on an H x W grid -> the NORMAL_SCALE_QUANTILE
+    quantile of their patches' distances to the other references (n >= 2; at most NORMAL_SCALE_QUERIES
+    patches, seeded) or, with one image, to the same image outside each patch's 3 x 3 neighbourhood."""
     shots, count, dim = patches.shape
     if shots == 1:
-        side = math.isqrt(count)
-        ys, xs = torch.div(torch.arange(count), side, rounding_mode="floor"), torch.arange(count) % side
+        width = int(grid[1])
+        ys, xs = torch.div(torch.arange(count), width, rounding_mode="floor"), torch.arange(count) % width
         near = ((ys[:, None] - ys[None]).abs() <= 1) & ((xs[:, None] - xs[None]).abs() <= 1)
         similarity = (patches[0] @ patches[0].T).float().masked_fill(near.to(patches.device), -math.inf)
         distances = 1.0 - similarity.amax(dim=1)
@@ -694,31 +745,34 @@ def _normal_scale(patches: torch.Tensor, *, seed: int, chunk_elements: int) -> f
     return max(float(torch.quantile(distances.float(), NORMAL_SCALE_QUANTILE)), MIN_NORMAL_SCALE)
 
 
-def bank_from_features(stage_features: Sequence[torch.Tensor], *, class_name: str, features: str,
-                       stage_blocks: Sequence[int], fingerprint: str,
+def bank_from_features(stage_features: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]], *,
+                       class_name: str, features: str, stage_blocks: Sequence[int], fingerprint: str,
                        max_bank_patches: int | None = DEFAULT_MAX_BANK_PATCHES, seed: int = 0,
                        dtype: torch.dtype = torch.float32,
                        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> ReferenceBank:
-    """The bank of n normal images from their stage features K x (n x N x D_k) (of kind `features`,
-    before aggregation): 3 x 3 aggregation, the normal scale, then the coreset bound per stage.
+    """The bank of n normal images from their stage features K x (n x N_k x D_k) on their grids (of kind
+    `features`, before aggregation): 3 x 3 aggregation, the normal scale, then the coreset bound per stage.
     The bank stays on the features' device, in `dtype`."""
     if not stage_features:
         raise ValueError("no stage features")
-    shots, count, _ = stage_features[0].shape
+    shots = stage_features[0].shape[0]
     if shots < 1:
         raise ValueError("at least one reference image is needed")
+    if len(grids) != len(stage_features):
+        raise ValueError(f"{len(grids)} grids for {len(stage_features)} stages")
     rows, scales = [], []
-    for k, tokens in enumerate(stage_features):
-        if tokens.shape[:2] != (shots, count):
-            raise ValueError(f"stage {k} has {tuple(tokens.shape[:2])} images x patches, stage 0 {(shots, count)}")
-        patches = aggregate_patches(tokens, dtype=dtype)  # n x N x D
-        scales.append(_normal_scale(patches, seed=seed, chunk_elements=chunk_elements))
-        flat = patches.reshape(shots * count, -1)
+    for k, (tokens, grid) in enumerate(zip(stage_features, grids)):
+        if tokens.shape[0] != shots:
+            raise ValueError(f"stage {k} has {tokens.shape[0]} images, stage 0 {shots}")
+        patches = aggregate_patches(tokens, grid, dtype=dtype)  # n x N x D
+        scales.append(_normal_scale(patches, grid, seed=seed, chunk_elements=chunk_elements))
+        flat = patches.reshape(-1, patches.shape[-1])
         if max_bank_patches is not None and flat.shape[0] > max_bank_patches:
             flat = flat[kcenter_greedy(flat, max_bank_patches, seed=seed)]
         rows.append(flat.contiguous())
     return ReferenceBank(class_name=normalise_class_name(class_name), features=features, num_shots=shots,
-                         stage_blocks=tuple(stage_blocks), grid_size=math.isqrt(count), fingerprint=fingerprint,
+                         stage_blocks=tuple(stage_blocks), grids=tuple(tuple(g) for g in grids),
+                         fingerprint=fingerprint,
                          stages=tuple(rows), normal_scale=torch.tensor(scales, dtype=torch.float32,
                                                                        device=rows[0].device),
                          max_bank_patches=max_bank_patches, seed=seed)
@@ -741,11 +795,14 @@ def build_reference_bank(model: Any, images: Sequence[Any], class_name: str, *, 
         raise ValueError("batch_size must be positive")
     fingerprint = model_fingerprint(model, features)
     parts: list[list[torch.Tensor]] = []
+    grids: list[tuple[int, int]] = []
     for start in range(0, len(items), batch_size):
         pixels, _ = model.prepare_images(items[start:start + batch_size])
-        parts.append(select_features(model, model.encode_images(pixels), features))
+        vision = model.encode_images(pixels)
+        grids = vision.grids
+        parts.append(select_features(model, vision, features))
     stage_features = [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
-    return bank_from_features(stage_features, class_name=class_name, features=features,
-                              stage_blocks=model.config.stage_blocks, fingerprint=fingerprint,
+    return bank_from_features(stage_features, grids, class_name=class_name, features=features,
+                              stage_blocks=model.config.vision.stages, fingerprint=fingerprint,
                               max_bank_patches=max_bank_patches, seed=seed, dtype=dtype,
                               chunk_elements=chunk_elements)

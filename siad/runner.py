@@ -375,7 +375,7 @@ class ImageFiles:
         try:
             if not self.for_overlays:
                 return BatchItem(index=index, path=path, image=prepare_image(path, self.config))
-            rgb = load_rgb(path, self.config.max_input_side, self.config.max_input_pixels).rgb
+            rgb = load_rgb(path, self.config.vision.max_input_side, self.config.vision.max_input_pixels).rgb
             prepared = dataclasses.replace(prepare_image(rgb, self.config), source=path)
             return BatchItem(index=index, path=path, image=prepared, rgb=rgb)
         except (ValueError, OSError) as error:

@@ -6,7 +6,7 @@ nor transformers (they are imported inside the functions that need them).
 
 Settings (see `train/README.md` for the full schema): four sections, `model`, `data`, `train`,
 `output`. `load_settings(path, overrides, base_dir)` reads a YAML file, applies dotted overrides
-(`train.lr=5e-4`, `model.use_sem=false`; values parsed as YAML scalars), refuses unknown keys by
+(`train.lr=5e-4`, `model.map.use_sem=false`; values parsed as YAML scalars), refuses unknown keys by
 their dotted name and checks every value's type and range. Relative paths are resolved against
 `base_dir` (the repository root for `train/train.py`).
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from siad.data.readers import Sample
 
 SECTIONS: tuple[str, ...] = ("model", "data", "train", "output")
-PRESETS: tuple[str, ...] = ("tiny", "mini", "siad_llm")
+PRESETS: tuple[str, ...] = ("tiny", "mini", "mini_v2", "siad_llm")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
 QUANTIZATION: tuple[str | None, ...] = (None, "8bit", "4bit")
@@ -78,12 +78,14 @@ class TrainingError(RuntimeError):
 class ModelSettings:
     """`model:` — what to train.
 
-    preset: "tiny", "mini" or "siad_llm" (a new model from `SIADConfig.tiny()`, `.mini()`, `.siad_llm()`);
+    preset: "tiny", "mini", "mini_v2" or "siad_llm" (a new model from `SIADConfig.tiny()`, `.mini()`, ...);
     from_pretrained: a saved model folder or Hub id to continue from (e.g. the paper's initialisation
     made by `python -m siad.convert init`). Exactly one of the two.
     dtype: the dtype the model is built or loaded in (float32, bfloat16, float16); with a 16-bit
     dtype the trainable parameters are kept in float32 and `train.mixed_precision` must match.
-    config: `SIADConfig` field overrides (written directly under `model:` in the YAML).
+    config: `SIADConfig` changes, written directly under `model:` in the YAML: a part as a mapping of
+        its fields to change (`map: {threshold: 0.6}`, overridden as `model.map.threshold=0.6`) or a
+        top-level field (`embed_dim: 64`).
     """
 
     preset: str | None = None
@@ -179,8 +181,21 @@ class RunSettings:
                 "output": dataclasses.asdict(self.output)}
 
     def flat(self) -> dict[str, Any]:
-        """`{"train.lr": 0.001, ...}`: the settings with dotted keys."""
-        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
+        """`{"train.lr": 0.001, "model.map.use_sem": false, ...}`: the settings with dotted keys."""
+        return flatten_settings(self.to_dict())
+
+
+def flatten_settings(nested: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested settings dict -> dotted keys; a config part under `model:` (`map: {use_sem: false}`)
+    gives one key per field (`model.map.use_sem`)."""
+    flat: dict[str, Any] = {}
+    for section, values in nested.items():
+        for key, value in values.items():
+            if section == "model" and key in _siad_config_parts() and isinstance(value, Mapping):
+                flat.update({f"model.{key}.{field}": v for field, v in value.items()})
+            else:
+                flat[f"{section}.{key}"] = value
+    return flat
 
 
 _SECTION_TYPES = {"model": ModelSettings, "data": DataSettings, "train": TrainSettings, "output": OutputSettings}
@@ -192,12 +207,23 @@ def _siad_config_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(SIADConfig) if f.init}
 
 
+def _siad_config_parts() -> set[str]:
+    return {"vision", "text", "llm", "map"}
+
+
 def _set_key(raw: dict[str, dict[str, Any]], dotted: str, value: Any, where: str) -> None:
     """Set `section.key` in the raw nested settings, refusing unknown keys by name."""
     parts = dotted.split(".")
+    if len(parts) == 3 and parts[0] == "model" and parts[1] in _siad_config_parts() and parts[2]:
+        part = raw.setdefault("model", {}).setdefault(parts[1], {})
+        if not isinstance(part, dict):
+            raise SettingsError(f"{where}: model.{parts[1]} must be a mapping of its fields to set '{dotted}'")
+        part[parts[2]] = value  # the field itself is checked when the config is built
+        return
     if len(parts) != 2 or not all(parts):
         raise SettingsError(f"{where}: '{dotted}' is not a setting; keys are 'section.name' with section one of "
-                            f"{list(SECTIONS)} (e.g. train.lr)")
+                            f"{list(SECTIONS)} (e.g. train.lr), or model.<part>.<field> with part one of "
+                            f"{sorted(_siad_config_parts())} (e.g. model.map.threshold)")
     section, key = parts
     if section not in SECTIONS:
         raise SettingsError(f"{where}: unknown section '{section}' in '{dotted}'; expected one of {list(SECTIONS)}")
@@ -476,15 +502,15 @@ def model_config(settings: RunSettings) -> "SIADConfig":
         else:
             config = SIADConfig.load(folder / "config.json")
             if m.config:
-                config = SIADConfig.from_dict({**config.to_dict(), **m.config})
+                config = config.replace(**m.config)
     except (TypeError, ValueError) as error:
         raise SettingsError(f"model: {error}") from error
     size = settings.data.image_size
-    if size is not None and size != config.image_size:
-        raise SettingsError(f"data.image_size={size} differs from the model's image_size={config.image_size}; "
-                            f"leave data.image_size out (null) or set model.image_size too (new models only)")
-    if settings.train.llm_quantization is not None and config.llm_name_or_path is None:
-        raise SettingsError("train.llm_quantization: this model's LLM is built by SIAD (llm_name_or_path is null); "
+    if size is not None and size != config.vision.image_size:
+        raise SettingsError(f"data.image_size={size} differs from the model's image_size={config.vision.image_size}; "
+                            f"leave data.image_size out (null) or set model.vision.image_size too (new models only)")
+    if settings.train.llm_quantization is not None and config.llm.name_or_path is None:
+        raise SettingsError("train.llm_quantization: this model's LLM is built by SIAD (llm.name_or_path is null); "
                             "only an external LLM can be loaded quantized")
     return config
 
@@ -934,7 +960,7 @@ def write_state(folder: Path, state: Mapping[str, Any]) -> None:
 def settings_changes(saved: Mapping[str, Any], current: RunSettings) -> list[str]:
     """Dotted keys whose values differ between a checkpoint's settings and the current ones, except
     those that may change on resumption (`RESUMABLE_CHANGES`)."""
-    flat_saved = {f"{s}.{k}": v for s, values in saved.items() for k, v in values.items()}
+    flat_saved = flatten_settings(saved)
     flat_now = json.loads(json.dumps(current.flat()))
     keys = set(flat_saved) | set(flat_now)
     return sorted(k for k in keys if k not in RESUMABLE_CHANGES and flat_saved.get(k) != flat_now.get(k))

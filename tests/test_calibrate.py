@@ -94,14 +94,36 @@ def test_threshold_f1_max_refuses_no_anomaly_and_bad_lengths():
 
 
 def test_write_threshold_keeps_every_other_field(tmp_path):
-    config = SIADConfig.tiny(max_new_tokens=9)
+    config = SIADConfig.tiny(llm=dict(max_new_tokens=9))
     config.save(tmp_path / "config.json")
     cal.write_threshold(tmp_path, 0.123456789, smoothing_sigma=4.0)
     loaded = SIADConfig.load(tmp_path / "config.json")
-    assert loaded == config.replace(threshold=0.123456789, score_smoothing_sigma=4.0)
+    assert loaded == config.replace(map=dict(threshold=0.123456789, score_smoothing_sigma=4.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no temporary file left
     with pytest.raises(FileNotFoundError, match="config.json"):
         cal.write_threshold(tmp_path / "nothing", 0.5)
+    with pytest.raises(ValueError, match="SIADConfig.map.threshold=1.5"):
+        cal.write_threshold(tmp_path, 1.5)
+    assert SIADConfig.load(tmp_path / "config.json") == loaded  # refused before anything was written
+
+
+def test_write_threshold_keeps_an_older_folders_format(tmp_path):
+    """A folder saved before the config came in parts (format 3) names its weights `encoder.*`: its
+    config.json stays of format 3 (flat fields), so that the folder still loads."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    source = Path(__file__).parent / "fixtures" / "format3_tiny"
+    shutil.copytree(source, tmp_path / "m")
+    before = SIADConfig.load(tmp_path / "m" / "config.json")
+    cal.write_threshold(tmp_path / "m", 0.25, smoothing_sigma=2.0)
+    data = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert data["format_version"] == 3 and "map" not in data
+    assert (data["threshold"], data["score_smoothing_sigma"]) == (0.25, 2.0)
+    assert SIADConfig.load(tmp_path / "m" / "config.json") == before.replace(
+        map=dict(threshold=0.25, score_smoothing_sigma=2.0))
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -120,9 +142,9 @@ def test_cli_from_normal_images_stores_the_threshold(setup, tmp_path, capsys):
     normals = setup["root"] / "widget" / "test" / "good"
     assert cal.main(["--model", str(folder), "--class", "widget", "--normal", str(normals), "--fpr", "0.25",
                      "--no-chat", "--smooth-sigma", "2", "--quiet"]) == 0
-    stored = json.loads((folder / "config.json").read_text())
+    stored = json.loads((folder / "config.json").read_text())["map"]
     model = SIADModel.from_pretrained(setup["model"]).eval()
-    model.config = model.config.replace(score_smoothing_sigma=2.0)
+    model.config = model.config.replace(map=dict(score_smoothing_sigma=2.0))
     scores = [r.score for r in model.detect(sorted(normals.glob("*.png")), "widget", chat=False)]
     assert stored["threshold"] == cal.threshold_for_fpr(scores, 0.25)
     assert stored["score_smoothing_sigma"] == 2.0
@@ -148,7 +170,7 @@ def test_cli_from_labelled_data_dry_run_and_copy(setup, tmp_path, capsys):
     model = SIADModel.from_pretrained(setup["model"]).eval()
     scores = [r.score for r in model.detect([s.image_path for s in samples], "widget", chat=False)]
     threshold, _ = cal.threshold_f1_max([s.label for s in samples], scores)
-    assert SIADModel.from_pretrained(copy).config.threshold == threshold
+    assert SIADModel.from_pretrained(copy).config.map.threshold == threshold
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -213,7 +235,7 @@ def test_cli_with_references_calibrates_the_few_shot_scores(setup, tmp_path, cap
     few = [r.score for r in model.detect(images, "widget", chat=False, references=bank)]
     zero = [r.score for r in model.detect(images, "widget", chat=False)]
     assert not np.allclose(few, zero)
-    assert json.loads((folder / "config.json").read_text())["threshold"] == cal.threshold_for_fpr(few, 0.25)
+    assert json.loads((folder / "config.json").read_text())["map"]["threshold"] == cal.threshold_for_fpr(few, 0.25)
     for argv, message in (
             (["--model", str(folder), "--class", "widget", "--normal", str(normals), "--references", str(images[0])],
              "also references"),

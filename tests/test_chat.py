@@ -73,7 +73,7 @@ def test_detect_fills_the_cache_and_cached_answers_equal_fresh_ones(monkeypatch)
     assert model.chat(image, "bottle", [(QUESTION, result.answer)], "Where?") == cached
     assert spy.calls == 6
     # the same for a model that keeps nothing
-    nothing = build_tiny(0, chat_cache_size=0).eval()
+    nothing = build_tiny(0, llm=dict(chat_cache_size=0)).eval()
     nothing_spy = GenerationSpy(nothing, monkeypatch)
     nothing.detect([image], "bottle")
     assert nothing.chat(image, "bottle", [(QUESTION, result.answer)], "Where?") == cached
@@ -86,7 +86,7 @@ def test_detect_fills_the_cache_and_cached_answers_equal_fresh_ones(monkeypatch)
 
 
 def test_the_cache_forgets_changed_weights_and_is_bounded(monkeypatch):
-    model = build_tiny(0, chat_cache_size=2).eval()
+    model = build_tiny(0, llm=dict(chat_cache_size=2)).eval()
     spy = GenerationSpy(model, monkeypatch)
     images = [_image(i) for i in range(3)]
     model.detect(images, "bottle", batch_size=3)
@@ -106,7 +106,7 @@ def test_the_cache_forgets_changed_weights_and_is_bounded(monkeypatch):
 
 
 def test_concurrent_follow_ups_are_safe_and_equal_sequential_ones():
-    model = build_tiny(0, chat_cache_size=3).eval()
+    model = build_tiny(0, llm=dict(chat_cache_size=3)).eval()
     images = [_image(i) for i in range(5)]
     expected = [model.chat(image, "bottle", [], "Where?") for image in images]
     model.clear_chat_cache()
@@ -143,7 +143,7 @@ def test_chat_stream_yields_the_answer_as_it_grows(tiny_model):
 
 
 def test_closing_a_stream_stops_its_thread():
-    model = build_tiny(0, max_new_tokens=64, min_new_tokens=64).eval()
+    model = build_tiny(0, llm=dict(max_new_tokens=64, min_new_tokens=64)).eval()
     before = threading.active_count()
     stream = model.chat_stream(_image(3), "bottle", [], "Where?")
     first = next(stream)
@@ -187,7 +187,7 @@ def test_huge_text_is_refused_without_being_tokenized(tiny_model, monkeypatch):
 
 def test_old_turns_are_left_out_to_fit_the_context(monkeypatch):
     # an LM with 160 positions and answers of up to 16 tokens: 144 prompt positions
-    model = build_tiny(0, llm_architecture=_small_context(160)).eval()
+    model = build_tiny(0, llm=dict(architecture=_small_context(160))).eval()
     spy = GenerationSpy(model, monkeypatch)
     history = [(f"Question number {i}?", f"Answer number {i}.") for i in range(40)]
     model.chat(_image(), "bottle", history, "The newest question?")
@@ -206,7 +206,7 @@ def test_old_turns_are_left_out_to_fit_the_context(monkeypatch):
 
 
 def test_description_and_message_that_fit_alone_but_not_together():
-    model = build_tiny(0, llm_architecture=_small_context(160), max_text_tokens=100).eval()
+    model = build_tiny(0, llm=dict(architecture=_small_context(160), max_text_tokens=100)).eval()
     text = "part " * 60  # under 100 tokens each, about 120 together with the header and the question
     assert model.chat(_image(), "bottle", [], "Where?", description=text)
     with pytest.raises(ValueError, match="description and the message"):

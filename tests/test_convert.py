@@ -70,8 +70,13 @@ def test_init_builds_a_loadable_model(checkpoints, tmp_path):
     assert code == 0
     model = SIADModel.from_pretrained(out)
     original = torch.load(imagebind, weights_only=True)
-    for key, value in model.encoder.state_dict().items():
-        assert torch.equal(value, original[key]), key
+    encoders = {"vision": model.vision_encoder, "text": model.text_encoder}
+    for modality, encoder in encoders.items():
+        for key, value in encoder.state_dict().items():
+            assert f".{modality}." in key, key  # each tower holds its own modality's official entries
+            assert torch.equal(value, original[key]), key
+    stored = {k for encoder in encoders.values() for k in encoder.state_dict()}
+    assert stored == {k for k in original if k.split(".")[1] in encoders}  # every vision and text entry
     delta = torch.load(pandagpt, weights_only=True)
     assert torch.equal(model.llama_proj.weight, delta["llama_proj.weight"])
     lora_b = dict(model.llm.named_parameters())["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]

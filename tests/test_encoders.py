@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from siad import SIADConfig
-from siad.encoders import (ImageBindEncoder, ImageBindTokenizer, filter_official_state_dict,
+from siad.encoders import (ImageBindTextEncoder, ImageBindTokenizer, ImageBindVision, filter_official_state_dict,
                            import_imagebind_model, load_official_checkpoint)
 
 
@@ -22,10 +22,20 @@ def tokenizer():
     return ImageBindTokenizer()
 
 
+def _towers(config):
+    return ImageBindVision(config.vision, config.embed_dim), ImageBindTextEncoder(config.text, config.embed_dim)
+
+
+@pytest.fixture(scope="module")
+def vision():
+    torch.manual_seed(0)
+    return _towers(SIADConfig.tiny())[0].eval()
+
+
 @pytest.fixture(scope="module")
 def encoder():
     torch.manual_seed(0)
-    return ImageBindEncoder(SIADConfig.tiny()).eval()
+    return _towers(SIADConfig.tiny())[1].eval()
 
 
 def test_tokenizer_pack_truncates_the_named_piece(tokenizer):
@@ -37,24 +47,25 @@ def test_tokenizer_pack_truncates_the_named_piece(tokenizer):
     assert tokenizer.truncate("a " * 200, 10).count("a") == 10
 
 
-def test_stage_tokens_and_embedding_shapes(encoder):
+def test_stage_tokens_and_embedding_shapes(vision):
     pixels = torch.randn(2, 3, 224, 224)
-    out = encoder.encode_image(pixels)
-    assert len(out.stage_tokens) == 4
-    for tokens in out.stage_tokens:
-        assert tokens.shape == (2, 256, 32)
+    out = vision(pixels)
+    assert len(out.stage_tokens) == 4 and out.grids == [(16, 16)] * 4
+    assert vision.stage_channels == (32,) * 4 and vision.stage_strides == (14,) * 4
+    for tokens, maps in zip(out.stage_tokens, out.stage_maps):
+        assert tokens.shape == (2, 256, 32) and maps.shape == (2, 32, 16, 16)
     assert out.image_embedding.shape == (2, 32)
     assert torch.allclose(out.image_embedding.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
-def test_stage_tokens_equal_forward_hooks_on_the_blocks(encoder):
+def test_stage_tokens_equal_forward_hooks_on_the_blocks(vision):
     """The block-by-block run gives exactly what forward hooks on blocks[i] see (layout L x B x D)."""
     seen = {}
-    hooks = [encoder.modality_trunks["vision"].blocks[i].register_forward_hook(
+    hooks = [vision.modality_trunks["vision"].blocks[i].register_forward_hook(
         lambda m, a, o, i=i: seen.__setitem__(i, o)) for i in (0, 1, 2, 3)]
     try:
         pixels = torch.randn(1, 3, 224, 224)
-        out = encoder.encode_image(pixels)
+        out = vision(pixels)
     finally:
         for h in hooks:
             h.remove()
@@ -104,15 +115,16 @@ def test_official_checkpoint_loads_strictly(tmp_path):
     assert any(k.startswith("modality_trunks.audio") for k in state)  # all modalities, as the official file
     path = tmp_path / "imagebind_tiny.pth"
     torch.save(state, path)
-    encoder = ImageBindEncoder(SIADConfig.tiny())
-    load_official_checkpoint(encoder, path)
-    for key, value in encoder.state_dict().items():
-        assert torch.equal(value, state[key]), key
-    assert set(encoder.state_dict()) == set(filter_official_state_dict(state))
+    towers = _towers(SIADConfig.tiny())
+    load_official_checkpoint(list(towers), path)
+    for tower in towers:
+        for key, value in tower.state_dict().items():
+            assert torch.equal(value, state[key]), key
+    assert set(towers[0].state_dict()) | set(towers[1].state_dict()) == set(filter_official_state_dict(state))
 
 
 def test_wrong_checkpoints_are_refused(tmp_path):
-    encoder = ImageBindEncoder(SIADConfig.tiny())
+    encoder = list(_towers(SIADConfig.tiny()))
     state = _tiny_official_state(0)
     del state["modality_trunks.vision.blocks.0.attn.in_proj_weight"]
     path = tmp_path / "missing.pth"

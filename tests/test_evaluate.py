@@ -122,7 +122,7 @@ def _recompute(model_dir: Path, root: Path, batch_size: int, chat: bool, sigma: 
                 "aupro": aupro(masks, maps), "image_ap": average_precision(labels, scores),
                 "image_f1_max": f1_max(labels, scores),
                 "accuracy": float(np.mean([a is not None and a == bool(y) for a, y in zip(answers, labels)])),
-                "agreement": float(np.mean([a is not None and a == (score >= model.config.threshold)
+                "agreement": float(np.mean([a is not None and a == (score >= model.config.map.threshold)
                                             for a, score in zip(answers, scores)])),
                 "neither": sum(a is None for a in answers), "scores": scores,
             }
@@ -301,7 +301,7 @@ def test_zero_shot_baseline_maps_and_shapes():
         assert r.anomaly_map.dtype == np.float32 and 0.0 <= r.anomaly_map.min() <= r.anomaly_map.max() <= 1.0
         assert np.array_equal(r.anomaly_map, r.initial_map) and r.score == r.initial_score
         assert r.answer is None and r.initial_answer is None
-        assert r.is_anomalous == (r.score >= baseline.config.threshold)
+        assert r.is_anomalous == (r.score >= baseline.config.map.threshold)
         assert float(r.anomaly_map.max()) <= r.score + 1e-6  # the score is the max of the 224 x 224 map
     again = load_detector("zero-shot:tiny").detect(images, ["bottle", "wood"])  # seeded: the same weights
     assert all(np.array_equal(a.anomaly_map, b.anomaly_map) for a, b in zip(results, again))
@@ -310,13 +310,13 @@ def test_zero_shot_baseline_maps_and_shapes():
 def test_zero_shot_baseline_is_the_vision_head_projection_and_the_ensemble():
     baseline = load_detector("zero-shot:tiny")
     tokens = [torch.randn(2, 256, 32) for _ in range(4)]
-    head = baseline.encoder.modality_heads["vision"]
+    head = baseline.vision_encoder.modality_heads["vision"]
     projected = baseline.project_tokens(tokens)
     manual = torch.nn.functional.normalize(head[2](head[0](tokens[1])), dim=-1)
     assert torch.allclose(projected[1], manual, atol=1e-6)
     text = baseline.text_features(["bottle", "wood", "bottle"], 4)
     assert text.shape == (3, 4, 2, 32)
-    ensemble = baseline.prompts.features(baseline.encoder, baseline.text_tokenizer, "wood")
+    ensemble = baseline.prompts.features(baseline.text_encoder, baseline.text_tokenizer, "wood")
     assert torch.equal(text[1, 3], ensemble) and torch.equal(text[0], text[2])
     maps = baseline.anomaly_maps(torch.zeros(1, 3, 224, 224), ["bottle"])
     assert maps.shape == (1, 224, 224) and float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
@@ -331,9 +331,10 @@ def test_zero_shot_from_a_model_folder_reads_only_its_encoder(data, monkeypatch)
     baseline = load_detector(f"zero-shot:{data['model']}")
     monkeypatch.undo()
     model = SIADModel.from_pretrained(data["model"])
-    mine, theirs = baseline.encoder.state_dict(), model.encoder.state_dict()
-    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    assert baseline.config.threshold == 0.5 and baseline.config.score_smoothing_sigma == 0.0
+    for mine, theirs in ((baseline.vision_encoder.state_dict(), model.vision_encoder.state_dict()),
+                         (baseline.text_encoder.state_dict(), model.text_encoder.state_dict())):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert baseline.config.map.threshold == 0.5 and baseline.config.map.score_smoothing_sigma == 0.0
 
 
 def test_evaluation_never_changes_the_models_config(data):
@@ -347,7 +348,7 @@ def test_evaluation_never_changes_the_models_config(data):
                                      settings=ev.EvalSettings(smooth_sigma=4.0, chat=False, progress=False))
     assert model.config.to_dict() == before
     assert evaluation.settings["smooth_sigma"] == 4.0
-    assert evaluation.settings["model_smooth_sigma"] == before["score_smoothing_sigma"]
+    assert evaluation.settings["model_smooth_sigma"] == before["map"]["score_smoothing_sigma"]
     smoothed = model.detect([s.image_path for s in samples], "plate", chat=False, score_smoothing_sigma=4.0)
     assert [r.scores["pass1"] for r in evaluation.records] == pytest.approx([r.score for r in smoothed], abs=1e-12)
 
@@ -449,7 +450,9 @@ def test_zero_shot_reports_say_so_and_shots_errors(data, cwd, capsys):
             (["--model", str(data["model"]), "--dataset", "brainmri", "--root", str(data["medical"]), "--shots", "1"],
              "too few normal images"),  # its train split is its test normals: never a reference
             (["--model", "zero-shot:tiny", "--dataset", "mvtec", "--root", str(data["mvtec"]), "--shots", "1"],
-             "zero-shot baseline takes no references"),
+             "the zero-shot and self-reference baselines take none"),
+            (["--model", "self-reference:tiny", "--dataset", "mvtec", "--root", str(data["mvtec"]), "--shots", "1"],
+             "the zero-shot and self-reference baselines take none"),
             (["--model", "M", "--dataset", "mvtec", "--root", "R", "--shot-seeds", "1"], "--shot-seeds needs --shots"),
             (["--model", "M", "--dataset", "mvtec", "--root", "R", "--shots", "-1"], "--shots must be >= 0")):
         with pytest.raises(SystemExit) as exit_info:

@@ -46,8 +46,8 @@ def bank(model, refs):
 def test_reference_bank_is_exported_and_built_with_the_configs_settings(model, bank):
     assert siad.ReferenceBank is ReferenceBank and "ReferenceBank" in siad.__all__
     assert isinstance(bank, ReferenceBank) and bank.class_name == "gear" and bank.num_shots == 3
-    assert bank.features == model.config.few_shot_features and bank.max_bank_patches == model.config.max_bank_patches
-    small = build_tiny(0, max_bank_patches=100, few_shot_features="visual").eval()
+    assert bank.features == model.config.map.few_shot_features and bank.max_bank_patches == model.config.map.max_bank_patches
+    small = build_tiny(0, map=dict(max_bank_patches=100, few_shot_features="visual")).eval()
     visual = small.build_references(_images(2, seed=10), "gear")
     assert visual.features == "visual" and all(s.shape[0] <= 100 for s in visual.stages)
 
@@ -74,9 +74,9 @@ def test_a_bank_fuses_both_passes_with_the_reference_maps_computed_once(model, b
         fusions.append((text, reference, weight, out))
         return out
 
-    def spy_search(features, bank_):
+    def spy_search(features, grids, bank_):
         searches.append(bank_)
-        return search(features, bank_)
+        return search(features, grids, bank_)
 
     def spy_tokens(stage_maps):
         pem_inputs.append(stage_maps)
@@ -90,15 +90,17 @@ def test_a_bank_fuses_both_passes_with_the_reference_maps_computed_once(model, b
     monkeypatch.undo()
     assert result.mode == "3-shot" and len(searches) == 1 and searches[0] is bank  # once for both passes
     (text1, ref1, w1, fused1), (text2, ref2, w2, fused2) = fusions
-    assert ref1 is ref2 and w1 == w2 == model.config.few_shot_weight
+    assert ref1 is ref2 and w1 == w2 == model.config.map.few_shot_weight
     assert not torch.equal(text1, text2)  # pass 2 fuses the refined text maps
     assert torch.equal(pem_inputs[0], fused1) and torch.equal(pem_inputs[1], fused2)
     # the same figures computed by hand from siad.references
     with torch.no_grad():
         pixels, _ = model.prepare_images(image)
         vision = model.encode_images(pixels)
-        text_maps = model.anomaly_maps(model.visual_features(vision), model.class_text_features(["gear"])).stage_maps
-        manual_ref = reference_maps(reference_distances(vision.stage_tokens, bank), bank.normal_scale, 224)
+        text_maps = model.anomaly_maps(model.visual_features(vision), model.class_text_features(["gear"]),
+                                       vision.grids).stage_maps
+        manual_ref = reference_maps(reference_distances(vision.stage_tokens, vision.grids, bank), bank.normal_scale,
+                                    224)
         manual = fuse_stage_maps(text_maps, manual_ref, 0.9).mean(dim=1)[0]
     assert torch.allclose(text1, text_maps, atol=1e-6) and torch.allclose(ref1, manual_ref, atol=1e-6)
     assert np.allclose(result.initial_map, manual.numpy(), atol=1e-6)
@@ -130,7 +132,7 @@ def test_a_bank_of_another_class_model_or_features_is_refused(model, bank, refs)
         other.detect(image, "gear", references=bank)
     with pytest.raises(ValueError, match="another model"):
         other.chat(image[0], "gear", [], "Where?", references=bank)
-    visual = build_tiny(0, few_shot_features="visual").eval()
+    visual = build_tiny(0, map=dict(few_shot_features="visual")).eval()
     with pytest.raises(ValueError, match="'trunk' features and the model is asked for 'visual'"):
         visual.detect(image, "gear", references=bank)
     with pytest.raises(ValueError, match="a list of images serves one class"):

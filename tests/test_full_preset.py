@@ -11,7 +11,7 @@ from siad.encoders import filter_official_state_dict, import_imagebind_model
 
 @pytest.fixture(scope="module")
 def empty_full_model():
-    config = SIADConfig.siad_llm(llm_name_or_path=None, llm_architecture=LLAMA_7B_ARCHITECTURE)
+    config = SIADConfig.siad_llm(llm=dict(name_or_path=None, architecture=LLAMA_7B_ARCHITECTURE))
     with init_empty_weights():
         model = SIADModel(config)
     return model
@@ -23,11 +23,12 @@ def _count(params) -> int:
 
 def test_parameter_counts(empty_full_model):
     model = empty_full_model
-    assert all(p.is_meta for p in model.encoder.parameters())
+    encoders = [model.vision_encoder, model.text_encoder]
+    assert all(p.is_meta for e in encoders for p in e.parameters())
     with init_empty_weights():
         reference = import_imagebind_model().imagebind_huge()
     real = _count(v for k, v in reference.named_parameters() if k in filter_official_state_dict(dict(reference.named_parameters())))
-    encoder = _count(model.encoder.parameters())
+    encoder = _count(p for e in encoders for p in e.parameters())
     assert abs(encoder - real) / real < 0.01
     assert abs(encoder - 0.99e9) / 0.99e9 < 0.01
     llm = model.llm
@@ -42,12 +43,18 @@ def test_encoder_keys_and_shapes_equal_imagebind_huge(empty_full_model):
     with init_empty_weights():
         reference = import_imagebind_model().imagebind_huge()
     expected = {k: tuple(v.shape) for k, v in filter_official_state_dict(reference.state_dict()).items()}
-    own = {k: tuple(v.shape) for k, v in empty_full_model.encoder.state_dict().items()}
-    assert own == expected
+    vision = {k: tuple(v.shape) for k, v in empty_full_model.vision_encoder.state_dict().items()}
+    text = {k: tuple(v.shape) for k, v in empty_full_model.text_encoder.state_dict().items()}
+    assert all(".vision." in k for k in vision) and all(".text." in k for k in text)
+    own = {**vision, **text}
+    assert len(own) == len(vision) + len(text) and own == expected
     assert own["modality_trunks.vision.blocks.31.mlp.fc1.weight"] == (5120, 1280)
     assert own["modality_preprocessors.text.token_embedding.weight"] == (49408, 1024)
 
 
 def test_stage_tokens_are_taken_after_the_quarter_blocks(empty_full_model):
-    assert empty_full_model.encoder.stage_blocks == (7, 15, 23, 31)
-    assert torch.Size([1024, 1280]) == empty_full_model.stage_projection.linears[0].weight.shape
+    vision = empty_full_model.vision_encoder
+    assert empty_full_model.config.vision.stages == vision.stages == (7, 15, 23, 31)
+    assert vision.stage_channels == (1280,) * 4 and vision.stage_strides == (14,) * 4
+    assert vision.stage_grids(224) == [(16, 16)] * 4
+    assert all(torch.Size([1024, 1280]) == linear.weight.shape for linear in empty_full_model.stage_projection.linears)

@@ -137,7 +137,7 @@ def test_greedy_answers_are_those_of_the_old_loop(lms, min_new_tokens):
         builder = PromptBuilder(tok, llm.get_input_embeddings())
         convs = _conversations(64, seed=len(name))
         gen = generation_settings(build_generation_config(
-            config.replace(max_new_tokens=24, min_new_tokens=min_new_tokens), tok))
+            config.replace(llm=dict(max_new_tokens=24, min_new_tokens=min_new_tokens)), tok))
         reference = ReferenceSettings(max_new_tokens=24, min_new_tokens=min_new_tokens)
         for batch in (1, 3, 8):  # left padding: the prompts have different lengths
             for start in range(0, len(convs) if batch > 1 else 3, batch):
@@ -157,13 +157,13 @@ def test_min_new_tokens_equal_to_max_gives_exactly_that_many_tokens(lms):
     llm = models["trained"]
     builder = PromptBuilder(tok, llm.get_input_embeddings())
     inputs = builder.build(_conversations(64, seed=0)[:4])
-    gen = generation_settings(build_generation_config(config.replace(max_new_tokens=12, min_new_tokens=12), tok))
+    gen = generation_settings(build_generation_config(config.replace(llm=dict(max_new_tokens=12, min_new_tokens=12)), tok))
     assert gen.stop_strings is None and gen.min_new_tokens == gen.max_new_tokens == 12
     out = llm.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, generation_config=gen,
                        tokenizer=tok)
     assert out.shape == (4, 12) and not (out == tok.eos_token_id).any()
     # below max_new_tokens the stop string stays on: a trained answer stops at once
-    short = generation_settings(build_generation_config(config.replace(max_new_tokens=24, min_new_tokens=2), tok))
+    short = generation_settings(build_generation_config(config.replace(llm=dict(max_new_tokens=24, min_new_tokens=2)), tok))
     assert short.stop_strings == STOP_STRING
     first = llm.generate(inputs_embeds=inputs.inputs_embeds[:1], attention_mask=inputs.attention_mask[:1],
                          generation_config=short, tokenizer=tok)
@@ -172,14 +172,14 @@ def test_min_new_tokens_equal_to_max_gives_exactly_that_many_tokens(lms):
 
 def test_generation_settings_cap_and_the_base_lm_config_is_ignored(lms):
     models, tok, config = lms
-    base = build_generation_config(config.replace(max_new_tokens=20, min_new_tokens=5), tok)
+    base = build_generation_config(config.replace(llm=dict(max_new_tokens=20, min_new_tokens=5)), tok)
     capped = generation_settings(base, 3)
     assert (capped.max_new_tokens, capped.min_new_tokens, capped.stop_strings) == (3, 3, None)
     assert (base.max_new_tokens, base.min_new_tokens) == (20, 5)  # a copy
     assert generation_settings(base, 77).max_new_tokens == 20
     assert not base.do_sample and base.num_beams == 1 and base.repetition_penalty == 1.0
     assert base.eos_token_id == tok.eos_token_id and base.stop_strings == STOP_STRING
-    sampling = build_generation_config(config.replace(do_sample=True, temperature=0.7, top_p=0.9), tok)
+    sampling = build_generation_config(config.replace(llm=dict(do_sample=True, temperature=0.7, top_p=0.9)), tok)
     assert (sampling.do_sample, sampling.temperature, sampling.top_p, sampling.top_k) == (True, 0.7, 0.9, 0)
     # a base LM whose own generation config samples and penalises repeats: SIAD's answers stay greedy
     llm = models["random"]
@@ -201,7 +201,7 @@ def test_a_set_cancel_event_stops_after_one_token(lms):
     llm = models["random"]
     builder = PromptBuilder(tok, llm.get_input_embeddings())
     inputs = builder.build(_conversations(64, seed=4)[:2])
-    gen = generation_settings(build_generation_config(config.replace(max_new_tokens=16, min_new_tokens=16), tok))
+    gen = generation_settings(build_generation_config(config.replace(llm=dict(max_new_tokens=16, min_new_tokens=16)), tok))
     sequences = []
     original = llm.generate
 
@@ -228,7 +228,7 @@ def test_stage_timer_sees_prefill_and_decode(lms):
     builder = PromptBuilder(tok, llm.get_input_embeddings())
     timer = StageTimer()
     generate(llm, tok, builder.build(_conversations(64, seed=5)[:2]),
-             generation_settings(build_generation_config(config.replace(max_new_tokens=6, min_new_tokens=6), tok)),
+             generation_settings(build_generation_config(config.replace(llm=dict(max_new_tokens=6, min_new_tokens=6)), tok)),
              timer=timer)
     assert timer.calls == {"llm_prefill": 1, "llm_decode": 1}
     assert timer.seconds["llm_prefill"] > 0 and timer.seconds["llm_decode"] > 0
@@ -266,7 +266,7 @@ def test_generate_streams_the_same_answer(lms):
     for name in ("trained", "random"):
         llm = models[name]
         builder = PromptBuilder(tok, llm.get_input_embeddings())
-        gen = generation_settings(build_generation_config(config.replace(max_new_tokens=24), tok))
+        gen = generation_settings(build_generation_config(config.replace(llm=dict(max_new_tokens=24)), tok))
         for conv in _conversations(64, seed=6)[:4]:
             inputs = builder.build([conv])
             streamer = AnswerStreamer(tok, timeout=30)
@@ -278,7 +278,7 @@ def test_generate_streams_the_same_answer(lms):
 
 # ---------------------------------------------------------------------- the model's generation config and its file
 def test_model_generation_config_round_trips_through_a_folder(tmp_path):
-    model = build_tiny(0, max_new_tokens=16, min_new_tokens=2).eval()
+    model = build_tiny(0, llm=dict(max_new_tokens=16, min_new_tokens=2)).eval()
     assert model.generation_config.max_new_tokens == 16 and model.generation_config.min_new_tokens == 2
     assert load_generation_config(model, tmp_path) is None  # no file: the config's settings stay
     path = save_generation_config(model, tmp_path)
@@ -288,7 +288,7 @@ def test_model_generation_config_round_trips_through_a_folder(tmp_path):
     # an edited file takes effect in every answer of a freshly built model
     data.update(max_new_tokens=3, min_new_tokens=3)
     path.write_text(json.dumps(data))
-    other = build_tiny(0, max_new_tokens=16).eval()
+    other = build_tiny(0, llm=dict(max_new_tokens=16)).eval()
     loaded = load_generation_config(other, tmp_path)
     assert loaded is other.generation_config and loaded.max_new_tokens == 3
     lengths = []
@@ -315,12 +315,12 @@ def test_a_broken_generation_config_file_is_refused(tmp_path):
         (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": limit}))
         with pytest.raises(ValueError, match="generation_config.json"):
             load_generation_config(model, tmp_path)
-    assert model.generation_config.max_new_tokens == model.config.max_new_tokens  # unchanged
+    assert model.generation_config.max_new_tokens == model.config.llm.max_new_tokens  # unchanged
 
 
 def test_greedy_left_padded_batch_equals_single_runs(lms):
     models, tok, config = lms
-    gen = generation_settings(build_generation_config(config.replace(max_new_tokens=16), tok))
+    gen = generation_settings(build_generation_config(config.replace(llm=dict(max_new_tokens=16)), tok))
     for llm in models.values():
         builder = PromptBuilder(tok, llm.get_input_embeddings())
         convs = _conversations(64, seed=7)

@@ -103,7 +103,7 @@ def test_external_llm_is_loaded_without_remote_code_and_from_safetensors_only(mo
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record("model"))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record("tokenizer"))
     with pytest.raises(RuntimeError, match="stop here"):
-        load_language_model(SIADConfig.tiny(llm_name_or_path="some/llm", llm_architecture=None))
+        load_language_model(SIADConfig.tiny(llm=dict(name_or_path="some/llm", architecture=None)))
     kind, kwargs = calls[0]
     assert kind == "model" and kwargs["trust_remote_code"] is False and kwargs["use_safetensors"] is True
 
@@ -123,7 +123,7 @@ def test_folder_with_a_7b_architecture_and_no_llm_is_refused_before_allocating(s
     folder = _copy(saved_tiny, tmp_path)
     shutil.rmtree(folder / "llm")
     config = json.loads((folder / "config.json").read_text())
-    config["llm_architecture"] = dict(LLAMA_7B_ARCHITECTURE)
+    config["llm"]["architecture"] = dict(LLAMA_7B_ARCHITECTURE)
     (folder / "config.json").write_text(json.dumps(config))
 
     def refuse(*args, **kwargs):
@@ -181,9 +181,9 @@ def test_zero_shot_baseline_nan_score_is_an_error_too():
 
     torch.manual_seed(0)
     model = SIADModel(SIADConfig.tiny())
-    baseline = ZeroShotBaseline(model.encoder, model.config)
+    baseline = ZeroShotBaseline(model.vision_encoder, model.text_encoder, model.config)
     with torch.no_grad():
-        for p in baseline.encoder.parameters():
+        for p in baseline.vision_encoder.parameters():
             p.fill_(float("nan"))
     with pytest.raises(FloatingPointError):
         baseline.detect([np.zeros((16, 16, 3), dtype=np.uint8)], ["gear"])

@@ -95,14 +95,14 @@ def test_from_pretrained_hub_id_offline_from_the_cache(tmp_path, monkeypatch):
     tokenizer.save_pretrained(tmp_path / "llm_src")
     _snapshot(cache, "org/tiny-llm", tmp_path / "llm_src")
     torch.manual_seed(0)
-    config = SIADConfig.tiny(llm_name_or_path="org/tiny-llm")
+    config = SIADConfig.tiny(llm=dict(name_or_path="org/tiny-llm"))
     model = SIADModel(config, llm=base, llm_tokenizer=tokenizer).eval()
     model.save_pretrained(tmp_path / "siad_src")
     assert not (tmp_path / "siad_src" / "llm").exists()  # the base LLM is referenced, not copied
     _snapshot(cache, "org/siad-llm", tmp_path / "siad_src")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     loaded = SIADModel.from_pretrained("org/siad-llm", cache_dir=cache)
-    assert loaded.config.llm_name_or_path == "org/tiny-llm"
+    assert loaded.config.llm.name_or_path == "org/tiny-llm"
     _same_detection(model.detect(IMAGES, "wood"), loaded.detect(IMAGES, "wood"))
     with pytest.raises(OSError, match="org/absent"):
         SIADModel.from_pretrained("org/absent", cache_dir=cache)
@@ -160,7 +160,7 @@ def _check_bf16_card_no_encoder(upload: dict, model) -> None:
     files = upload["files"]
     assert files["README.md"].decode() == CARD
     weights = _weights(files["model.safetensors"])
-    assert weights and not any(k.startswith("encoder.") for k in weights)
+    assert weights and not any(k.startswith(("vision_encoder.", "text_encoder.", "encoder.")) for k in weights)
     assert {v.dtype for v in weights.values()} == {torch.bfloat16}
     assert torch.equal(weights["llama_proj.weight"], model.llama_proj.weight.to(torch.bfloat16))
     assert {v.dtype for v in _weights(files["llm_adapter/adapter_model.safetensors"]).values()} == {torch.bfloat16}
@@ -207,7 +207,9 @@ def test_push_to_hub_defaults_upload_the_whole_model_with_its_card(monkeypatch):
         "README.md", "config.json", "generation_config.json", "llm/config.json", "llm/model.safetensors", "llm/tokenizer.json",
         "llm/tokenizer_config.json", "llm_adapter/adapter_config.json", "llm_adapter/adapter_model.safetensors",
         "model.safetensors"]
-    assert any(k.startswith("encoder.") for k in _weights(files["model.safetensors"]))
+    stored = _weights(files["model.safetensors"])
+    assert any(k.startswith("vision_encoder.") for k in stored) and any(k.startswith("text_encoder.") for k in stored)
+    assert not any(k.startswith("encoder.") for k in stored)
     assert 'SIADModel.from_pretrained("org/siad-llm"' in files["README.md"].decode()  # the card names the repo
 
 
@@ -280,12 +282,36 @@ def test_a_folder_saved_by_a_newer_siad_loads_with_a_warning_and_an_older_one_is
     with pytest.warns(UserWarning, match=r"newer siad.*\['map_head_dtype'\]"):
         newer = SIADModel.from_pretrained(tmp_path / "m")
     _same_detection(model.detect(IMAGES, "bottle", chat=False), newer.detect(IMAGES, "bottle", chat=False))
-    del saved["format_version"]  # a folder written before the format version existed
-    path.write_text(json.dumps(saved))
-    assert SIADModel.from_pretrained(tmp_path / "m").config == model.config
-    path.write_text(json.dumps({**saved, "threshold": "0.5"}))
-    with pytest.raises(ValueError, match="SIADConfig.threshold='0.5'"):
+    # a folder written before the format version existed: a flat config without "format_version", and
+    # the ImageBind trunks stored together as `encoder.*`
+    old = _flat_config(saved)
+    assert "format_version" not in old and "vision" not in old and old["stage_blocks"] == [0, 1, 2, 3]
+    path.write_text(json.dumps(old))
+    weights = tmp_path / "m" / "model.safetensors"
+    state = load_file(weights)
+    save_file({("encoder." + k.split("_encoder.", 1)[1] if k.startswith(("vision_encoder.", "text_encoder.")) else k): v
+               for k, v in state.items()}, weights)
+    assert any(k.startswith("encoder.modality_trunks.text.") for k in load_file(weights))
+    upgraded = SIADModel.from_pretrained(tmp_path / "m")
+    assert upgraded.config == model.config
+    _same_detection(model.detect(IMAGES, "bottle", chat=False), upgraded.detect(IMAGES, "bottle", chat=False))
+    path.write_text(json.dumps({**old, "threshold": "0.5"}))
+    with pytest.raises(ValueError, match=r"SIADConfig.map.threshold='0.5'"):
         SIADModel.from_pretrained(tmp_path / "m")
+
+
+def _flat_config(saved: dict) -> dict:
+    """A saved config (format 4: in parts) as the flat dict of the formats before it, without a version."""
+    from siad.config import _FORMAT_3_FIELDS
+
+    flat = {}
+    for old_name, (part, name) in _FORMAT_3_FIELDS.items():
+        source = saved[part] if part else saved
+        if name in source:
+            flat[old_name] = source[name]
+    assert saved["vision"]["trainable"] == saved["text"]["trainable"]
+    flat["train_encoder"] = saved["vision"]["trainable"]
+    return flat
 
 
 def test_saved_generation_config_takes_effect_on_loading(tmp_path):
@@ -297,7 +323,7 @@ def test_saved_generation_config_takes_effect_on_loading(tmp_path):
     model.save_pretrained(tmp_path / "m")
     path = tmp_path / "m" / "generation_config.json"
     settings = json.loads(path.read_text())
-    assert settings["max_new_tokens"] == model.config.max_new_tokens
+    assert settings["max_new_tokens"] == model.config.llm.max_new_tokens
     settings["max_new_tokens"] = 2
     path.write_text(json.dumps(settings))
     loaded = SIADModel.from_pretrained(tmp_path / "m")

@@ -136,7 +136,7 @@ def test_a_small_file_of_too_many_pixels_is_refused_from_its_header(tmp_path, mo
     path = tmp_path / "bomb.png"
     Image.new("1", (13000, 13000)).save(path)
     assert path.stat().st_size < 1_000_000
-    assert SIADConfig().max_input_pixels == 40_000_000
+    assert SIADConfig().vision.max_input_pixels == 40_000_000
 
     def no_decoding(self):
         raise AssertionError("the image was decoded")
@@ -185,10 +185,10 @@ def test_detect_caps_its_maps_and_refuses_an_image_over_the_budget():
     from siad.model import SIADModel
 
     torch.manual_seed(0)
-    model = SIADModel(SIADConfig.tiny(max_map_pixels=1000, max_input_pixels=50_000)).eval()
+    model = SIADModel(SIADConfig.tiny(map=dict(max_map_pixels=1000), vision=dict(max_input_pixels=50_000))).eval()
     result = model.detect(np.zeros((100, 400, 3), dtype=np.uint8), "widget", chat=False)[0]
     assert result.anomaly_map.shape == map_size((100, 400), 1000) == (15, 63)
-    with pytest.raises(ValueError, match=r"SIADConfig.max_input_pixels"):
+    with pytest.raises(ValueError, match=r"VisionConfig.max_input_pixels"):
         model.detect(np.zeros((300, 200, 3), dtype=np.uint8), "widget", chat=False)
     for name, bad in (("max_input_pixels", 0), ("max_map_pixels", 10**9), ("max_map_pixels", True)):
         with pytest.raises(ValueError, match=name):

@@ -57,7 +57,7 @@ def test_llm_loads_in_the_requested_dtype_from_a_local_folder(tmp_path, tokenize
     llm, tok = load_language_model(config)
     llm.save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
-    loaded, loaded_tok = load_language_model(config.replace(llm_name_or_path=str(tmp_path / "lm")),
+    loaded, loaded_tok = load_language_model(config.replace(llm=dict(name_or_path=str(tmp_path / "lm"))),
                                              dtype=torch.bfloat16, local_files_only=True)
     assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
     assert loaded_tok.get_vocab() == tok.get_vocab()
@@ -66,7 +66,7 @@ def test_llm_loads_in_the_requested_dtype_from_a_local_folder(tmp_path, tokenize
 
 
 def test_lora_follows_the_config():
-    config = SIADConfig.tiny(lora_r=2, lora_alpha=4)
+    config = SIADConfig.tiny(llm=dict(lora_r=2, lora_alpha=4))
     llm, _ = load_language_model(config)
     wrapped = add_lora(llm, config)
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]

@@ -28,8 +28,10 @@ def test_forward_backward_and_frozen_parts(fresh_tiny_model):
     model = fresh_tiny_model.train()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = dict(model.trainable_parameters())
-    assert any(n.startswith("encoder.") for n in frozen) and any("base_layer" in n for n in frozen)
-    assert not any(n.startswith("encoder.") for n in trainable)
+    for encoder in ("vision_encoder.", "text_encoder."):
+        assert any(n.startswith(encoder) for n in frozen), encoder
+        assert not any(n.startswith(encoder) for n in trainable), encoder
+    assert any("base_layer" in n for n in frozen)
     expected_groups = ("stage_projection.", "adapter.", "sem.", "prompt_learner.", "pem.", "llama_proj.")
     for group in expected_groups:
         assert any(n.startswith(group) for n in trainable), group
@@ -51,7 +53,7 @@ def test_forward_backward_and_frozen_parts(fresh_tiny_model):
 
 
 def test_a_few_steps_lower_the_loss():
-    model = build_tiny(0, si_train_response="target").train()
+    model = build_tiny(0, map=dict(si_train_response="target")).train()
     optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-3)
     batch = _batch()
     losses = []
@@ -72,7 +74,7 @@ def test_detect_shapes_and_ranges(tiny_model):
             assert heat.dtype == np.float32 and 0.0 <= heat.min() <= heat.max() <= 1.0
         assert 0.0 <= r.score <= 1.0 and 0.0 <= r.initial_score <= 1.0
         assert isinstance(r.answer, str) and isinstance(r.initial_answer, str)
-        assert r.is_anomalous == (r.score >= tiny_model.config.threshold)
+        assert r.is_anomalous == (r.score >= tiny_model.config.map.threshold)
 
 
 def test_chat_false_never_calls_the_llm(tiny_model, monkeypatch):
@@ -107,9 +109,9 @@ def test_pass_two_text_changes_with_the_response(tiny_model):
 
 
 def test_vision_once_text_cached_and_response_capped(monkeypatch):
-    model = build_tiny(0, max_new_tokens=200).eval()
+    model = build_tiny(0, llm=dict(max_new_tokens=200)).eval()
     calls = {"vision": 0, "prompts": 0, "caps": []}
-    encode_image = model.encoder.encode_image
+    encode_image = model.vision_encoder.forward
     learner_forward = model.prompt_learner.forward
     respond = model.respond
 
@@ -125,7 +127,7 @@ def test_vision_once_text_cached_and_response_capped(monkeypatch):
         calls["caps"].append(max_new_tokens)
         return respond(*a, max_new_tokens=max_new_tokens, **k)
 
-    monkeypatch.setattr(model.encoder, "encode_image", count_vision)
+    monkeypatch.setattr(model.vision_encoder, "forward", count_vision)
     monkeypatch.setattr(model.prompt_learner, "forward", count_prompts)
     monkeypatch.setattr(model, "respond", spy_respond)
     model.detect(_images(), "bottle")
@@ -143,19 +145,19 @@ def test_vision_once_text_cached_and_response_capped(monkeypatch):
 def test_switches_change_what_they_name():
     plain = build_tiny(0)
     assert plain.adapter is not None and plain.sem is not None and plain.pem is not None
-    assert build_tiny(0, use_adapter=False).adapter is None
-    assert build_tiny(0, use_sem=False).sem is None
-    no_pem = build_tiny(0, use_pem=False)
+    assert build_tiny(0, map=dict(use_adapter=False)).adapter is None
+    assert build_tiny(0, map=dict(use_sem=False)).sem is None
+    no_pem = build_tiny(0, map=dict(use_pem=False))
     assert no_pem.pem is None and no_pem.map_tokens(torch.zeros(1, 4, 224, 224)) is None
-    no_sp = build_tiny(0, use_stage_prompts=False)  # "w/o SP": the vectors stay and train, the phrase goes
+    no_sp = build_tiny(0, text=dict(use_stage_prompts=False))  # "w/o SP": the vectors stay and train, the phrase goes
     assert {n for n, _ in no_sp.trainable_parameters() if n.startswith("prompt_learner.")} == {
         "prompt_learner.normal_vectors", "prompt_learner.abnormal_vectors"}
     text = no_sp.class_text_features(["bottle"])
     assert all(torch.equal(text[0, k], text[0, 0]) for k in range(4))
-    no_si = build_tiny(0, use_self_improvement=False).eval()
+    no_si = build_tiny(0, map=dict(use_self_improvement=False)).eval()
     r = no_si.detect(_images()[:1], "bottle")[0]
     assert np.array_equal(r.anomaly_map, r.initial_map) and r.answer == r.initial_answer
-    no_sem = build_tiny(0, use_sem=False)
+    no_sem = build_tiny(0, map=dict(use_sem=False))
     names_plain = {n for n, _ in plain.named_parameters()}
     names_no_sem = {n for n, _ in no_sem.named_parameters()}
     assert names_plain - names_no_sem == {n for n in names_plain if n.startswith("sem.")}
@@ -231,13 +233,15 @@ def test_bfloat16_model_detects():
 
 
 def test_training_switches_for_models_without_pretrained_weights():
-    model = build_tiny(0, train_encoder=True, train_llm="full", si_train_response="target").train()
+    model = build_tiny(0, vision=dict(trainable=True), text=dict(trainable=True), llm=dict(train="full"), map=dict(si_train_response="target")).train()
     names = {n for n, _ in model.trainable_parameters()}
-    assert any(n.startswith("encoder.modality_trunks.vision") for n in names)
+    assert any(n.startswith("vision_encoder.modality_trunks.vision") for n in names)
+    assert any(n.startswith("text_encoder.modality_trunks.text") for n in names)
     assert any("base_layer" in n or "embed_tokens" in n for n in names)
     model(_batch()).loss.backward()
     grads = dict(model.named_parameters())
-    assert grads["encoder.modality_trunks.vision.blocks.0.mlp.fc1.weight"].grad.abs().sum() > 0
+    assert grads["vision_encoder.modality_trunks.vision.blocks.0.mlp.fc1.weight"].grad.abs().sum() > 0
+    assert grads["text_encoder.modality_trunks.text.blocks.0.mlp.fc1.weight"].grad.abs().sum() > 0
 
 
 def test_history_in_gradio_message_parts():
@@ -261,20 +265,24 @@ def test_bfloat16_maps_match_float32_maps():
     half.load_state_dict(full.state_dict())
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
-    grid_head = AnomalyMapHead(config.grid_size, config.logit_scale)  # the patch grid, before upsampling
+    side = config.vision.image_size // config.vision.patch_size
+    grids = [(side, side)] * config.num_stages
+    grid_head = AnomalyMapHead(side, config.map.logit_scale)  # the patch grid, before upsampling
 
     def grid_maps(model):
         with torch.no_grad():
             pixels, _ = model.prepare_images(images)
-            features = model.visual_features(model.encode_images(pixels))
+            vision = model.encode_images(pixels)
+            assert vision.grids == grids
+            features = model.visual_features(vision)
             text = model.class_text_features(["bottle"] * 3)
-            return features, text, grid_head(features, text)
+            return features, text, grid_head(features, text, grids)
 
     _, _, reference = grid_maps(full)
     features, text, maps = grid_maps(half)
     assert maps.dtype == torch.float32
     # the bf16 model's maps are exactly the float32 computation on its own features
-    exact = grid_head([f.float() for f in features], text.float())
+    exact = grid_head([f.float() for f in features], text.float(), grids)
     assert (maps - exact).abs().max() < 1e-6
     assert (maps - reference).abs().max() < 0.03
     distinct = [maps[b, k].unique().numel() for b in range(3) for k in range(4)]
@@ -304,7 +312,7 @@ def test_teacher_maps_replace_what_the_llm_reads_not_what_the_maps_learn():
     from siad.config import SIADConfig
 
     torch.manual_seed(0)
-    model = SIADModel(SIADConfig.tiny(si_train_response="target"))
+    model = SIADModel(SIADConfig.tiny(map=dict(si_train_response="target")))
     masks = torch.zeros(2, 224, 224)
     masks[1, 50:90, 50:90] = 1.0
     batch = {"images": torch.randint(0, 255, (2, 3, 224, 224), dtype=torch.uint8), "masks": masks,

@@ -32,7 +32,7 @@ def test_the_template_is_read_from_the_package():
     ("not a/valid id!", None),
 ])
 def test_base_model_only_for_a_hub_id(llm, expected):
-    config = SIADConfig.siad_llm(llm_name_or_path=llm)
+    config = SIADConfig.siad_llm(llm=dict(name_or_path=llm))
     assert hub_base_model(config) == expected
     assert ModelCard(render_model_card(config)).data.base_model == expected
 
@@ -40,7 +40,7 @@ def test_base_model_only_for_a_hub_id(llm, expected):
 def test_a_local_folder_named_like_a_hub_id_is_not_a_hub_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "llm").mkdir(parents=True)
-    assert hub_base_model(SIADConfig.siad_llm(llm_name_or_path="org/llm")) is None
+    assert hub_base_model(SIADConfig.siad_llm(llm=dict(name_or_path="org/llm"))) is None
 
 
 def test_a_model_with_its_own_lm_has_no_base_model_and_no_results():
@@ -69,11 +69,13 @@ def test_the_card_says_where_the_encoder_is_and_how_big_the_parts_are(tmp_path):
     model = SIADModel(SIADConfig.tiny(encoder_checkpoint="imagebind_huge.pth"))
     model.save_pretrained(tmp_path / "m", save_encoder=False)
     text = (tmp_path / "m" / "README.md").read_text()
-    assert "its weights are not stored here" in text and "`imagebind_huge.pth`" in text
-    encoder = sum(p.numel() for p in model.encoder.parameters())
+    assert "- Vision encoder: ImageBind's vision trunk (32 x 4 blocks)" in text
+    assert "text encoder: ImageBind's text trunk (32 x 2 blocks)" in text
+    assert "the encoders' weights are not stored here" in text and "`imagebind_huge.pth`" in text
+    encoder = sum(p.numel() for e in (model.vision_encoder, model.text_encoder) for p in e.parameters())
     assert f"encoder {encoder / 1e6:.1f} M" in text
     model.save_pretrained(tmp_path / "m2")
-    assert "its weights are stored in `model.safetensors`" in (tmp_path / "m2" / "README.md").read_text()
+    assert "the encoders' weights are stored in `model.safetensors`" in (tmp_path / "m2" / "README.md").read_text()
 
 
 def test_the_repository_card_is_the_full_models_rendered_card():

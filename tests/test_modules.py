@@ -3,16 +3,20 @@ import torch
 import torch.nn.functional as F
 
 from siad import SIADConfig
-from siad.encoders import ImageBindEncoder, ImageBindTokenizer
+from siad.encoders import ImageBindTextEncoder, ImageBindTokenizer
 from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, StageEnhancementModule,
                           StagePromptLearner, StageProjection)
 from siad.prompts import ensemble_sentences
 
 
 def test_stage_projection_shapes():
-    proj = StageProjection(4, 48, 32)
+    proj = StageProjection((48,) * 4, 32)
     out = proj([torch.randn(2, 256, 48) for _ in range(4)])
     assert [o.shape for o in out] == [(2, 256, 32)] * 4
+    # stages of their own widths and grids (EfficientNet-Lite0: 40 channels on 28 x 28, 112 on 14 x 14)
+    proj = StageProjection((40, 112), 32)
+    out = proj([torch.randn(2, 784, 40), torch.randn(2, 196, 112)])
+    assert [o.shape for o in out] == [(2, 784, 32), (2, 196, 32)]
 
 
 def test_adapter_is_equation_6():
@@ -30,12 +34,23 @@ def test_adapter_is_equation_6():
 def test_sem_starts_as_identity_and_mixes_the_last_stage():
     sem = StageEnhancementModule(4, 16)
     stages = [torch.randn(2, 64, 16) for _ in range(4)]
-    out = sem(stages)
+    grids = [(8, 8)] * 4
+    out = sem(stages, grids)
     assert all(torch.equal(a, b) for a, b in zip(out, stages))  # zero-initialised last conv
     torch.nn.init.normal_(sem.convs[0].weight)
     changed = [s.clone() for s in stages]
     changed[3] = changed[3] + 1.0  # only the last stage changes ...
-    assert not torch.allclose(sem(changed)[0], sem(stages)[0])  # ... and stage 1 sees it
+    assert not torch.allclose(sem(changed, grids)[0], sem(stages, grids)[0])  # ... and stage 1 sees it
+
+
+def test_sem_resizes_the_last_stage_to_every_grid_including_non_square_ones():
+    sem = StageEnhancementModule(2, 8)
+    torch.nn.init.normal_(sem.convs[0].weight)
+    stages = [torch.randn(1, 6 * 10, 8), torch.randn(1, 3 * 5, 8)]
+    out = sem(stages, [(6, 10), (3, 5)])
+    assert [o.shape for o in out] == [(1, 60, 8), (1, 15, 8)]
+    with pytest.raises(ValueError, match="do not fill a 4 x 4 grid"):
+        sem(stages, [(6, 10), (4, 4)])
 
 
 def test_pem_groups_are_a_3x3_grid():
@@ -75,11 +90,12 @@ def test_map_head_gives_probabilities():
     head = AnomalyMapHead(image_size=224, logit_scale=100.0)
     features = [torch.randn(2, 256, 8) for _ in range(4)]
     text = F.normalize(torch.randn(2, 4, 2, 8), dim=-1)
-    maps = head(features, text)
+    grids = [(16, 16)] * 4
+    maps = head(features, text, grids)
     assert maps.shape == (2, 4, 224, 224) and maps.min() >= 0 and maps.max() <= 1
     # a patch aligned with the abnormal text is abnormal
     features = [text[:, k, 1][:, None].expand(2, 256, 8).clone() for k in range(4)]
-    assert head(features, text).min() > 0.5
+    assert head(features, text, grids).min() > 0.5
     final = head.combine(maps)
     assert torch.allclose(final, maps.mean(dim=1))
     assert torch.equal(head.score(final), final.flatten(1).max(dim=1).values)
@@ -98,13 +114,14 @@ def test_smoothing_keeps_constants_and_lowers_peaks():
 @pytest.fixture(scope="module")
 def text_side():
     torch.manual_seed(0)
-    return ImageBindEncoder(SIADConfig.tiny()).eval(), ImageBindTokenizer()
+    config = SIADConfig.tiny()
+    return ImageBindTextEncoder(config.text, config.embed_dim).eval(), ImageBindTokenizer()
 
 
 @pytest.mark.parametrize("mode", ["sum", "concat"])
 def test_prompt_learner_shapes_and_gradients(text_side, mode):
     encoder, tokenizer = text_side
-    learner = StagePromptLearner(SIADConfig.tiny(stage_prompt_mode=mode))
+    learner = StagePromptLearner(SIADConfig.tiny(text=dict(stage_prompt_mode=mode)))
     out = learner(encoder, tokenizer, ["bottle", "metal_nut"])
     assert out.shape == (2, 4, 2, 32)
     assert torch.allclose(out.norm(dim=-1), torch.ones(2, 4, 2), atol=1e-5)
@@ -129,7 +146,7 @@ def test_without_stage_prompts_only_the_stage_phrase_goes(text_side):
     removes the stage phrase: the prompts are the same for every stage."""
     encoder, tokenizer = text_side
     with_sp = StagePromptLearner(SIADConfig.tiny())
-    without = StagePromptLearner(SIADConfig.tiny(use_stage_prompts=False))
+    without = StagePromptLearner(SIADConfig.tiny(text=dict(use_stage_prompts=False)))
     bare_expected = ([tokenizer.sot_id] + [tokenizer.placeholder_id] * 4 + tokenizer.encode("metal nut")
                      + tokenizer.encode("with damaged") + [tokenizer.eot_id])
     for stage in range(4):
@@ -196,9 +213,9 @@ def test_map_head_similarity_runs_in_float32_for_bfloat16_inputs():
         f = (torch.randn(2, 256, 1024) / 32 + 0.2 * (normal + abnormal)
              + 0.003 * torch.randn(2, 256, 1) * (abnormal - normal))
         features.append(f.bfloat16())
-    low = head.logits(features, text.bfloat16())
+    low = head.logits(features, text.bfloat16(), [(16, 16)] * 4)
     assert low.dtype == torch.float32
-    reference = head.logits([f.float() for f in features], text.bfloat16().float())
+    reference = head.logits([f.float() for f in features], text.bfloat16().float(), [(16, 16)] * 4)
     assert (low - reference).abs().max() < 1e-4
     maps, maps_ref = head.probabilities(low), head.probabilities(reference)
     assert (maps - maps_ref).abs().max() < 1e-5
@@ -219,11 +236,12 @@ def test_pem_patches_are_unfolds_patches():
 def test_map_head_centering_compares_each_patch_with_the_rest_of_its_image():
     torch.manual_seed(0)
     features = [torch.randn(2, 16, 8) for _ in range(2)]
+    grids = [(4, 4), (2, 8)]
     text = torch.nn.functional.normalize(torch.randn(2, 2, 2, 8), dim=-1)
     centred = AnomalyMapHead(32, 10.0, center_patches=True)
     shifted = [f + torch.randn(2, 1, 8) * 5 for f in features]  # a shift shared by an image's patches
-    assert torch.allclose(centred.logits(features, text), centred.logits(shifted, text), atol=1e-4)
+    assert torch.allclose(centred.logits(features, text, grids), centred.logits(shifted, text, grids), atol=1e-4)
     plain = AnomalyMapHead(32, 10.0)
-    assert not torch.allclose(plain.logits(features, text), plain.logits(shifted, text), atol=1e-2)
-    expected = plain.logits([f - f.mean(dim=1, keepdim=True) for f in features], text)
-    assert torch.allclose(centred.logits(features, text), expected, atol=1e-6)
+    assert not torch.allclose(plain.logits(features, text, grids), plain.logits(shifted, text, grids), atol=1e-2)
+    expected = plain.logits([f - f.mean(dim=1, keepdim=True) for f in features], text, grids)
+    assert torch.allclose(centred.logits(features, text, grids), expected, atol=1e-6)

@@ -67,7 +67,7 @@ def test_predict_folder_with_a_corrupt_file(model_dir, inputs, tmp_path, monkeyp
         result = model.detect([image], "widget", batch_size=1)[0]
         assert float(row["score"]) == pytest.approx(result.score, abs=1e-6)
         assert float(row["initial_score"]) == pytest.approx(result.initial_score, abs=1e-6)
-        assert row["verdict"] == ("anomalous" if float(row["score"]) >= model.config.threshold else "normal")
+        assert row["verdict"] == ("anomalous" if float(row["score"]) >= model.config.map.threshold else "normal")
         saved = np.asarray(Image.open(out / row["overlay"]))
         assert saved.shape == image.shape and saved.dtype == np.uint8
         assert np.abs(saved.astype(int) - overlay(image, result.anomaly_map, 0.5).astype(int)).max() <= 1

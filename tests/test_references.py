@@ -19,6 +19,7 @@ from siad.references import (ReferenceBank, aggregate_patches, bank_from_feature
 from tests.conftest import build_tiny
 
 GRID = 16  # the tiny preset: 224 px, patch 14
+GRIDS = [(GRID, GRID)] * 4  # every stage of the tiny preset's ViT
 
 
 def _images(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -39,12 +40,14 @@ def other_model():
 def _stage_tokens(model, images) -> list[torch.Tensor]:
     pixels, _ = model.prepare_images(images)
     with torch.no_grad():
-        return model.encode_images(pixels).stage_tokens
+        vision = model.encode_images(pixels)
+    assert vision.grids == GRIDS
+    return vision.stage_tokens
 
 
 def _fake_bank(rows: list[torch.Tensor], **changes) -> ReferenceBank:
     fields = dict(class_name="gear", features="trunk", num_shots=4, stage_blocks=tuple(range(len(rows))),
-                  grid_size=GRID, fingerprint="trunk:a:b", stages=tuple(rows),
+                  grids=tuple(GRIDS[:len(rows)]), fingerprint="trunk:a:b", stages=tuple(rows),
                   normal_scale=torch.full((len(rows),), 0.1), max_bank_patches=None, seed=0)
     fields.update(changes)
     return ReferenceBank(**fields)
@@ -54,9 +57,9 @@ def _fake_bank(rows: list[torch.Tensor], **changes) -> ReferenceBank:
 def test_bank_fields_and_shapes(tiny_model, bank):
     config = tiny_model.config
     assert bank.class_name == "metal nut"
-    assert bank.num_shots == 3 and bank.features == "trunk" and bank.grid_size == GRID
-    assert bank.stage_blocks == tuple(config.stage_blocks)
-    assert [tuple(s.shape) for s in bank.stages] == [(3 * GRID * GRID, config.vision_embed_dim)] * config.num_stages
+    assert bank.num_shots == 3 and bank.features == "trunk" and bank.grids == tuple(GRIDS)
+    assert bank.stage_blocks == tuple(config.vision.stages)
+    assert [tuple(s.shape) for s in bank.stages] == [(3 * GRID * GRID, config.vision.width)] * config.num_stages
     assert bank.fingerprint == model_fingerprint(tiny_model, "trunk")
     for rows in bank.stages:
         assert torch.allclose(rows.norm(dim=-1), torch.ones(rows.shape[0]), atol=1e-5)
@@ -71,7 +74,7 @@ def test_visual_bank_uses_adapted_features(tiny_model):
     pixels, _ = tiny_model.prepare_images(_images(2))
     with torch.no_grad():
         adapted = tiny_model.visual_features(tiny_model.encode_images(pixels))
-    expected = aggregate_patches(adapted[2]).reshape(-1, adapted[2].shape[-1])
+    expected = aggregate_patches(adapted[2], GRIDS[2]).reshape(-1, adapted[2].shape[-1])
     assert torch.allclose(visual.stages[2], expected, atol=1e-6)
 
 
@@ -106,7 +109,7 @@ def test_save_load_round_trip_is_exact(bank, tmp_path, dtype):
     assert (tensors_path.name, sidecar_path.name) == ("nut.safetensors", "nut.json")
     assert bank_paths(tensors_path) == (tensors_path, sidecar_path)
     loaded = ReferenceBank.load(tmp_path / "banks" / "nut.safetensors")
-    for name in ("class_name", "features", "num_shots", "stage_blocks", "grid_size", "fingerprint",
+    for name in ("class_name", "features", "num_shots", "stage_blocks", "grids", "fingerprint",
                  "max_bank_patches", "seed"):
         assert getattr(loaded, name) == getattr(original, name), name
     assert loaded.dtype == dtype
@@ -177,6 +180,25 @@ def test_load_refuses_inconsistent_tensors(bank, tmp_path):
         ReferenceBank.load(tensors_path)
 
 
+def test_load_reads_a_version_1_bank(bank, tmp_path):
+    """Banks written before the grids were explicit (version 1: one square `grid_size`) still load."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    tensors_path, sidecar_path = bank.save(tmp_path / "nut")
+    fields = {k: v for k, v in json.loads(sidecar_path.read_text()).items() if k != "sha256"}
+    assert fields["version"] == 2 and fields["grids"] == [[GRID, GRID]] * 4
+    del fields["grids"]
+    fields.update(version=1, grid_size=GRID)
+    tensors = {f"stage_{k}": s.clone() for k, s in enumerate(bank.stages)}
+    tensors["normal_scale"] = bank.normal_scale.clone()
+    save_file(tensors, str(tensors_path), metadata={"format": "siad-reference-bank", "bank": json.dumps(fields)})
+    sidecar_path.write_text(json.dumps({**fields, "sha256": hashlib.sha256(tensors_path.read_bytes()).hexdigest()}))
+    loaded = ReferenceBank.load(tensors_path)
+    assert loaded.grids == tuple(GRIDS) and loaded.digest() == bank.digest()
+
+
 # ------------------------------------------------------------------------------------ fingerprints and checks
 def test_check_bank_accepts_its_model_and_class(tiny_model, bank):
     check_bank(bank, model_fingerprint(tiny_model, "trunk"), "metal nut")
@@ -199,35 +221,36 @@ def test_check_bank_refuses_other_features(tiny_model, bank):
 
 
 @pytest.mark.parametrize("changes", [
-    dict(stage_blocks=(0, 1, 3), stage_phrases=("a", "b", "c")),
-    dict(resize_mode="center_crop"),
-    dict(image_mean=(0.5, 0.5, 0.5)),
+    dict(vision=dict(stages=(0, 1, 3)), text=dict(stage_phrases=("a", "b", "c"))),
+    dict(vision=dict(resize_mode="center_crop")),
+    dict(vision=dict(image_mean=(0.5, 0.5, 0.5))),
 ])
 def test_check_bank_refuses_another_configuration(tiny_model, bank, changes):
     """Same weights, a config that changes the features: the configuration is named."""
-    same_weights = types.SimpleNamespace(config=tiny_model.config.replace(**changes), encoder=tiny_model.encoder)
+    same_weights = types.SimpleNamespace(config=tiny_model.config.replace(**changes),
+                                         vision_encoder=tiny_model.vision_encoder)
     with pytest.raises(ValueError, match="another model configuration"):
         check_bank(bank, model_fingerprint(same_weights, "trunk"), "metal nut")
 
 
 def test_fingerprint_ignores_settings_that_keep_the_features(tiny_model):
     """The threshold, the LLM and the text side do not change the trunk features."""
-    other = types.SimpleNamespace(config=tiny_model.config.replace(threshold=0.9, max_new_tokens=3,
-                                                                   text_num_blocks=1),
-                                  encoder=tiny_model.encoder)
+    other = types.SimpleNamespace(config=tiny_model.config.replace(map=dict(threshold=0.9), llm=dict(max_new_tokens=3), text=dict(num_blocks=1)),
+                                  vision_encoder=tiny_model.vision_encoder)
     assert model_fingerprint(other, "trunk") == model_fingerprint(tiny_model, "trunk")
 
 
 def test_fingerprint_follows_weight_changes_and_dtype(tiny_model):
-    holder = types.SimpleNamespace(config=tiny_model.config, encoder=copy.deepcopy(tiny_model.encoder))
+    holder = types.SimpleNamespace(config=tiny_model.config, vision_encoder=copy.deepcopy(tiny_model.vision_encoder))
     before = model_fingerprint(holder, "trunk")
     assert model_fingerprint(holder, "trunk") == before  # cached, same value
-    block = holder.encoder.modality_trunks["vision"].blocks[2]
+    block = holder.vision_encoder.modality_trunks["vision"].blocks[2]
     with torch.no_grad():
         next(block.parameters()).add_(0.05)  # an in-place update, as an optimizer step does
     changed = model_fingerprint(holder, "trunk")
     assert changed != before
-    half = types.SimpleNamespace(config=tiny_model.config, encoder=copy.deepcopy(holder.encoder).to(torch.bfloat16))
+    half = types.SimpleNamespace(config=tiny_model.config,
+                                 vision_encoder=copy.deepcopy(holder.vision_encoder).to(torch.bfloat16))
     assert model_fingerprint(half, "trunk") == changed  # a bfloat16 copy of the same weights
 
 
@@ -244,13 +267,13 @@ def test_fingerprint_of_visual_features_covers_the_adapter(tiny_model):
 # ------------------------------------------------------------------------------------ coreset
 def test_coreset_bound_and_seed(tiny_model):
     tokens = _stage_tokens(tiny_model, _images(2))
-    bounded = bank_from_features(tokens, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
+    bounded = bank_from_features(tokens, GRIDS, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
                                  fingerprint="trunk:a:b", max_bank_patches=100, seed=3)
     assert [s.shape[0] for s in bounded.stages] == [100] * 4
-    again = bank_from_features(tokens, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
+    again = bank_from_features(tokens, GRIDS, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
                                fingerprint="trunk:a:b", max_bank_patches=100, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(bounded.stages, again.stages))
-    full = bank_from_features(tokens, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
+    full = bank_from_features(tokens, GRIDS, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
                               fingerprint="trunk:a:b", max_bank_patches=None)
     assert [s.shape[0] for s in full.stages] == [2 * GRID * GRID] * 4
     # the coreset rows are rows of the full bank, and the normal scale is computed before the bound
@@ -298,21 +321,25 @@ def test_chunked_search_equals_unchunked_exactly():
 
 def test_chunked_search_on_real_features(tiny_model, bank):
     tokens = _stage_tokens(tiny_model, _images(2, seed=9))
-    whole = reference_distances(tokens, bank, chunk_elements=1 << 30)
-    tiny_chunks = reference_distances(tokens, bank, chunk_elements=100)  # smaller than the bank: it is split
-    assert torch.allclose(whole, tiny_chunks, atol=1e-6, rtol=0)
-    queries = aggregate_patches(tokens[1]).reshape(-1, bank.stages[1].shape[1])
+    whole = reference_distances(tokens, GRIDS, bank, chunk_elements=1 << 30)
+    tiny_chunks = reference_distances(tokens, GRIDS, bank, chunk_elements=100)  # smaller than the bank: it is split
+    assert len(whole) == len(tiny_chunks) == 4
+    for a, b in zip(whole, tiny_chunks, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    queries = aggregate_patches(tokens[1], GRIDS[1]).reshape(-1, bank.stages[1].shape[1])
     brute = 1.0 - F.cosine_similarity(queries[:, None], bank.stages[1][None], dim=-1).amax(dim=1)
-    assert torch.allclose(whole[:, 1].reshape(-1), brute.clamp(min=0), atol=1e-5)
+    assert torch.allclose(whole[1].reshape(-1), brute.clamp(min=0), atol=1e-5)
 
 
 def test_identical_query_has_zero_distance(tiny_model, bank):
     tokens = _stage_tokens(tiny_model, _images(3))  # the very images of the bank
-    distances = reference_distances(tokens, bank)
-    assert distances.shape == (3, 4, GRID, GRID)
-    assert float(distances.max()) < 1e-6
-    unseen = reference_distances(_stage_tokens(tiny_model, _images(1, seed=7)), bank)
-    assert float(unseen.mean()) > 100 * float(distances.max() + 1e-9)
+    distances = reference_distances(tokens, GRIDS, bank)
+    assert isinstance(distances, list) and len(distances) == 4
+    assert all(d.shape == (3, GRID, GRID) and d.dtype == torch.float32 for d in distances)
+    largest = max(float(d.max()) for d in distances)
+    assert largest < 1e-6
+    unseen = reference_distances(_stage_tokens(tiny_model, _images(1, seed=7)), GRIDS, bank)
+    assert float(torch.stack(unseen).mean()) > 100 * (largest + 1e-9)
 
 
 def test_planted_anomalous_patch_gets_the_largest_distance(tiny_model):
@@ -322,22 +349,25 @@ def test_planted_anomalous_patch_gets_the_largest_distance(tiny_model):
     query = references[1].copy()
     # 48 px image -> 224 px squashed: pixels 20..27 cover the patches around the grid centre
     query[20:28, 20:28] = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    distances = reference_distances(_stage_tokens(tiny_model, [query]), normal_bank)[0, 0]  # stage 1: local
+    distances = reference_distances(_stage_tokens(tiny_model, [query]), GRIDS, normal_bank)[0][0]  # stage 1: local
     y, x = divmod(int(distances.argmax()), GRID)
     assert 5 <= y <= 10 and 5 <= x <= 10
     assert float(distances[0, 0]) < 0.1 * float(distances.max())
 
 
-def test_aggregation_is_the_3x3_neighbourhood_mean():
+@pytest.mark.parametrize("height, width", [(5, 5), (4, 6)])
+def test_aggregation_is_the_3x3_neighbourhood_mean(height, width):
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randn(2, 25, 6, generator=generator)  # 5 x 5 grid
-    got = aggregate_patches(tokens)
-    grid = tokens.view(2, 5, 5, 6)
+    tokens = torch.randn(2, height * width, 6, generator=generator)  # an H x W grid, row by row
+    got = aggregate_patches(tokens, (height, width))
+    grid = tokens.view(2, height, width, 6)
     for b in range(2):
-        for y in range(5):
-            for x in range(5):
+        for y in range(height):
+            for x in range(width):
                 window = grid[b, max(0, y - 1):y + 2, max(0, x - 1):x + 2].reshape(-1, 6).mean(dim=0)
-                assert torch.allclose(got[b, y * 5 + x], F.normalize(window, dim=0), atol=1e-6)
+                assert torch.allclose(got[b, y * width + x], F.normalize(window, dim=0), atol=1e-6)
+    with pytest.raises(ValueError, match="do not fill"):
+        aggregate_patches(tokens, (height + 1, width))
 
 
 def test_aggregation_spreads_a_change_to_its_neighbours_only(tiny_model, bank):
@@ -347,7 +377,7 @@ def test_aggregation_spreads_a_change_to_its_neighbours_only(tiny_model, bank):
     tokens = [t[:1] for t in tokens]
     for t in tokens:
         t[0, 5 * GRID + 9] = 10.0 * torch.randn(t.shape[-1], generator=torch.Generator().manual_seed(4))
-    distances = reference_distances(tokens, bank)[0, 0]
+    distances = reference_distances(tokens, GRIDS, bank)[0][0]
     changed = distances > 1e-5
     expected = torch.zeros(GRID, GRID, dtype=torch.bool)
     expected[4:7, 8:11] = True
@@ -357,9 +387,11 @@ def test_aggregation_spreads_a_change_to_its_neighbours_only(tiny_model, bank):
 def test_search_rejects_mismatched_features(tiny_model, bank):
     tokens = _stage_tokens(tiny_model, _images(1))
     with pytest.raises(ValueError, match="stages of features"):
-        reference_distances(tokens[:3], bank)
+        reference_distances(tokens[:3], GRIDS[:3], bank)
     with pytest.raises(ValueError, match="do not match"):
-        reference_distances([t[..., :16] for t in tokens], bank)
+        reference_distances([t[..., :16] for t in tokens], GRIDS, bank)
+    with pytest.raises(ValueError, match="do not match"):  # the right tokens on another grid
+        reference_distances(tokens, [(8, 32)] * 4, bank)
     with pytest.raises(ValueError, match="chunk_elements"):
         nearest_distances(torch.ones(2, 3), torch.ones(4, 3), chunk_elements=0)
 
@@ -371,31 +403,41 @@ def test_reference_maps_use_the_text_maps_upsampling(tiny_model):
     generator = torch.Generator().manual_seed(0)
     features = [torch.randn(1, GRID * GRID, 8, generator=generator) for _ in range(2)]
     text = F.normalize(torch.randn(1, 2, 2, 8, generator=generator), dim=-1)
-    logits = head.logits(features, text)
+    logits = head.logits(features, text, [(GRID, GRID)] * 2)
     for k, f in enumerate(features):
         grid = head.logit_scale * torch.einsum("nd,sd->sn", F.normalize(f[0], dim=-1), text[0, k])
         expected = AnomalyMapHead.upsample(grid.reshape(1, 2, GRID, GRID), head.image_size)
         assert torch.allclose(logits[0, k], expected[0], atol=1e-4)
-    distances = torch.rand(2, 4, GRID, GRID, generator=generator)
+    stacked = torch.rand(2, 4, GRID, GRID, generator=generator)
+    distances = list(stacked.unbind(dim=1))  # K tensors B x H x W
     scale = torch.tensor([0.1, 0.2, 0.3, 0.4])
     maps = reference_maps(distances, scale, 224)
-    up = AnomalyMapHead.upsample(distances, 224)
+    up = AnomalyMapHead.upsample(stacked, 224)
     assert maps.shape == (2, 4, 224, 224)
     assert torch.allclose(maps, up / (up + scale.view(1, 4, 1, 1)))
-    assert torch.allclose(maps[:, :, 0, 0], distances[:, :, 0, 0] / (distances[:, :, 0, 0] + scale))  # corners kept
-    half = reference_maps(scale.view(1, 4, 1, 1).expand(1, 4, GRID, GRID).clone(), scale, 224)
+    assert torch.allclose(maps[:, :, 0, 0], stacked[:, :, 0, 0] / (stacked[:, :, 0, 0] + scale))  # corners kept
+    half = reference_maps([torch.full((1, GRID, GRID), float(s)) for s in scale], scale, 224)
     assert torch.allclose(half, torch.full_like(half, 0.5))  # a normal-scale distance maps to 0.5
+    # stages on grids of their own (a CNN's strides): each is upsampled from its own grid
+    mixed = [torch.rand(2, 28, 28, generator=generator), torch.rand(2, 7, 14, generator=generator)]
+    maps = reference_maps(mixed, scale[:2], 224)
+    assert maps.shape == (2, 2, 224, 224)
+    for k, d in enumerate(mixed):
+        up = AnomalyMapHead.upsample(d[:, None], 224)[:, 0]
+        assert torch.allclose(maps[:, k], up / (up + scale[k]))
+    with pytest.raises(ValueError, match="K tensors B x H_k x W_k"):
+        reference_maps(mixed, scale, 224)  # one normal scale per stage is needed
 
 
 def test_normal_scale_is_a_high_quantile_of_reference_distances(tiny_model):
     tokens = _stage_tokens(tiny_model, _images(4, seed=11))
-    many = bank_from_features(tokens, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
+    many = bank_from_features(tokens, GRIDS, class_name="gear", features="trunk", stage_blocks=(0, 1, 2, 3),
                               fingerprint="trunk:a:b", max_bank_patches=None)
     # leave one out, by hand: image 0's patches against images 1..3
-    patches = aggregate_patches(tokens[0])
+    patches = aggregate_patches(tokens[0], GRIDS[0])
     by_hand = nearest_distances(patches[0], patches[1:].reshape(-1, patches.shape[-1]))
     assert 0.5 * float(by_hand.median()) < float(many.normal_scale[0]) <= 1.5 * float(by_hand.max())
-    one = bank_from_features([t[:1] for t in tokens], class_name="gear", features="trunk",
+    one = bank_from_features([t[:1] for t in tokens], GRIDS, class_name="gear", features="trunk",
                              stage_blocks=(0, 1, 2, 3), fingerprint="trunk:a:b", max_bank_patches=None)
     assert bool((one.normal_scale > 1e-3).all())  # one shot: the same image outside each 3 x 3 window
 

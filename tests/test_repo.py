@@ -73,7 +73,8 @@ def test_the_bundled_mini_model_loads_and_detects():
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size <= 40e6
     model = SIADModel.from_pretrained(folder)
-    expected = SIADConfig.mini(threshold=model.config.threshold)  # v2: the preset exactly, calibrated threshold
+    # v3 (EfficientNet-Lite): the preset exactly, with its calibrated threshold
+    expected = SIADConfig.mini(map=dict(threshold=model.config.map.threshold))
     assert model.config == expected
     image = np.asarray(Image.open(ROOT / "examples" / "images" / "gear_missing.png"))
     result = model.detect([image], ["gear"])[0]

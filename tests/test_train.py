@@ -58,7 +58,7 @@ def data_root(tmp_path_factory) -> Path:
 def _config(tmp: Path, data_root: Path, out: str = "run", **sections) -> Path:
     """A YAML file for the tiny preset (LoRA dropout on, so that the RNG state matters)."""
     settings = {
-        "model": {"preset": "tiny", "lora_dropout": 0.1},
+        "model": {"preset": "tiny", "llm": {"lora_dropout": 0.1}},
         "data": {"name": "mvtec_format", "root": str(data_root), "seed": 0},
         "train": {"batch_size": 2, "max_steps": 3, "lr": "1e-3", "ckpt_every": 1, "keep_last": 2, "log_every": 1,
                   "seed": 0},
@@ -212,7 +212,9 @@ def _bad_cases(tmp: Path, data_root: Path) -> dict[str, tuple[list[str], str]]:
         "unknown yaml key": ([str(yaml_key)], r"unknown key 'train\.batch_sise'"),
         "unknown section": ([str(yaml_typo)], r"unknown section 'extra_section'"),
         "unknown override": ([str(base), "model.use_semm=false"], r"unknown key 'model\.use_semm'"),
-        "bad model field": ([str(base), "model.adapter_lambda=2"], r"adapter_lambda"),
+        "bad model field": ([str(base), "model.map.adapter_lambda=2"], r"map.adapter_lambda"),
+        "unknown part field": ([str(base), "model.map.lamda=2"], r"lamda"),
+        "a part's field at the top": ([str(base), "model.adapter_lambda=2"], r"unknown key 'model\.adapter_lambda'"),
         "bad value": ([str(base), "train.lr=fast"], r"train\.lr='fast': must be a number"),
         "missing root": ([str(base), f"data.root={tmp / 'nowhere'}"], r"data\.root: .*nowhere does not exist"),
         "class without normals": ([str(base), f"data.root={empty_class}"], r"\['widget'\] have no normal images"),
@@ -259,14 +261,14 @@ def test_check_mode_builds_nothing(tmp_path, data_root, train_script, no_model, 
 
 
 def test_settings_parse_yaml_numbers_and_dotted_overrides(tmp_path, data_root):
-    settings = T.load_settings(_config(tmp_path, data_root), ["train.lr=5e-4", "model.use_sem=false",
+    settings = T.load_settings(_config(tmp_path, data_root), ["train.lr=5e-4", "model.map.use_sem=false",
                                                                "train.betas=[0.8, 0.9]"], base_dir=tmp_path)
-    assert settings.train.lr == 5e-4 and settings.model.config["use_sem"] is False
+    assert settings.train.lr == 5e-4 and settings.model.config["map"]["use_sem"] is False
     assert settings.train.betas == [0.8, 0.9]
     relative = T.load_settings(_config(tmp_path, data_root), ["output.dir=runs/x"], base_dir=tmp_path)
     assert relative.output.dir == str(tmp_path / "runs" / "x")
     # what a resumed run may not change (output.dir may: it does not change the weights)
-    assert T.settings_changes(settings.to_dict(), relative) == ["model.use_sem", "train.betas", "train.lr"]
+    assert T.settings_changes(settings.to_dict(), relative) == ["model.map.use_sem", "train.betas", "train.lr"]
 
 
 def test_every_shipped_config_parses():
@@ -473,7 +475,7 @@ def test_check_decodes_every_image_and_names_each_unreadable_one(tmp_path, train
     (good / "005.png").write_bytes((good / "000.png").read_bytes()[:300])  # truncated: the header still reads
     (good / "006.png").write_text("not an image")
     Image.new("L", (300, 200)).save(good / "007.png")
-    config = _config(tmp_path, root, model={"max_input_pixels": 50_000})
+    config = _config(tmp_path, root, model={"vision": {"max_input_pixels": 50_000}})
     with pytest.raises(SystemExit, match=r"data: 3 of 6 training images cannot be used") as refused:
         train_script.main(["--config", str(config), "--check"])
     message = str(refused.value)

@@ -26,14 +26,14 @@ if str(REPO_ROOT) not in sys.path:
 # Table 3 of the paper: (a) text prompts, (b) enhancement modules and adapter.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "full": ("Full model", []),
-    "wo_si": ("w/o SI (self-improvement)", ["model.use_self_improvement=false"]),
-    "wo_sp": ("w/o SP (stage prompts)", ["model.use_stage_prompts=false"]),
-    "wo_em": ("w/o EM (SEM and PEM)", ["model.use_sem=false", "model.use_pem=false"]),
-    "wo_sem": ("w/o SEM", ["model.use_sem=false"]),
-    "wo_pem": ("w/o PEM", ["model.use_pem=false"]),
-    "wo_adapter": ("w/o Adapter", ["model.use_adapter=false"]),
-    # beyond the paper: the mini's zero-shot self-reference (SIADConfig.self_reference_weight)
-    "wo_self_reference": ("w/o self-reference (beyond the paper)", ["model.self_reference_weight=0"]),
+    "wo_si": ("w/o SI (self-improvement)", ["model.map.use_self_improvement=false"]),
+    "wo_sp": ("w/o SP (stage prompts)", ["model.text.use_stage_prompts=false"]),
+    "wo_em": ("w/o EM (SEM and PEM)", ["model.map.use_sem=false", "model.map.use_pem=false"]),
+    "wo_sem": ("w/o SEM", ["model.map.use_sem=false"]),
+    "wo_pem": ("w/o PEM", ["model.map.use_pem=false"]),
+    "wo_adapter": ("w/o Adapter", ["model.map.use_adapter=false"]),
+    # beyond the paper: the mini's zero-shot self-reference (SIADConfig.map.self_reference_weight)
+    "wo_self_reference": ("w/o self-reference (beyond the paper)", ["model.map.self_reference_weight=0"]),
 }
 
 

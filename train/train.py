@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="train/train.py", description="Train SIAD-LLM (see train/README.md).")
     parser.add_argument("--config", type=Path, required=True, help="a YAML settings file (train/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="setting overrides, values parsed as YAML (e.g. train.lr=5e-4 model.use_sem=false)")
+                        help="setting overrides, values parsed as YAML (e.g. train.lr=5e-4 model.map.use_sem=false)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in OUT/checkpoints (start afresh if there is none)")
     parser.add_argument("--resume-from", type=Path, default=None, metavar="CHECKPOINT",
@@ -80,10 +80,10 @@ def check_only(settings: T.RunSettings) -> None:
     T.check_environment(settings)
     samples = T.load_training_samples(settings)
     T.check_output(settings, resume=True, clean=False)
-    T.check_images(samples, config.max_input_side, config.max_input_pixels)
+    T.check_images(samples, config.vision.max_input_side, config.vision.max_input_pixels)
     print(yaml.safe_dump(settings.to_dict(), sort_keys=False), end="")
     classes = sorted({s.class_name for s in samples})
-    print(f"# {len(samples)} normal images of {len(classes)} classes; model image_size {config.image_size}")
+    print(f"# {len(samples)} normal images of {len(classes)} classes; model image_size {config.vision.image_size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def make_accelerator(settings: T.RunSettings, config: Any, out: Path) -> Any:
         warnings.warn("tensorboard is not installed: logging to OUT/log.csv only (pip install tensorboard)")
         log_with = None
     # ImageBind's text logit scale gets no gradient when the encoder trains: DDP must allow for that
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(config.train_encoder))
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(config.vision.trainable or config.text.trainable))
     accelerator = Accelerator(mixed_precision=settings.train.mixed_precision,
                               gradient_accumulation_steps=settings.train.grad_accum,
                               log_with=log_with, project_dir=str(out), kwargs_handlers=[ddp])
@@ -297,10 +297,10 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
     named = d.name.lower() not in ("mvtec_format", "meta")
     from siad.answers import pem_position_edges
 
-    dataset = PseudoAnomalyDataset(samples, config.image_size, config.resize_mode, d.seed,
+    dataset = PseudoAnomalyDataset(samples, config.vision.image_size, config.vision.resize_mode, d.seed,
                                    dataset_name=d.name.lower() if named else None,
-                                   max_input_side=config.max_input_side, max_input_pixels=config.max_input_pixels,
-                                   position_edges=pem_position_edges(config.image_size, config.pem_patch_size),
+                                   max_input_side=config.vision.max_input_side, max_input_pixels=config.vision.max_input_pixels,
+                                   position_edges=pem_position_edges(config.vision.image_size, config.map.pem_patch_size),
                                    **T.pseudo_anomaly_options(d))
     rank, world = accelerator.process_index, accelerator.num_processes
     micro_per_epoch = len(T.epoch_batches(len(dataset), t.batch_size, d.seed, 0, rank, world))

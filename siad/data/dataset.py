@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from siad.answers import check_edges, region_positions
-from siad.config import SIADConfig
+from siad.config import SIADConfig, VisionConfig
 from siad.data.pseudo import CUTPASTE, choose_kind, generate, mixture, uses_source
 from siad.data.readers import Sample
 from siad.image import load_rgb, resize_for_encoder
@@ -77,8 +77,8 @@ class PseudoAnomalyDataset(Dataset):
     """
 
     def __init__(self, samples: Iterable[Sample], image_size: int = 224, resize_mode: str = "squash",
-                 seed: int = 0, dataset_name: str | None = None, max_input_side: int = SIADConfig.max_input_side,
-                 max_input_pixels: int = SIADConfig.max_input_pixels, *, kinds: Sequence[str] | None = None,
+                 seed: int = 0, dataset_name: str | None = None, max_input_side: int = VisionConfig.max_input_side,
+                 max_input_pixels: int = VisionConfig.max_input_pixels, *, kinds: Sequence[str] | None = None,
                  weights: Mapping[str, float] | None = None, foreign_prob: float = 0.0,
                  position_edges: tuple[float, float] | None = None, name_swap_prob: float = 0.0,
                  generic_names: Sequence[str] = GENERIC_NAMES) -> None:
