@@ -1,60 +1,74 @@
-"""The zero-shot reference: ImageBind with the prompt ensemble and no training (WinCLIP-style).
+"""Detectors without training, that the trained model must beat, run by the same evaluation code.
 
-For every stage k the patch tokens P_k of the frozen vision trunk go through the vision head's own
-LayerNorm and Linear (ImageBind's `modality_heads["vision"]` without its CLS selection: the
-projection into the joint space, applied to every patch token, as WinCLIP / April-GAN do with
-CLIP), and are compared with the frozen ensemble text features e_normal / e_abnormal of the class
-(`PromptEnsemble`, appendix D): softmax(100 * cos) -> stage maps, mean over
-stages, bilinear upsampling; all by `AnomalyMapHead`, the one place that turns features and text
-into maps. Nothing is trained and no LLM runs: a report of this baseline has pass 1 only.
+- `ZeroShotBaseline` (`zero-shot:`): ImageBind with the prompt ensemble (WinCLIP-style). For every stage
+  k the patch tokens of the frozen vision trunk go through the vision head's own LayerNorm and Linear
+  (ImageBind's `modality_heads["vision"]` without its CLS selection: the projection into the joint
+  space, applied to every patch token, as WinCLIP / April-GAN do with CLIP), and are compared with the
+  frozen ensemble text features e_normal / e_abnormal of the class (`PromptEnsemble`, appendix D):
+  softmax(100 * cos) -> stage maps, mean over stages, bilinear upsampling; all by `AnomalyMapHead`.
+- `BackboneBaseline` on any vision backbone (`siad.encoders`), from its stage features alone:
+  `self-reference:` the zero-shot self-reference maps (`siad.references.self_reference_maps`, the
+  image compared with its own patches outside each patch's neighbourhood), and `patchcore:` the
+  nearest-neighbour distance of every patch to a bank of k normal references of the class (PatchCore:
+  3 x 3-aggregated features, greedy coreset, `siad.references`); each stage's map scaled as SIAD's are,
+  mean over stages. `patchcore:` needs references (`evaluate --shots K`).
 
-`ZeroShotBaseline.detect(images, class_names, ...)` returns `DetectionResult`s like
-`SIADModel.detect`, so evaluation, calibration and prediction treat both alike.
+Nothing is trained and no LLM runs: a report of a baseline has pass 1 only. Every baseline's
+`detect(images, class_names, ...)` returns `DetectionResult`s like `SIADModel.detect`, so evaluation,
+calibration and prediction treat all detectors alike.
 
 Model specs (`load_detector(spec)`, the `--model` option of the command lines):
 
 - a SIAD model folder or Hub id: `SIADModel.from_pretrained`;
-- `zero-shot:<folder or Hub id>`: the baseline with the ImageBind encoder stored in that SIAD model
-  (its trained modules and its LLM are not loaded);
-- `zero-shot:<path>.pth`: the baseline with the official `imagebind_huge.pth` (ImageBind-Huge);
-- `zero-shot:tiny`: the baseline on the tiny random preset (seeded), for tests.
+- `zero-shot:<folder or Hub id>`: the zero-shot baseline with the ImageBind trunks stored in that SIAD
+  model (its trained modules and its LLM are not loaded); `zero-shot:<path>.pth`: with the official
+  `imagebind_huge.pth` (ImageBind-Huge); `zero-shot:tiny`: on the tiny random preset (seeded), for tests;
+- `self-reference:<source>` and `patchcore:<source>`, source a SIAD model folder or Hub id (its vision
+  backbone, read alone from its safetensors), or a backbone name (`efficientnet_lite0`, ... with its
+  pretrained weights, the stages and input of `SIADConfig.mini()`), or `tiny` (tests).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn as nn
 
-from siad.config import SIADConfig
-from siad.encoders import ImageBindEncoder, ImageBindTokenizer
+from siad.config import VISION_CONFIGS, MapConfig, SIADConfig
+from siad.encoders import VisionBackbone, build_vision_backbone
+from siad.encoders.imagebind import ImageBindVision, load_official_checkpoint
+from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
 from siad.image import ImageInput, encoder_inputs, map_to_original, normalize
 from siad.model import DetectionResult, detection_inputs
 from siad.modules import AnomalyMapHead, PromptEnsemble
+from siad.references import (ZERO_SHOT, ReferenceBank, bank_from_features, check_bank, model_fingerprint,
+                             normalise_class_name, reference_distances, reference_maps, self_reference_distances,
+                             self_reference_maps)
 
 ZERO_SHOT_PREFIX = "zero-shot:"
+SELF_REFERENCE_PREFIX = "self-reference:"
+PATCHCORE_PREFIX = "patchcore:"
 ZERO_SHOT_LOGIT_SCALE = 100.0  # CLIP's: softmax(100 * cos)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @runtime_checkable
 class Detector(Protocol):
-    """What evaluation, calibration and prediction need: a SIADModel or a ZeroShotBaseline."""
+    """What evaluation, calibration and prediction need: a SIADModel or a baseline."""
 
     config: SIADConfig
 
     def detect(self, images: Any, class_names: Any, descriptions: Any = None, chat: bool = True,
                self_improve: bool = True, batch_size: int = 8, progress: bool = False,
-               score_smoothing_sigma: float | None = None) -> list[DetectionResult]:
+               score_smoothing_sigma: float | None = None, references: Any = None) -> list[DetectionResult]:
         ...
 
 
 def has_llm(detector: Any) -> bool:
     """Whether the detector can answer in words (and so run the self-improvement pass)."""
-    return not isinstance(detector, ZeroShotBaseline)
+    return not isinstance(detector, (ZeroShotBaseline, BackboneBaseline))
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -64,31 +78,103 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-class ZeroShotBaseline(nn.Module):
+class _MapDetector(nn.Module):
+    """What the baselines share: `detect` in batches, maps and scores as `SIADModel.detect` gives them.
+    A subclass implements `anomaly_maps(pixels, class_names, banks)` -> B x S x S maps."""
+
+    config: SIADConfig
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p for p in self.parameters() if p.is_floating_point()).dtype
+
+    def anomaly_maps(self, pixels: torch.Tensor, class_names: Sequence[str],
+                     banks: Sequence[ReferenceBank | None]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reference_banks(self, references: Any, class_names: Sequence[str]) -> list[ReferenceBank | None]:
+        if references is None:
+            return [None] * len(class_names)
+        raise ValueError(f"{self.name} takes no references")
+
+    def prepare_images(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        resized, sizes = encoder_inputs(images, self.config)
+        vision = self.config.vision
+        return normalize(resized, vision.image_mean, vision.image_std).to(device=self.device, dtype=self.dtype), sizes
+
+    @torch.no_grad()
+    def detect(self, images: ImageInput | Sequence[ImageInput], class_names: str | Sequence[str],
+               descriptions: str | Sequence[str] | None = None, chat: bool = False, self_improve: bool = False,
+               batch_size: int = 8, progress: bool = False, score_smoothing_sigma: float | None = None,
+               references: Any = None) -> list[DetectionResult]:
+        """Like `SIADModel.detect`: one `DetectionResult` per image; answers are None and pass 2 is
+        pass 1 (no LLM). `descriptions`, `chat` and `self_improve` are accepted and ignored."""
+        if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
+            raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
+        items, names, _ = detection_inputs(images, class_names, descriptions)
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        banks = self.reference_banks(references, names)
+        starts: Any = range(0, len(items), batch_size)
+        if progress and len(items) > batch_size:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc="detect", unit="batch")
+        results: list[DetectionResult] = []
+        for start in starts:
+            chunk = slice(start, start + batch_size)
+            results.extend(self._detect_batch(items[chunk], names[chunk], banks[chunk], score_smoothing_sigma))
+        return results
+
+    def _detect_batch(self, images: list, names: list[str], banks: Sequence[ReferenceBank | None],
+                      sigma: float | None = None) -> list[DetectionResult]:
+        config = self.config
+        pixels, sizes = self.prepare_images(images)
+        maps = AnomalyMapHead.smooth(self.anomaly_maps(pixels, names, banks),
+                                     config.map.score_smoothing_sigma if sigma is None else sigma)
+        scores = AnomalyMapHead.score(maps)
+        results = []
+        for b, size in enumerate(sizes):
+            full = map_to_original(maps[b], size, config.vision.resize_mode, config.map.max_map_pixels)
+            score = float(scores[b])
+            mode = ZERO_SHOT if banks[b] is None else banks[b].mode
+            results.append(DetectionResult(anomaly_map=full, score=score, answer=None, initial_map=full,
+                                           initial_score=score, initial_answer=None,
+                                           is_anomalous=score >= config.map.threshold, class_name=names[b],
+                                           mode=mode))
+        return results
+
+
+class ZeroShotBaseline(_MapDetector):
     """ImageBind + the prompt ensemble, no training (see the module docstring).
 
-    encoder: an ImageBind encoder with its weights; config: the SIADConfig that describes it (its
-    image size, normalisation, resize mode and stage blocks are used; its threshold and smoothing
-    sigma apply to the scores, as for SIADModel); name: what the reports call it.
+    vision, text: ImageBind's vision trunk and text trunk with their weights; config: the SIADConfig that
+    describes them (its image size, normalisation, resize mode and stages are used; its threshold and
+    smoothing sigma apply to the scores, as for SIADModel); name: what the reports call it.
     """
 
-    def __init__(self, encoder: ImageBindEncoder, config: SIADConfig, name: str = "zero-shot") -> None:
+    def __init__(self, vision: ImageBindVision, text: ImageBindTextEncoder, config: SIADConfig,
+                 name: str = "zero-shot") -> None:
         super().__init__()
         self.config = config
         self.name = name
-        self.encoder = encoder.eval().requires_grad_(False)
-        self.text_tokenizer = ImageBindTokenizer(config.text_context_length)
+        self.vision_encoder = vision.eval().requires_grad_(False)
+        self.text_encoder = text.eval().requires_grad_(False)
+        self.text_tokenizer = ImageBindTokenizer(config.text.context_length)
         self.prompts = PromptEnsemble()  # the frozen ensemble only: nothing learnable
-        self.map_head = AnomalyMapHead(config.image_size, ZERO_SHOT_LOGIT_SCALE)
+        self.map_head = AnomalyMapHead(config.vision.image_size, ZERO_SHOT_LOGIT_SCALE)
         self.timer = None
-        head = encoder.modality_heads["vision"]
+        head = vision.modality_heads["vision"]
         norms = [m for m in head if isinstance(m, nn.LayerNorm)]
         linears = [m for m in head if isinstance(m, nn.Linear)]
         if len(norms) != 1 or len(linears) != 1:
             raise ValueError("the ImageBind vision head must hold one LayerNorm and one Linear")
         self._head_norm, self._head_proj = norms[0], linears[0]
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def from_spec(cls, spec: str, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> "ZeroShotBaseline":
@@ -101,24 +187,23 @@ class ZeroShotBaseline(nn.Module):
             config = SIADConfig.tiny()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                encoder = ImageBindEncoder(config)
+                vision, text = _imagebind_towers(config)
         elif source.endswith((".pth", ".pt")):
             config = SIADConfig.siad_llm(encoder_checkpoint=source)
-            encoder = _official_encoder(config, Path(source), dtype, device)
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"ImageBind checkpoint not found: {source}")
+            vision, text = _imagebind_towers(config, empty=True)
+            load_official_checkpoint([vision, text], source, dtype=dtype, device=device)
         else:
-            encoder, config = _encoder_from_model_folder(source, dtype, device)
-        baseline = cls(encoder, _baseline_config(config), name=f"{ZERO_SHOT_PREFIX}{source}")
+            config, modules = _encoders_from_model_folder(source, dtype, device, text=True)
+            vision, text = modules
+        if config.vision.backbone != "imagebind":
+            raise ValueError(f"{ZERO_SHOT_PREFIX}{source}: the zero-shot baseline needs ImageBind's aligned vision and "
+                             f"text trunks, and this model's backbone is {config.vision.backbone!r} (try "
+                             f"{SELF_REFERENCE_PREFIX}{source})")
+        baseline = cls(vision, text, _baseline_config(config), name=f"{ZERO_SHOT_PREFIX}{source}")
         return baseline.to(device=device, dtype=dtype)
 
-    @property
-    def device(self) -> torch.device:
-        return self._head_proj.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._head_proj.weight.dtype
-
-    # ------------------------------------------------------------------ maps
     def project_tokens(self, stage_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
         """K x (B x N x Dv) patch tokens -> K x (B x N x D) in the joint space (LayerNorm + Linear
         of the vision head, applied to every token), L2-normalised."""
@@ -127,117 +212,198 @@ class ZeroShotBaseline(nn.Module):
     def text_features(self, class_names: Sequence[str], num_stages: int) -> torch.Tensor:
         """B x K x 2 x D: each image's class ensemble (e_normal, e_abnormal), the same for every stage."""
         unique = list(dict.fromkeys(class_names))
-        table = {c: self.prompts.features(self.encoder, self.text_tokenizer, c) for c in unique}
+        table = {c: self.prompts.features(self.text_encoder, self.text_tokenizer, c) for c in unique}
         rows = torch.stack([table[c] for c in class_names])  # B x 2 x D
         return rows[:, None].expand(-1, num_stages, -1, -1)
 
     @torch.no_grad()
-    def anomaly_maps(self, pixels: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
+    def anomaly_maps(self, pixels: torch.Tensor, class_names: Sequence[str],
+                     banks: Sequence[ReferenceBank | None] = ()) -> torch.Tensor:
         """B x 3 x S x S normalised pixels -> B x S x S maps (before smoothing)."""
-        vision = self.encoder.encode_image(pixels)
+        vision = self.vision_encoder(pixels)
         features = self.project_tokens(vision.stage_tokens)
         text = self.text_features(class_names, len(features))
-        return self.map_head.combine(self.map_head(features, text))
+        return self.map_head.combine(self.map_head(features, text, vision.grids))
 
-    # ------------------------------------------------------------------ detection
+
+class BackboneBaseline(_MapDetector):
+    """A vision backbone alone (see the module docstring): method "self-reference" (zero-shot) or
+    "patchcore" (k-shot: the nearest-neighbour distance to a bank of normal references).
+
+    config: the SIADConfig that describes the backbone (vision part) and the maps (map part: the
+    self-reference radius, the coreset bound; its threshold and smoothing apply to the scores)."""
+
+    METHODS = ("self-reference", "patchcore")
+
+    def __init__(self, vision: VisionBackbone, config: SIADConfig, method: str, name: str | None = None) -> None:
+        super().__init__()
+        if method not in self.METHODS:
+            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
+        self.config = config
+        self.method = method
+        self.name = name or method
+        self.vision_encoder = vision.eval().requires_grad_(False)
+        self.timer = None
+
+    @classmethod
+    def from_spec(cls, method: str, spec: str, *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> "BackboneBaseline":
+        """`tiny`, a backbone name (with its pretrained weights) or a SIAD model folder / Hub id."""
+        prefix = f"{method}:"
+        source = spec.strip()
+        if not source:
+            raise ValueError(f"'{prefix}' needs a backbone: {prefix}<SIAD model folder or Hub id>, "
+                             f"{prefix}<backbone name: one of {sorted(VISION_CONFIGS)}> or {prefix}tiny")
+        if source == "tiny":
+            config = SIADConfig.tiny()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                vision = build_vision_backbone(config)
+        elif source in VISION_CONFIGS and not Path(source).exists():
+            config = SIADConfig.mini(vision={"backbone": source, "stages": SIADConfig.mini().vision.stages})
+            vision = build_vision_backbone(config)
+        else:
+            config, modules = _encoders_from_model_folder(source, dtype, device, text=False)
+            vision = modules[0]
+        baseline = cls(vision, _baseline_config(config), method, name=f"{prefix}{source}")
+        return baseline.to(device=device, dtype=dtype)
+
+    def encode_images(self, pixels: torch.Tensor) -> Any:
+        return self.vision_encoder(pixels)
+
     @torch.no_grad()
-    def detect(self, images: ImageInput | Sequence[ImageInput], class_names: str | Sequence[str],
-               descriptions: str | Sequence[str] | None = None, chat: bool = False, self_improve: bool = False,
-               batch_size: int = 8, progress: bool = False,
-               score_smoothing_sigma: float | None = None) -> list[DetectionResult]:
-        """Like `SIADModel.detect`: one `DetectionResult` per image; answers are None and pass 2 is
-        pass 1 (no LLM). `descriptions`, `chat` and `self_improve` are accepted and ignored."""
-        if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
-            raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
-        items, names, _ = detection_inputs(images, class_names, descriptions)
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-        starts: Any = range(0, len(items), batch_size)
-        if progress and len(items) > batch_size:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="detect", unit="batch")
-        results: list[DetectionResult] = []
-        for start in starts:
-            results.extend(self._detect_batch(items[start:start + batch_size], names[start:start + batch_size],
-                                              score_smoothing_sigma))
-        return results
+    def build_references(self, images: Sequence[ImageInput], class_name: str, *, seed: int = 0,
+                         batch_size: int = 8) -> ReferenceBank:
+        """The bank of k normal images of one class (the backbone's stage features, as
+        `SIADModel.build_references` with "trunk" features)."""
+        if not isinstance(class_name, str) or not class_name.strip():
+            raise ValueError(f"the class name must be a non-empty string, got {class_name!r}")
+        items = list(images)
+        if not items:
+            raise ValueError("no reference images")
+        parts, grids = [], []
+        for start in range(0, len(items), batch_size):
+            pixels, _ = self.prepare_images(items[start:start + batch_size])
+            vision = self.vision_encoder(pixels)
+            parts.append(vision.stage_tokens)
+            grids = vision.grids
+        features = [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return bank_from_features(features, grids, class_name=class_name, features="trunk",
+                                  stage_blocks=self.config.vision.stages,
+                                  fingerprint=model_fingerprint(self, "trunk"),
+                                  max_bank_patches=self.config.map.max_bank_patches, seed=seed)
 
-    def _detect_batch(self, images: list, names: list[str], sigma: float | None = None) -> list[DetectionResult]:
-        config = self.config
-        resized, sizes = encoder_inputs(images, config)
-        pixels = normalize(resized, config.image_mean, config.image_std).to(device=self.device, dtype=self.dtype)
-        maps = self.map_head.smooth(self.anomaly_maps(pixels, names),
-                                    config.score_smoothing_sigma if sigma is None else sigma)
-        scores = self.map_head.score(maps)
-        results = []
-        for b, size in enumerate(sizes):
-            full = map_to_original(maps[b], size, config.resize_mode, config.max_map_pixels)
-            score = float(scores[b])
-            results.append(DetectionResult(anomaly_map=full, score=score, answer=None, initial_map=full,
-                                           initial_score=score, initial_answer=None,
-                                           is_anomalous=score >= config.threshold, class_name=names[b]))
-        return results
+    def reference_banks(self, references: Any, class_names: Sequence[str]) -> list[ReferenceBank | None]:
+        """One bank per image: None (zero-shot), one bank for all, or a dict {class name: bank}."""
+        if self.method == "self-reference" or references is None:
+            return super().reference_banks(references, class_names)
+        if isinstance(references, ReferenceBank):
+            table = {normalise_class_name(n): references for n in class_names}
+        elif isinstance(references, dict):
+            table = {normalise_class_name(k): v for k, v in references.items()}
+        else:
+            raise ValueError("references must be a ReferenceBank or a dict {class name: bank}")
+        fingerprint = model_fingerprint(self, "trunk")
+        banks = []
+        for name in class_names:
+            bank = table.get(normalise_class_name(name))
+            if bank is not None:
+                check_bank(bank, fingerprint, name)
+                bank = bank if bank.device == self.device else bank.to(self.device)
+            banks.append(bank)
+        return banks
+
+    @torch.no_grad()
+    def anomaly_maps(self, pixels: torch.Tensor, class_names: Sequence[str],
+                     banks: Sequence[ReferenceBank | None]) -> torch.Tensor:
+        """B x 3 x S x S normalised pixels -> B x S x S maps (before smoothing): the mean over stages of
+        the self-reference maps, or of the reference maps of each image's bank."""
+        vision = self.vision_encoder(pixels)
+        size = self.config.vision.image_size
+        if self.method == "self-reference":
+            distances = self_reference_distances(vision.stage_tokens, vision.grids, self.config.map.self_reference_radius)
+            return AnomalyMapHead.combine(self_reference_maps(distances, size))
+        if any(bank is None for bank in banks):
+            raise ValueError(f"{self.name} compares images with normal references of their class: give references "
+                             "(evaluate --shots K, predict --references)")
+        out = torch.empty(pixels.shape[0], size, size, device=pixels.device)
+        tokens = vision.stage_tokens
+        for bank in {id(b): b for b in banks}.values():
+            rows = torch.tensor([i for i, b in enumerate(banks) if b is bank], device=pixels.device)
+            distances = reference_distances([t[rows] for t in tokens], vision.grids, bank)
+            out[rows] = AnomalyMapHead.combine(reference_maps(distances, bank.normal_scale, size)).to(out.dtype)
+        return out
 
 
 def _baseline_config(config: SIADConfig) -> SIADConfig:
     """The encoder's config with the verdict settings reset: a trained model's threshold and
     smoothing do not belong to the baseline."""
-    defaults = {f.name: f.default for f in dataclasses.fields(SIADConfig)}
-    return config.replace(threshold=defaults["threshold"], score_smoothing_sigma=defaults["score_smoothing_sigma"])
+    return config.replace(map={"threshold": MapConfig.threshold, "score_smoothing_sigma": MapConfig.score_smoothing_sigma})
 
 
-def _official_encoder(config: SIADConfig, path: Path, dtype: torch.dtype,
-                      device: torch.device | str) -> ImageBindEncoder:
+def _imagebind_towers(config: SIADConfig, empty: bool = False) -> tuple[ImageBindVision, ImageBindTextEncoder]:
     from accelerate import init_empty_weights
 
-    from siad.encoders import load_official_checkpoint
+    from contextlib import nullcontext
 
-    if not path.is_file():
-        raise FileNotFoundError(f"ImageBind checkpoint not found: {path}")
-    with init_empty_weights(include_buffers=False):
-        encoder = ImageBindEncoder(config)
-    load_official_checkpoint(encoder, path, dtype=dtype, device=device)
-    return encoder
+    with init_empty_weights(include_buffers=False) if empty else nullcontext():
+        vision = build_vision_backbone(config, pretrained=False)
+        text = ImageBindTextEncoder(config.text, config.embed_dim)
+    assert isinstance(vision, ImageBindVision)
+    return vision, text
 
 
-def _encoder_from_model_folder(model_id: str, dtype: torch.dtype,
-                               device: torch.device | str) -> tuple[ImageBindEncoder, SIADConfig]:
-    """The ImageBind encoder stored in a SIAD model folder (or Hub id), read alone: only the
-    `encoder.*` tensors of model.safetensors (or the official checkpoint the config names)."""
+def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch.device | str,
+                                text: bool) -> tuple[SIADConfig, list[nn.Module]]:
+    """The vision backbone (and, with text=True, the text trunk) stored in a SIAD model folder (or Hub
+    id), read alone: only their tensors of model.safetensors (or the official ImageBind checkpoint the
+    config names)."""
     from accelerate import init_empty_weights
 
-    from siad.hub import CONFIG_NAME, WEIGHTS_NAME, load_safetensors, resolve_model_folder, safetensors_shapes
+    from siad.hub import CONFIG_NAME, WEIGHTS_NAME, load_safetensors, read_folder_config, resolve_model_folder
+    from siad.hub import renamed_weight_keys, safetensors_shapes
 
     folder = resolve_model_folder(model_id)
-    config = SIADConfig.load(folder / CONFIG_NAME)
+    config, version = read_folder_config(folder / CONFIG_NAME)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: {WEIGHTS_NAME} is missing")
     with init_empty_weights(include_buffers=False):
-        encoder = ImageBindEncoder(config)
-    stored = {k for k in safetensors_shapes(weights) if k.startswith("encoder.")}
+        modules: dict[str, nn.Module] = {"vision_encoder": build_vision_backbone(config, pretrained=False)}
+        if text:
+            modules["text_encoder"] = ImageBindTextEncoder(config.text, config.embed_dim)
+    names = renamed_weight_keys(safetensors_shapes(weights), version)  # stored key -> current key
+    stored = {new: old for old, new in names.items() if new.split(".")[0] in modules}
     if not stored:
         if not config.encoder_checkpoint:
             raise ValueError(f"{weights} holds no encoder weights and config.encoder_checkpoint is not set")
-        return _official_encoder(config, Path(config.encoder_checkpoint), dtype, device), config
-    expected = {f"encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
-    if stored != set(expected):
-        missing, unknown = sorted(set(expected) - stored), sorted(stored - set(expected))
-        raise ValueError(f"{weights}: the stored encoder does not match its config (missing {missing[:5]}, "
+        load_official_checkpoint(list(modules.values()), config.encoder_checkpoint, dtype=dtype, device=device)
+        return config, list(modules.values())
+    expected = {f"{prefix}.{k}": tuple(v.shape) for prefix, module in modules.items()
+                for k, v in module.state_dict().items()}
+    if set(stored) != set(expected):
+        missing, unknown = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise ValueError(f"{weights}: the stored encoders do not match their config (missing {missing[:5]}, "
                          f"unknown {unknown[:5]})")
-    state = {k[len("encoder."):]: v for k, v in load_safetensors(weights, expected=expected, keys=stored, dtype=dtype,
-                                                                 device=device).items()}
-    encoder.load_state_dict(state, strict=True, assign=True)
-    return encoder.to(device), config
+    tensors = load_safetensors(weights, expected={stored[k]: v for k, v in expected.items()}, keys=set(stored.values()),
+                               dtype=dtype, device=device)
+    for prefix, module in modules.items():
+        state = {k[len(prefix) + 1:]: tensors[stored[k]] for k in expected if k.startswith(prefix + ".")}
+        module.load_state_dict(state, strict=True, assign=True)
+        module.to(device)
+    return config, list(modules.values())
 
 
 def load_detector(spec: str | Path, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> Any:
-    """A detector from a model spec: `zero-shot:...` (see the module docstring) or a SIAD model
-    folder / Hub id (`SIADModel.from_pretrained`), in eval mode."""
+    """A detector from a model spec: `zero-shot:...`, `self-reference:...`, `patchcore:...` (see the
+    module docstring) or a SIAD model folder / Hub id (`SIADModel.from_pretrained`), in eval mode."""
     text = str(spec)
     if text.startswith(ZERO_SHOT_PREFIX):
         return ZeroShotBaseline.from_spec(text[len(ZERO_SHOT_PREFIX):], dtype=dtype, device=device).eval()
+    for prefix in (SELF_REFERENCE_PREFIX, PATCHCORE_PREFIX):
+        if text.startswith(prefix):
+            return BackboneBaseline.from_spec(prefix[:-1], text[len(prefix):], dtype=dtype, device=device).eval()
     from siad.model import SIADModel
 
     return SIADModel.from_pretrained(text, dtype=dtype, device=device).eval()
