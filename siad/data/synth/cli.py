@@ -6,6 +6,8 @@
         normal training images of every generator family of TRAIN_FAMILIES
     python -m siad.data.synth heldout --out DIR [--seed K] [--size S] [--small] ...
         a test set (normals, drawn defects, exact masks) of the held-out families
+    python -m siad.data.synth realphoto --out DIR [--seed K] [--size S] [--small] ...
+        a test set made of real photographs (scikit-image's sample images) with drawn defects
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from siad.data.synth.common import SynthError
 from siad.data.synth.writing import DEFAULTS, SMALL, generate
 
 DESCRIPTION = "SIAD-Synth: MVTec-format anomaly-detection data made here, with no download."
-COMMANDS = ("families", "heldout", "validation")
+COMMANDS = ("families", "heldout", "validation", "realphoto")
 _EPILOG = ("other sets: `python -m siad.data.synth families --out DIR` (training images of the generator "
            "families), `python -m siad.data.synth heldout --out DIR` (a test set of the held-out families) and "
-           "`python -m siad.data.synth validation --out DIR` (a test set of the validation families); "
+           "`python -m siad.data.synth validation --out DIR` (a test set of the validation families) and "
+           "`python -m siad.data.synth realphoto --out DIR` (a test set of real photographs with drawn defects); "
            "see their --help")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: `python -m siad.data.synth --out DIR [--seed N] [--small] [--size S] [--overwrite]`,
-    or a subcommand of `COMMANDS` first (`families`, `heldout`, `validation`)."""
+    or a subcommand of `COMMANDS` first (`families`, `heldout`, `validation`, `realphoto`)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in COMMANDS:
         return _family_main(arguments[0], arguments[1:])
@@ -72,7 +75,9 @@ def _family_main(command: str, arguments: list[str]) -> int:
         parser.add_argument("--per-family", type=int, default=None,
                             help=f"images per family (default {sets.FAMILIES_DEFAULTS['per_family']})")
     else:
-        which = "held-out families" if command == "heldout" else "validation families (kept out of `families`)"
+        which = {"heldout": "held-out families", "validation": "validation families (kept out of `families`)",
+                 "realphoto": "real photographs (scikit-image's sample images, left halves for train/good, right "
+                              "halves for test)"}[command]
         parser = argparse.ArgumentParser(prog=prog, description=(
             f"A test set of the {which} in the layout of SIAD-Synth's test split: train/good references, "
             f"test/good, test/<defect> with drawn defects, exact ground_truth masks; meta.json, {command}.json "
@@ -90,8 +95,11 @@ def _family_main(command: str, arguments: list[str]) -> int:
             settings["per_family"] = args.per_family
         write = sets.generate_families
     else:
+        from siad.data.synth.realphoto import generate_realphoto
+
         settings = dict(sets.HELDOUT_SMALL if args.small else sets.HELDOUT_DEFAULTS)
-        write = sets.generate_heldout if command == "heldout" else sets.generate_validation
+        write = {"heldout": sets.generate_heldout, "validation": sets.generate_validation,
+                 "realphoto": generate_realphoto}[command]
     summary, elapsed = _write(parser, args, write, settings)
     rate = summary["total_images"] / max(elapsed, 1e-9)
     print(f"wrote {summary['total_images']} images and {summary['total_masks']} masks of "
