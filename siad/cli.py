@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Detect anomalies in images of one class: print the score, the verdict "
                                              "and the answers; --out writes the overlays.")
     detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    detect.add_argument("--model", required=True, help="SIAD model folder or Hub id (or zero-shot:<encoder>)")
+    detect.add_argument("--model", required=True, help="SIAD model folder or Hub id (or a baseline: zero-shot:..., self-reference:..., patchcore:... with --references)")
     detect.add_argument("--class", dest="class_name", required=True, help="the class name of the images")
     detect.add_argument("--description", default=None, help="class description for the language model (default: "
                                                              "the paper's table, or the generic one)")

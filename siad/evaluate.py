@@ -1018,8 +1018,10 @@ def _parser() -> argparse.ArgumentParser:
                "  torchrun --nproc_per_node 8 -m siad.evaluate --device cuda ...   (one process per GPU; README: launchers)\n"
                "See the module docstring (python -c 'import siad.evaluate; help(siad.evaluate)') for the file formats.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="SIAD model folder or Hub id, or zero-shot:<SIAD folder | Hub id | "
-                                        "imagebind_huge.pth | tiny> (the untrained reference)")
+    parser.add_argument("--model", help="SIAD model folder or Hub id, or an untrained baseline: zero-shot:<SIAD folder "
+                                        "| Hub id | imagebind_huge.pth | tiny> (ImageBind + prompts), self-reference:<SIAD "
+                                        "folder | backbone name> (zero-shot) or patchcore:<SIAD folder | backbone name> "
+                                        "(needs --shots)")
     parser.add_argument("--dataset", help="dataset reader: mvtec, visa, mpdd, btad, dtd, sdd, brainmri, headct, br35h, "
                                           "mvtec_format, meta")
     parser.add_argument("--root", type=Path, help="the dataset folder, as distributed")

@@ -285,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
                "CSV columns: " + ", ".join(COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_DIR", help="image files and/or folders (recursive)")
-    parser.add_argument("--model", required=True, help="SIAD model folder, Hub id, or zero-shot:<encoder>")
+    parser.add_argument("--model", required=True, help="SIAD model folder, Hub id, or a baseline (zero-shot:..., self-reference:..., patchcore:... with --references)")
     parser.add_argument("--class", dest="class_name", required=True, help="the class name of the images")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--description", default=None, help="class description for the LLM (default: the paper's "
