@@ -605,7 +605,7 @@ def test_zero_gpu_start_imports_spaces_first_and_loads_onto_cuda(monkeypatch, tm
     assert events[0] == ("import spaces", None)
     assert all(seen for kind, seen in events if kind == "cuda?")
     assert loaded_with == [("cuda", "bfloat16")]
-    tokens = SIADConfig.tiny().max_new_tokens
+    tokens = SIADConfig.tiny().llm.max_new_tokens
     assert [e for e in events if e[0] == "gpu"] == [("gpu", app.gpu_seconds(tokens, 2)), ("gpu", app.gpu_seconds(tokens, 1))]
 
 

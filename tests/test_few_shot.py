@@ -69,8 +69,9 @@ def test_a_bank_fuses_both_passes_with_the_reference_maps_computed_once(model, b
     fusions, searches, pem_inputs = [], [], []
     fuse, search, map_tokens = siad.model.fuse_stage_maps, siad.model.reference_distances, model.map_tokens
 
-    def spy_fuse(text, reference, weight):
-        out = fuse(text, reference, weight)
+    def spy_fuse(text, reference, weight, mode="linear"):
+        assert mode == model.config.map.reference_fusion
+        out = fuse(text, reference, weight, mode)
         fusions.append((text, reference, weight, out))
         return out
 
