@@ -586,7 +586,7 @@ class SIADConfig(_Part):
                             stage_phrases=("local feature of", "regional feature of")),
             llm=LLMConfig(name_or_path=None, architecture=dict(SMALL_LLAMA_ARCHITECTURE), lora_r=4, lora_alpha=8,
                           lora_dropout=0.0, max_new_tokens=32, train="full"),
-            map=MapConfig(logit_scale=10.0, self_reference_weight=0.5, reference_fusion="geometric"),
+            map=MapConfig(logit_scale=10.0, self_reference_weight=0.7, reference_fusion="geometric"),
             embed_dim=64,
         )
         return config.replace(**changes)
