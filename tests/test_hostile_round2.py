@@ -245,3 +245,80 @@ def test_a_deeply_nested_bank_sidecar_is_a_value_error(tiny_model, tmp_path):
     sidecar.write_text(_deep(100_000))
     with pytest.raises(ValueError, match="nested deeper than"):
         ReferenceBank.load(tmp_path / "gear")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. A reference bank's normal scale is range-checked
+
+
+def _rewrite_bank(tensors_path: Path, sidecar_path: Path, **tensors_changed: torch.Tensor) -> None:
+    """Rewrite a saved bank's tensors by hand, with a matching checksum and metadata (as an attacker can)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    fields = {k: v for k, v in json.loads(sidecar_path.read_text()).items() if k != "sha256"}
+    tensors = {**load_file(str(tensors_path)), **tensors_changed}
+    save_file(tensors, str(tensors_path), metadata={"format": "siad-reference-bank", "bank": json.dumps(fields)})
+    sidecar_path.write_text(json.dumps({**fields, "sha256": hashlib.sha256(tensors_path.read_bytes()).hexdigest()}))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30, 0.0, float("nan")])
+def test_a_bank_whose_normal_scale_is_out_of_range_is_refused(tiny_model, tmp_path, scale):
+    from siad import ReferenceBank
+
+    bank = tiny_model.build_references([np.full((32, 32, 3), v, dtype=np.uint8) for v in (90, 110)], "gear")
+    tensors_path, sidecar_path = bank.save(tmp_path / "gear")
+    _rewrite_bank(tensors_path, sidecar_path, normal_scale=torch.full_like(bank.normal_scale, scale))
+    with pytest.raises(ValueError, match=r"gear\.safetensors: invalid ReferenceBank: normal_scale must be"):
+        ReferenceBank.load(tensors_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Dataset index files name paths inside the root only
+
+
+def _dataset_with_an_outside_image(tmp_path: Path) -> tuple[Path, Path]:
+    from PIL import Image
+
+    root, outside = tmp_path / "data", tmp_path / "secret"
+    (root / "gear").mkdir(parents=True)
+    outside.mkdir()
+    for path in (root / "gear" / "good.png", outside / "private.png"):
+        Image.new("RGB", (16, 16)).save(path)
+    return root, outside / "private.png"
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot"])
+def test_meta_json_entries_outside_the_root_are_refused_when_read(tmp_path, how):
+    from siad.data import load_dataset
+
+    root, private = _dataset_with_an_outside_image(tmp_path)
+    path = str(private) if how == "absolute" else "../secret/private.png"
+    entry = {"img_path": path, "mask_path": "", "cls_name": "gear", "specie_name": "good", "anomaly": 0}
+    good = {**entry, "img_path": "gear/good.png"}
+    (root / "meta.json").write_text(json.dumps({"test": {"gear": [good, entry]}}))
+    with pytest.raises(ValueError, match=r"meta\.json \[test\]\[gear\]\[1\]: 'img_path'.*not a path inside the dataset root"):
+        load_dataset("meta", root, "test")
+    entry.update(img_path="gear/good.png", mask_path=path, anomaly=1, specie_name="hole")
+    (root / "meta.json").write_text(json.dumps({"test": {"gear": [good, entry]}}))
+    with pytest.raises(ValueError, match=r"'mask_path'.*not a path inside the dataset root"):
+        load_dataset("meta", root, "test")
+
+
+def test_visa_split_csv_paths_outside_the_root_are_refused(tmp_path):
+    from siad.data import load_dataset
+
+    root, private = _dataset_with_an_outside_image(tmp_path)
+    (root / "split_csv").mkdir()
+    (root / "split_csv" / "1cls.csv").write_text(f"object,split,label,image,mask\ngear,test,normal,{private},\n")
+    with pytest.raises(ValueError, match=r"1cls\.csv line 2: image .* not a path inside the dataset root"):
+        load_dataset("visa", root, "test")
+
+
+def test_a_deeply_nested_meta_json_is_a_value_error(tmp_path):
+    from siad.data import load_dataset
+
+    (tmp_path / "meta.json").write_text(_deep(100_000))
+    with pytest.raises(ValueError, match=r"meta\.json: JSON nested deeper than"):
+        load_dataset("meta", tmp_path, "test")
