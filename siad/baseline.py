@@ -361,7 +361,7 @@ def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch
     from accelerate import init_empty_weights
 
     from siad.hub import CONFIG_NAME, WEIGHTS_NAME, load_safetensors, read_folder_config, resolve_model_folder
-    from siad.hub import renamed_weight_keys, safetensors_shapes
+    from siad.hub import check_loaded_finite, renamed_weight_keys, safetensors_shapes
 
     folder = resolve_model_folder(model_id)
     config, version = read_folder_config(folder / CONFIG_NAME)
@@ -378,6 +378,8 @@ def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch
         if not config.encoder_checkpoint:
             raise ValueError(f"{weights} holds no encoder weights and config.encoder_checkpoint is not set")
         load_official_checkpoint(list(modules.values()), config.encoder_checkpoint, dtype=dtype, device=device)
+        for prefix, module in modules.items():
+            check_loaded_finite(module, f"{config.encoder_checkpoint} ({prefix})")
         return config, list(modules.values())
     expected = {f"{prefix}.{k}": tuple(v.shape) for prefix, module in modules.items()
                 for k, v in module.state_dict().items()}
@@ -391,6 +393,7 @@ def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch
         state = {k[len(prefix) + 1:]: tensors[stored[k]] for k in expected if k.startswith(prefix + ".")}
         module.load_state_dict(state, strict=True, assign=True)
         module.to(device)
+        check_loaded_finite(module, f"{weights} ({prefix})")
     return config, list(modules.values())
 
 

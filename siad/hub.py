@@ -31,7 +31,7 @@ import os
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -247,6 +247,20 @@ def upload_model_folder(folder: str | Path, repo_id: str, *, token: str | None =
 def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating tensors that hold a NaN or an infinity."""
     return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_loaded_finite(module: torch.nn.Module, where: str, skip: Callable[[str], bool] | None = None) -> None:
+    """After loading: every floating weight (parameter) of `module` must be finite and no floating buffer
+    may hold NaN (a buffer may hold infinities: the text trunk's causal mask holds -inf). One tensor is
+    checked at a time; `skip(name)`: tensors already checked. ValueError naming `where` and the tensors
+    (non-finite weights would give empty answers and changed scores instead of an error)."""
+    bad = [name for name, p in module.named_parameters() if p.is_floating_point() and not (skip and skip(name))
+           and not bool(torch.isfinite(p).all())]
+    bad += [name for name, b in module.named_buffers() if b.is_floating_point() and not (skip and skip(name))
+            and bool(torch.isnan(b).any())]
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} loaded tensors hold NaN or infinite values ({bad[:5]}"
+                         f"{' ...' if len(bad) > 5 else ''}); a model with non-finite weights is never loaded")
 
 
 def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
@@ -501,6 +515,9 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"{folder}: weights were never loaded for {meta[:10]}")
+    # every part: the folder's weights, the adapter and a bundled LM (an external LM was checked as it loaded)
+    external = not llm_dir.is_dir()
+    check_loaded_finite(model, str(folder), skip=lambda name: external and name.startswith("llm.") and "lora_" not in name)
     model.vision_encoder.requires_grad_(config.vision.trainable)
     model.text_encoder.requires_grad_(config.text.trainable)
     from siad.model import load_generation_config

@@ -124,6 +124,9 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
                                             **NO_REMOTE_CODE)
     check_llm_sizes(llm_config_sizes(llm_config), f"{name} (its config.json)")
     model = AutoModelForCausalLM.from_pretrained(name, config=llm_config, **kwargs)
+    from siad.hub import check_loaded_finite
+
+    check_loaded_finite(model, str(name))
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only, cache_dir=cache_dir,
                                               **NO_REMOTE_CODE)
     return model, tokenizer

@@ -322,3 +322,61 @@ def test_a_deeply_nested_meta_json_is_a_value_error(tmp_path):
     (tmp_path / "meta.json").write_text(_deep(100_000))
     with pytest.raises(ValueError, match=r"meta\.json: JSON nested deeper than"):
         load_dataset("meta", tmp_path, "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Every loaded tensor is finite
+
+
+@pytest.mark.parametrize("file, tensor", [
+    ("model.safetensors", "llama_proj.weight"),
+    ("model.safetensors", "pem.mlp.0.bias"),
+    ("llm/model.safetensors", "model.layers.0.mlp.up_proj.weight"),
+    ("llm_adapter/adapter_model.safetensors", None),  # the first LoRA matrix
+])
+def test_non_finite_weights_anywhere_in_a_folder_are_refused_when_it_loads(saved_tiny, tmp_path, file, tensor):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(saved_tiny, tmp_path)
+    path = folder / file
+    tensors = load_file(str(path))
+    name = tensor or sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("inf") if "adapter" in file else float("nan")
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"loaded tensors hold NaN or infinite values"):
+        SIADModel.from_pretrained(folder)
+
+
+def test_a_nan_buffer_is_refused_but_the_causal_masks_infinities_load(saved_tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    loaded = SIADModel.from_pretrained(saved_tiny)  # the text trunk's causal mask holds -inf: it loads
+    assert bool(torch.isinf(loaded.text_encoder.modality_preprocessors.text.mask).any())
+    folder = _copy(saved_tiny, tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = "text_encoder.modality_preprocessors.text.mask"
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"modality_preprocessors\.text\.mask"):
+        SIADModel.from_pretrained(folder)
+
+
+def test_an_external_lm_with_non_finite_weights_is_refused_as_it_loads(monkeypatch):
+    import transformers
+
+    from siad.llm import load_language_model
+
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512)
+
+    def model(name, config=None, **kwargs):
+        built = transformers.AutoModelForCausalLM.from_config(config)
+        with torch.no_grad():
+            built.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+        return built
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda name, **kwargs: transformers.AutoConfig.for_model("llama", **small))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    with pytest.raises(ValueError, match=r"some/llm: 1 loaded tensors .*model\.layers\.1\.mlp\.down_proj\.weight"):
+        load_language_model(SIADConfig.tiny(llm=dict(name_or_path="some/llm", architecture=None)))
