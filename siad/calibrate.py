@@ -84,7 +84,8 @@ def threshold_for_fpr(normal_scores: Sequence[float] | np.ndarray, fpr: float) -
 
 def threshold_f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """(threshold, F1) where F1 of the prediction `score >= threshold` is largest over every
-    distinct score; the largest such threshold on a tie. Needs at least one anomalous label."""
+    distinct score; the largest such threshold on a tie. Needs both labels (ValueError otherwise: with
+    anomalous samples only, F1 would be 1 at any threshold up to the lowest score)."""
     s = _scores_array(scores, "scores")
     y = np.asarray(labels).ravel()
     if y.shape != s.shape:
@@ -93,6 +94,9 @@ def threshold_f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float]
     n_pos = int(y.sum())
     if n_pos == 0:
         raise ValueError("F1 is undefined: there is no anomalous sample")
+    if n_pos == y.size:
+        raise ValueError(f"the F1-max threshold is undefined: all {n_pos} samples are anomalous (no normal one), so "
+                         "every threshold up to the lowest score gives F1 = 1; calibrate with normal images too")
     values = np.unique(s)  # ascending distinct thresholds
     negatives, positives = np.sort(s[~y]), np.sort(s[y])
     true_pos = positives.size - np.searchsorted(positives, values, side="left")  # positives >= t

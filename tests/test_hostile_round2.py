@@ -380,3 +380,39 @@ def test_an_external_lm_with_non_finite_weights_is_refused_as_it_loads(monkeypat
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
     with pytest.raises(ValueError, match=r"some/llm: 1 loaded tensors .*model\.layers\.1\.mlp\.down_proj\.weight"):
         load_language_model(SIADConfig.tiny(llm=dict(name_or_path="some/llm", architecture=None)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Undefined metrics are reported as undefined
+
+
+def test_a_class_of_anomalous_images_only_has_undefined_image_metrics_left_out_of_the_mean(tiny_model, tmp_path):
+    from PIL import Image
+
+    from siad import evaluate as ev
+    from siad.data.readers import Sample
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for name, labels in (("gear", (1, 1, 1)), ("plate", (0, 0, 1, 1))):
+        for i, label in enumerate(labels):
+            path = tmp_path / f"{name}_{i}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+            samples.append(Sample(path, None, name, "hole" if label else "good", label))
+    settings = ev.EvalSettings(chat=False, qualitative=0, progress=False)
+    with pytest.warns(ev.UndefinedMetricWarning, match=r"gear: 0 normal, 3 anomalous"):
+        evaluation = ev.evaluate_samples(tiny_model, samples, dataset="toy", settings=settings)
+    gear, plate = evaluation.classes
+    assert all(gear.metrics["pass1"][m] is None for m in ("image_auroc", "image_ap", "image_f1_max"))
+    for metric in ("image_auroc", "image_ap", "image_f1_max"):
+        assert evaluation.mean["pass1"][metric] == plate.metrics["pass1"][metric] is not None
+    assert any("AP and F1-max undefined for gear" in note for note in evaluation.notes)
+    report = ev.markdown_report(evaluation, "test", plots=False)
+    assert "| gear | 3 | - | - | - | - | - |" in report
+
+
+def test_calibrate_refuses_a_threshold_from_anomalous_images_only():
+    from siad import calibrate
+
+    with pytest.raises(ValueError, match="all 3 samples are anomalous"):
+        calibrate.threshold_f1_max([1, 1, 1], [0.2, 0.5, 0.9])
