@@ -56,7 +56,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from siad.runner import (Batch, BatchItem, MemoryStore, Processes, RunFailed, RunOptions, add_run_arguments,
-                          check_failures, collect, plan_batches, run_shard, start_processes)
+                          check_failures, check_output_folder, collect, plan_batches, run_shard, start_processes)
 
 __all__ = ["threshold_for_fpr", "threshold_f1_max", "write_threshold", "main"]
 
@@ -112,7 +112,8 @@ def _is_local_folder(spec: str) -> bool:
 
 
 def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
-    """Fail early (before any image is scored) when the threshold could not be stored."""
+    """Fail early (before any image is scored) when the threshold could not be stored (no folder, or one
+    that cannot be written)."""
     from siad.baseline import ZERO_SHOT_PREFIX
 
     if dry_run:
@@ -122,6 +123,10 @@ def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
     if out is None and not _is_local_folder(spec):
         raise ValueError(f"'{spec}' is not a local model folder: give --out DIR to save a calibrated copy "
                          f"(or --dry-run to only print the threshold)")
+    if out is not None:
+        check_output_folder(out)
+    else:
+        check_output_folder(Path(spec).expanduser(), "the model folder")
 
 
 def write_threshold(folder: str | Path, threshold: float, smoothing_sigma: float | None = None) -> Path:

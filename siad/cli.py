@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from siad.runner import check_output_folder, device_argument
+
 # subcommand -> (module whose main() it runs, one-line help)
 DELEGATED: dict[str, tuple[str, str]] = {
     "predict": ("siad.predict", "overlays and predictions.csv for many images (python -m siad.predict)"),
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="few-shot: normal images of the class (files and/or folders; default: zero-shot)")
     detect.add_argument("--no-chat", action="store_true", help="map and score only: no language model, no answers")
     detect.add_argument("--no-self-improve", action="store_true", help="pass 1 only (answer R, no refined pass)")
-    detect.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    detect.add_argument("--device", default="cpu", type=device_argument, help="torch device (default cpu)")
     detect.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     for name, (_, text) in DELEGATED.items():
         commands.add_parser(name, help=text, add_help=False)  # listed here, parsed by their own main()
@@ -92,6 +94,8 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if absent or (args.references is not None and not references):
         parser.exit(2, f"siad detect: error: no reference images at {' '.join(map(str, absent or args.references))}\n")
     try:
+        if args.out is not None:
+            check_output_folder(args.out)  # before the model runs
         detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
         if references and not hasattr(detector, "build_references"):
             raise ValueError("--references needs a SIAD model: the zero-shot baseline takes no references")

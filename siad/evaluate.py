@@ -122,8 +122,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, add_run_arguments, barrier,
-                          check_failures, collect, file_identity, from_json_array, in_turns, json_array, plan_batches,
-                          run_shard, start_processes)
+                          check_failures, check_output_folder, collect, file_identity, from_json_array, in_turns,
+                          json_array, plan_batches, run_shard, start_processes)
 
 PASSES: tuple[str, str] = ("pass1", "pass2")
 SCORE_SYMBOL = {"pass1": "S", "pass2": "S'"}
@@ -1143,6 +1143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             qualitative=args.qualitative, progress=not args.quiet, shots=args.shots,
                             shot_seeds=seeds)
     try:
+        check_output_folder(args.out)  # before any model runs
         processes = start_processes(args.device)
         evaluations = run_jobs(jobs, settings, args, command, processes)
     except (FileNotFoundError, ValueError, OSError, RunFailed) as error:
