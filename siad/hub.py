@@ -585,16 +585,28 @@ def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -
 
     from siad.llm import NO_REMOTE_CODE
 
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     config_path = llm_dir / CONFIG_NAME
-    for name in _LLM_JSON_FILES:  # bounded size and nesting before transformers parses them
-        if (llm_dir / name).is_file():
-            read_json(llm_dir / name, max_bytes=_LLM_JSON_FILES[name])
+    for name in _LLM_JSON_FILES:  # bounded size and nesting before transformers parses them; objects only
+        if (llm_dir / name).is_file() and not isinstance(read_json(llm_dir / name, max_bytes=_LLM_JSON_FILES[name]),
+                                                         dict):
+            raise ValueError(f"{llm_dir / name}: must be a JSON object")
+    model_type = read_json(config_path).get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:  # e.g. an auto_map: code we do not run
+        raise ValueError(f"{config_path} does not name a transformers architecture (model_type "
+                         f"{short_repr(model_type)}) that loads without running code from the folder; SIAD loads "
+                         f"model folders as data only and never runs their code")
     try:
         llm_config = AutoConfig.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
-    except ValueError as error:  # e.g. an auto_map without a model_type: custom code we do not run
-        raise ValueError(f"{config_path} does not name a transformers architecture (model_type) that loads "
-                         f"without running code from the folder; SIAD loads model folders as data only and never "
-                         f"runs their code") from error
+    except Exception as error:  # transformers' own validation of the values
+        raise ValueError(f"{config_path}: not a valid {model_type} config ({type(error).__name__}: "
+                         f"{short_repr(str(error))})") from error
+    try:  # before anything is allocated
+        tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
+    except Exception as error:
+        raise ValueError(f"{llm_dir}: its tokenizer files cannot be read ({type(error).__name__}: "
+                         f"{short_repr(str(error))})") from error
     weights = llm_dir / WEIGHTS_NAME
     stored = safetensors_shapes(weights)
     check_llm_header(llm_config, stored, config_path, weights)
@@ -609,7 +621,6 @@ def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -
     if tied:
         llm.tie_weights()
     llm.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
     return llm, tokenizer
 
 

@@ -212,6 +212,26 @@ def test_deeply_nested_json_in_a_model_folder_is_a_value_error_naming_the_file(s
         SIADModel.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("file, content, match", [
+    ("config.json", "[]", "must be a JSON object"),
+    ("generation_config.json", "[]", "not a valid generation config"),
+    ("generation_config.json", json.dumps({"max_new_tokens": "many"}), "not a valid generation config"),
+    ("llm/config.json", "[]", "must be a JSON object"),
+    ("llm/config.json", None, r"not a valid llama config .*hidden_size"),
+    ("llm_adapter/adapter_config.json", "[]", "must be a JSON object"),
+    ("llm/tokenizer_config.json", "[]", "must be a JSON object"),
+    ("llm/tokenizer.json", "{}", "tokenizer files cannot be read"),
+])
+def test_malformed_files_are_value_errors_naming_the_file(saved_tiny, tmp_path, file, content, match):
+    folder = _copy(saved_tiny, tmp_path)
+    if content is None:
+        _edit_json(folder / file, None, hidden_size="wide")
+    else:
+        (folder / file).write_text(content)
+    with pytest.raises(ValueError, match=rf"{'/'.join(file.split('/')[:-1]) or file}.*{match}"):
+        SIADModel.from_pretrained(folder)
+
+
 def test_an_oversized_config_is_refused_by_its_size(saved_tiny, tmp_path):
     folder = _copy(saved_tiny, tmp_path)
     _edit_json(folder / "config.json", "llm", name_or_path="x" * (2 << 20))
