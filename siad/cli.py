@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from siad.runner import check_output_folder, device_argument
-
 # subcommand -> (module whose main() it runs, one-line help)
 DELEGATED: dict[str, tuple[str, str]] = {
     "predict": ("siad.predict", "overlays and predictions.csv for many images (python -m siad.predict)"),
@@ -36,6 +34,8 @@ PLOTS_HINT = 'matplotlib: pip install "siad-llm[plots]"'
 
 
 def _parser() -> argparse.ArgumentParser:
+    from siad.runner import device_argument
+
     parser = argparse.ArgumentParser(
         prog="siad", description="SIAD-LLM: explainable zero-shot anomaly detection (maps, scores, answers).",
         epilog="Example:\n  siad detect --model checkpoints/siad-mini --class gear part.png --out runs/overlays",
@@ -87,6 +87,7 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from siad.baseline import has_llm, load_detector, parse_dtype
     from siad.image import load_rgb
     from siad.predict import _UniqueNames
+    from siad.runner import check_output_folder
 
     from siad.predict import collect_images
 
