@@ -614,7 +614,8 @@ class SIADConfig(_Part):
         vision, text, map_ = self.vision, self.text, self.map
         phrases = text.phrases(vision.num_stages)
         if text.stage_phrases is not None and len(text.stage_phrases) != vision.num_stages:
-            raise ValueError(f"SIADConfig.text.stage_phrases={short_repr(text.stage_phrases)}: one phrase per stage is needed "
+            raise ValueError(f"SIADConfig.text.stage_phrases={short_repr(text.stage_phrases)}: one phrase per stage "
+                             f"is needed "
                              f"({vision.num_stages} stages)")
         if not phrases:
             raise ValueError(f"SIADConfig.text.stage_phrases=None: the paper's stage phrase cases have 4 stages; with "
@@ -625,7 +626,8 @@ class SIADConfig(_Part):
         if map_.pem_group_side > vision.image_size // map_.pem_patch_size:
             raise ValueError(f"SIADConfig.map.pem_groups={map_.pem_groups}: more groups per side than PEM patches per side")
         if self.encoder_checkpoint is not None and not isinstance(vision, ImageBindVisionConfig):
-            raise ValueError(f"SIADConfig.encoder_checkpoint={short_repr(self.encoder_checkpoint)}: the official ImageBind "
+            raise ValueError(f"SIADConfig.encoder_checkpoint={short_repr(self.encoder_checkpoint)}: the official "
+                             f"ImageBind "
                              f"checkpoint serves the 'imagebind' backbone, not {vision.backbone!r}")
 
     # ------------------------------------------------------------------ derived

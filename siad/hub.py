@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from siad.config import LLM_SIZE_LIMITS, SIADConfig, check_llm_sizes, saved_format_version
+from siad.config import SIADConfig, check_llm_sizes, saved_format_version
 from siad.jsonfile import read_json, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -517,7 +517,8 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
         raise ValueError(f"{folder}: weights were never loaded for {meta[:10]}")
     # every part: the folder's weights, the adapter and a bundled LM (an external LM was checked as it loaded)
     external = not llm_dir.is_dir()
-    check_loaded_finite(model, str(folder), skip=lambda name: external and name.startswith("llm.") and "lora_" not in name)
+    check_loaded_finite(model, str(folder),
+                        skip=lambda name: external and name.startswith("llm.") and "lora_" not in name)
     model.vision_encoder.requires_grad_(config.vision.trainable)
     model.text_encoder.requires_grad_(config.text.trainable)
     from siad.model import load_generation_config

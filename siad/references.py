@@ -126,7 +126,8 @@ class ReferenceBank:
     """The normal patch features of one class, per stage.
 
     stages: K tensors M_k x D_k, L2-normalised 3 x 3-aggregated patch features, one dtype, one device;
-    normal_scale: K float32 values in [MIN_NORMAL_SCALE, MAX_NORMAL_SCALE] (see the module docstring); class_name: the class, whitespace
+    normal_scale: K float32 values in [MIN_NORMAL_SCALE, MAX_NORMAL_SCALE] (see the module docstring);
+    class_name: the class, whitespace
     normalised; features: "trunk" or "visual"; num_shots: how many images made it; stage_blocks: the
     backbone's stages (`SIADConfig.vision.stages`); grids: (H_k, W_k) of each stage's patch grid;
     fingerprint: `model_fingerprint` of
@@ -339,7 +340,8 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
     problems: list[str] = []
     if not isinstance(bank.class_name, str) or not bank.class_name.strip() or normalise_class_name(
             bank.class_name) != bank.class_name:
-        problems.append(f"class_name must be a non-empty, whitespace-normalised string, got {short_repr(bank.class_name)}")
+        problems.append(f"class_name must be a non-empty, whitespace-normalised string, got "
+                        f"{short_repr(bank.class_name)}")
     if bank.features not in FEATURE_KINDS:
         problems.append(f"features must be one of {FEATURE_KINDS}, got {short_repr(bank.features)}")
     if not _positive_int(bank.num_shots):
@@ -347,7 +349,8 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
     grids_ok = (isinstance(bank.grids, tuple) and len(bank.grids) == len(bank.stages)
                 and all(len(g) == 2 and all(_positive_int(v) for v in g) for g in bank.grids))
     if not grids_ok:
-        problems.append(f"grids must hold one (height, width) of positive integers per stage, got {short_repr(bank.grids)}")
+        problems.append(f"grids must hold one (height, width) of positive integers per stage, got "
+                        f"{short_repr(bank.grids)}")
     if (not bank.stage_blocks or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0
                                          for b in bank.stage_blocks)
             or list(bank.stage_blocks) != sorted(set(bank.stage_blocks))):
@@ -355,7 +358,8 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
     if not isinstance(bank.fingerprint, str) or len(bank.fingerprint.split(":")) != 3:
         problems.append(f"fingerprint must be 'features:config:weights', got {short_repr(bank.fingerprint)}")
     elif bank.fingerprint.split(":")[0] != bank.features:
-        problems.append(f"fingerprint {short_repr(bank.fingerprint)} is not one of {short_repr(bank.features)} features")
+        problems.append(f"fingerprint {short_repr(bank.fingerprint)} is not one of {short_repr(bank.features)} "
+                        f"features")
     if bank.max_bank_patches is not None and not _positive_int(bank.max_bank_patches):
         problems.append(f"max_bank_patches must be a positive integer or None, got {short_repr(bank.max_bank_patches)}")
     if not isinstance(bank.seed, int) or isinstance(bank.seed, bool):
@@ -382,8 +386,8 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
     scale = bank.normal_scale
     if (not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or tuple(scale.shape) != (len(stages),)
             or not bool(((scale >= MIN_NORMAL_SCALE) & (scale <= MAX_NORMAL_SCALE)).all())):
-        problems.append(f"normal_scale must be {len(stages)} float32 values in [{MIN_NORMAL_SCALE}, {MAX_NORMAL_SCALE}] "
-                        f"(a quantile of cosine distances, floored at {MIN_NORMAL_SCALE}), got "
+        problems.append(f"normal_scale must be {len(stages)} float32 values in [{MIN_NORMAL_SCALE}, "
+                        f"{MAX_NORMAL_SCALE}] (a quantile of cosine distances, floored at {MIN_NORMAL_SCALE}), got "
                         f"{short_repr(scale.tolist() if isinstance(scale, torch.Tensor) else scale)}")
     return problems
 
@@ -539,8 +543,8 @@ def check_bank(bank: ReferenceBank, model_fingerprint: str, class_name: str) -> 
                    "different backbone, stage layout, image size, resize mode, normalisation or width)")
         else:
             why = "it was made with another model (different weights)"
-        raise ValueError(f"the reference bank of {short_repr(bank.class_name)} ({bank.num_shots}-shot, {bank.features}) "
-                         f"cannot serve this model: {why}; build the references again with this model")
+        raise ValueError(f"the reference bank of {short_repr(bank.class_name)} ({bank.num_shots}-shot, "
+                         f"{bank.features}) cannot serve this model: {why}; build the references again with this model")
     name = normalise_class_name(class_name) if isinstance(class_name, str) else class_name
     if name != bank.class_name:
         raise ValueError(f"the reference bank is for class {short_repr(bank.class_name)}, not {name!r}: "

@@ -117,9 +117,10 @@ def test_an_adapter_of_another_rank_is_refused_from_its_header(saved_tiny, tmp_p
 
 def test_the_paper_model_lies_well_inside_the_bounds():
     config = SIADConfig.siad_llm()
-    for value, limit in ((config.vision.width, SIZE_LIMITS["width"]), (config.vision.num_blocks, SIZE_LIMITS["num_blocks"]),
-                         (config.text.width, SIZE_LIMITS["width"]), (config.text.num_blocks, SIZE_LIMITS["num_blocks"]),
-                         (config.embed_dim, SIZE_LIMITS["embed_dim"]), (config.llm.lora_r, SIZE_LIMITS["lora_r"])):
+    pairs = ((config.vision.width, "width"), (config.vision.num_blocks, "num_blocks"), (config.text.width, "width"),
+             (config.text.num_blocks, "num_blocks"), (config.embed_dim, "embed_dim"), (config.llm.lora_r, "lora_r"))
+    for value, name in pairs:
+        limit = SIZE_LIMITS[name]
         assert value * 4 <= limit
     check_llm_sizes(LLAMA_7B_ARCHITECTURE, "LLaMA-7B")
     for name, value in LLAMA_7B_ARCHITECTURE.items():
@@ -318,7 +319,8 @@ def test_meta_json_entries_outside_the_root_are_refused_when_read(tmp_path, how)
     entry = {"img_path": path, "mask_path": "", "cls_name": "gear", "specie_name": "good", "anomaly": 0}
     good = {**entry, "img_path": "gear/good.png"}
     (root / "meta.json").write_text(json.dumps({"test": {"gear": [good, entry]}}))
-    with pytest.raises(ValueError, match=r"meta\.json \[test\]\[gear\]\[1\]: 'img_path'.*not a path inside the dataset root"):
+    where = r"meta\.json \[test\]\[gear\]\[1\]: 'img_path'"
+    with pytest.raises(ValueError, match=rf"{where}.*not a path inside the dataset root"):
         load_dataset("meta", root, "test")
     entry.update(img_path="gear/good.png", mask_path=path, anomaly=1, specie_name="hole")
     (root / "meta.json").write_text(json.dumps({"test": {"gear": [good, entry]}}))
