@@ -30,9 +30,11 @@ import math
 import os
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "checkpoints" / "siad-mini"
@@ -194,6 +196,10 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
             kept.pop(next(iter(kept)))
         return entry["bank"], kept
 
+    # How long an event waits for the turn of its session's conversation in progress (`session_turn`):
+    # a follow-up may run the image's two passes and then its own answer, each bounded in time.
+    turn_wait = 3 * limits.generation_seconds + 60.0
+
     @gpu_decorator(gpu_seconds(tokens, generations=2))
     def detect(image: str | None, class_name: str | None, description: str | None,
                references: list[str] | None = None, session: dict | None = None):
@@ -202,7 +208,8 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         bank, kept = reference_bank(name, references, session or {})
         try:
             # decoded once, for the model and the display
-            rgb = load_rgb(image, model.config.vision.max_input_side, model.config.vision.max_input_pixels).rgb
+            loaded_image = load_rgb(image, model.config.vision.max_input_side, model.config.vision.max_input_pixels)
+            rgb = loaded_image.rgb
             result = model.detect([rgb], [name], [description], references=bank)[0]
         except ValueError as error:
             raise gr.Error(str(error).replace(f"'{image}'", "the uploaded file")) from None
@@ -211,15 +218,20 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         verdict = "ANOMALOUS" if result.is_anomalous else "normal"
         mode = "zero-shot" if bank is None else (
             f"{bank.mode} ({bank.num_shots} reference{'s' if bank.num_shots > 1 else ''})")
+        upload_notes = [note.replace(f"'{image}'", "the uploaded file") for note in loaded_image.notes]
         summary = (f"### {verdict}\nscore **{result.score:.3f}** (pass 1: {result.initial_score:.3f}); "
-                   f"threshold {model.config.map.threshold:.3f}; {mode}" + agreement_note(result))
+                   f"threshold {model.config.map.threshold:.3f}; {mode}" + agreement_note(result)
+                   + "".join(f"\n\n**Note:** {note}." for note in upload_notes))
         history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": result.answer or ""}]
         shown = save_picture(overlay_with_scale(rgb, result.anomaly_map, title=f"{name}: score {result.score:.3f}"),
                              pictures)
         first = save_picture(colorize(fit_map(result.initial_map, *rgb.shape[:2])), pictures)
         second = save_picture(colorize(fit_map(result.anomaly_map, *rgb.shape[:2])), pictures)
-        session = {"image": image, "class_name": name, "description": description, "history": history,
-                   "bank": bank, "references": kept}
+        if session and "turns" in session:  # the conversation it replaces: after its turn in progress
+            with session_turn(session, turn_wait):
+                session["replaced"] = True
+        session = new_session(image=image, class_name=name, description=description, history=history, bank=bank,
+                              references=kept)
         return (shown, summary, result.initial_answer or "", result.answer or "", first, second, history, session)
 
     @gpu_decorator(gpu_seconds(tokens, generations=1))
@@ -231,18 +243,22 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         message = text(message, "question", limits.max_message_chars)
         if not message.strip():
             raise gr.Error("Type a question.")
-        history = list(session["history"])
-        try:  # the checks and the image's passes run here; the answer then streams in as it is generated
-            stream = model.chat_stream(session["image"], session["class_name"], history, message,
-                                       session["description"], references=session.get("bank"))
-        except ValueError as error:
-            raise gr.Error(str(error)) from None
-        asked = history + [{"role": "user", "content": message.strip()}]
-        answer = ""
-        for answer in stream:
-            yield asked + [{"role": "assistant", "content": answer}], "", session
-        history = asked + [{"role": "assistant", "content": answer}]
-        yield history, "", {**session, "history": history}
+        with session_turn(session, turn_wait):  # one turn of a session at a time: none is lost
+            if session.get("replaced"):
+                raise gr.Error("A new detection replaced this conversation; ask again about the new image.")
+            history = list(session["history"])
+            try:  # the checks and the image's passes run here; the answer then streams in as it is generated
+                stream = model.chat_stream(session["image"], session["class_name"], history, message,
+                                           session["description"], references=session.get("bank"))
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
+            asked = history + [{"role": "user", "content": message.strip()}]
+            answer = ""
+            for answer in stream:
+                yield asked + [{"role": "assistant", "content": answer}], "", session
+            history = asked + [{"role": "assistant", "content": answer}]
+            session["history"] = history  # in place: the next turn of this session reads it
+            yield history, "", session
 
     def fill_description(class_name: str | None) -> str:
         name = " ".join((class_name or "").split())
@@ -291,6 +307,30 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         send.click(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name="chat")
         message.submit(follow_up, inputs=[message, state], outputs=[chatbot, message, state], api_name=False)
     return demo
+
+
+def new_session(**fields: Any) -> dict:
+    """A session's state after Detect: the image, class, description, conversation (`history`), the
+    few-shot bank and the banks kept by class, and `turns`, the lock that serialises the session's
+    events that read and write the conversation (`session_turn`)."""
+    return {**fields, "turns": threading.Lock(), "replaced": False}
+
+
+@contextmanager
+def session_turn(session: dict, timeout: float) -> Iterator[None]:
+    """Hold the session's turn: with `--concurrency` above 1, two follow-ups of one session would each
+    read the same history and the last would drop the other's turn; a Detect would be overwritten by a
+    follow-up of the image it replaces. Waits at most `timeout` seconds (then a gr.Error: the session is
+    busy) so that a turn left unfinished can never block its session."""
+    import gradio as gr
+
+    lock = session["turns"]
+    if not lock.acquire(timeout=timeout):
+        raise gr.Error("Another question about this image is still being answered; ask again in a moment.")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def agreement_note(result: Any) -> str:

@@ -41,6 +41,7 @@ from siad.encoders import VisionBackbone, build_vision_backbone
 from siad.encoders.imagebind import ImageBindVision, load_official_checkpoint
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
 from siad.image import ImageInput, encoder_inputs, map_to_original, normalize
+from siad.jsonfile import short_repr
 from siad.model import DetectionResult, detection_inputs
 from siad.modules import AnomalyMapHead, PromptEnsemble
 from siad.references import (ZERO_SHOT, ReferenceBank, bank_from_features, check_bank, model_fingerprint,
@@ -361,7 +362,7 @@ def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch
     from accelerate import init_empty_weights
 
     from siad.hub import CONFIG_NAME, WEIGHTS_NAME, load_safetensors, read_folder_config, resolve_model_folder
-    from siad.hub import renamed_weight_keys, safetensors_shapes
+    from siad.hub import check_loaded_finite, renamed_weight_keys, safetensors_shapes
 
     folder = resolve_model_folder(model_id)
     config, version = read_folder_config(folder / CONFIG_NAME)
@@ -378,6 +379,8 @@ def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch
         if not config.encoder_checkpoint:
             raise ValueError(f"{weights} holds no encoder weights and config.encoder_checkpoint is not set")
         load_official_checkpoint(list(modules.values()), config.encoder_checkpoint, dtype=dtype, device=device)
+        for prefix, module in modules.items():
+            check_loaded_finite(module, f"{config.encoder_checkpoint} ({prefix})")
         return config, list(modules.values())
     expected = {f"{prefix}.{k}": tuple(v.shape) for prefix, module in modules.items()
                 for k, v in module.state_dict().items()}
@@ -391,14 +394,31 @@ def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch
         state = {k[len(prefix) + 1:]: tensors[stored[k]] for k in expected if k.startswith(prefix + ".")}
         module.load_state_dict(state, strict=True, assign=True)
         module.to(device)
+        check_loaded_finite(module, f"{weights} ({prefix})")
     return config, list(modules.values())
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be built or loaded for a reason other than a missing or refused file (torch,
+    transformers or the allocator failed): what the commands report as an error (exit status 2)."""
 
 
 def load_detector(spec: str | Path, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> Any:
     """A detector from a model spec: `zero-shot:...`, `self-reference:...`, `patchcore:...` (see the
-    module docstring) or a SIAD model folder / Hub id (`SIADModel.from_pretrained`), in eval mode."""
-    text = str(spec)
+    module docstring) or a SIAD model folder / Hub id (`SIADModel.from_pretrained`), in eval mode.
+    Missing or refused files raise FileNotFoundError, OSError or ValueError as the loaders do; any other
+    failure to build the model is a `ModelLoadError` (a ValueError) naming the spec."""
+    try:
+        return _load_detector(str(spec), dtype, device)
+    except (FileNotFoundError, ValueError, OSError):
+        raise
+    except Exception as error:  # torch, transformers, an allocator: the model cannot be built here
+        raise ModelLoadError(f"cannot load the model '{spec}': {type(error).__name__}: {short_repr(str(error))}") \
+            from error
+
+
+def _load_detector(text: str, dtype: torch.dtype, device: torch.device | str) -> Any:
     if text.startswith(ZERO_SHOT_PREFIX):
         return ZeroShotBaseline.from_spec(text[len(ZERO_SHOT_PREFIX):], dtype=dtype, device=device).eval()
     for prefix in (SELF_REFERENCE_PREFIX, PATCHCORE_PREFIX):

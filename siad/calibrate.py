@@ -56,7 +56,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from siad.runner import (Batch, BatchItem, MemoryStore, Processes, RunFailed, RunOptions, add_run_arguments,
-                          check_failures, collect, plan_batches, run_shard, start_processes)
+                          check_failures, check_output_folder, collect, plan_batches, run_shard, start_processes)
 
 __all__ = ["threshold_for_fpr", "threshold_f1_max", "write_threshold", "main"]
 
@@ -84,7 +84,8 @@ def threshold_for_fpr(normal_scores: Sequence[float] | np.ndarray, fpr: float) -
 
 def threshold_f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """(threshold, F1) where F1 of the prediction `score >= threshold` is largest over every
-    distinct score; the largest such threshold on a tie. Needs at least one anomalous label."""
+    distinct score; the largest such threshold on a tie. Needs both labels (ValueError otherwise: with
+    anomalous samples only, F1 would be 1 at any threshold up to the lowest score)."""
     s = _scores_array(scores, "scores")
     y = np.asarray(labels).ravel()
     if y.shape != s.shape:
@@ -93,6 +94,9 @@ def threshold_f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float]
     n_pos = int(y.sum())
     if n_pos == 0:
         raise ValueError("F1 is undefined: there is no anomalous sample")
+    if n_pos == y.size:
+        raise ValueError(f"the F1-max threshold is undefined: all {n_pos} samples are anomalous (no normal one), so "
+                         "every threshold up to the lowest score gives F1 = 1; calibrate with normal images too")
     values = np.unique(s)  # ascending distinct thresholds
     negatives, positives = np.sort(s[~y]), np.sort(s[y])
     true_pos = positives.size - np.searchsorted(positives, values, side="left")  # positives >= t
@@ -108,7 +112,8 @@ def _is_local_folder(spec: str) -> bool:
 
 
 def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
-    """Fail early (before any image is scored) when the threshold could not be stored."""
+    """Fail early (before any image is scored) when the threshold could not be stored (no folder, or one
+    that cannot be written)."""
     from siad.baseline import ZERO_SHOT_PREFIX
 
     if dry_run:
@@ -118,6 +123,10 @@ def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
     if out is None and not _is_local_folder(spec):
         raise ValueError(f"'{spec}' is not a local model folder: give --out DIR to save a calibrated copy "
                          f"(or --dry-run to only print the threshold)")
+    if out is not None:
+        check_output_folder(out)
+    else:
+        check_output_folder(Path(spec).expanduser(), "the model folder")
 
 
 def write_threshold(folder: str | Path, threshold: float, smoothing_sigma: float | None = None) -> Path:

@@ -34,6 +34,8 @@ PLOTS_HINT = 'matplotlib: pip install "siad-llm[plots]"'
 
 
 def _parser() -> argparse.ArgumentParser:
+    from siad.runner import device_argument
+
     parser = argparse.ArgumentParser(
         prog="siad", description="SIAD-LLM: explainable zero-shot anomaly detection (maps, scores, answers).",
         epilog="Example:\n  siad detect --model checkpoints/siad-mini --class gear part.png --out runs/overlays",
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="few-shot: normal images of the class (files and/or folders; default: zero-shot)")
     detect.add_argument("--no-chat", action="store_true", help="map and score only: no language model, no answers")
     detect.add_argument("--no-self-improve", action="store_true", help="pass 1 only (answer R, no refined pass)")
-    detect.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    detect.add_argument("--device", default="cpu", type=device_argument, help="torch device (default cpu)")
     detect.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     for name, (_, text) in DELEGATED.items():
         commands.add_parser(name, help=text, add_help=False)  # listed here, parsed by their own main()
@@ -85,6 +87,7 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from siad.baseline import has_llm, load_detector, parse_dtype
     from siad.image import load_rgb
     from siad.predict import _UniqueNames
+    from siad.runner import check_output_folder
 
     from siad.predict import collect_images
 
@@ -92,6 +95,8 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if absent or (args.references is not None and not references):
         parser.exit(2, f"siad detect: error: no reference images at {' '.join(map(str, absent or args.references))}\n")
     try:
+        if args.out is not None:
+            check_output_folder(args.out)  # before the model runs
         detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
         if references and not hasattr(detector, "build_references"):
             raise ValueError("--references needs a SIAD model: the zero-shot baseline takes no references")

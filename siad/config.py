@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+from siad.jsonfile import parse_json, read_json, short_repr
+
 # The format of a saved config.json. 1: the configs written before the version existed (no
 # "format_version" key); 2: the version key itself; 3: `pem_norm` (PEM's normalisation, before always
 # a per-patch LayerNorm) and `use_stage_prompts=False` keeping the prompt vectors; 4: the config in
@@ -57,6 +59,50 @@ FORMAT_VERSION_KEY = "format_version"
 MAX_INPUT_SIDE_LIMIT = 8192
 # PIL's hard limit (2 x Image.MAX_IMAGE_PIXELS): the most pixels an input or a map may have.
 PIL_PIXEL_LIMIT = 178_956_970
+
+# Sane maxima of the sizes a config declares (issue 20). A model folder's config.json is data: a block
+# count of 10^6 would build a skeleton for an hour and a width of 10^6 fails in the allocator, so sizes
+# past these bounds are refused when the config is read (ValueError naming the field), before anything
+# is built. Each bound lies far above the paper's model (ImageBind-Huge vision 1280 wide x 32 blocks, 16
+# heads; text 1024 x 24, 16 heads; joint space 1024; Vicuna-7B, `LLAMA_7B_ARCHITECTURE`) and above the
+# largest open models of their kinds (ViT-22B: width 6144, 48 blocks, 48 heads).
+SIZE_LIMITS: dict[str, int] = {
+    "width": 16384,  # vision and text trunk widths
+    "num_blocks": 256,  # vision and text trunk blocks
+    "num_heads": 256,
+    "embed_dim": 16384,  # the joint space
+    "image_size": 4096,  # the encoder's input side (EfficientNet-Lite2: 260)
+    "lora_r": 1024,  # LoRA rank (the paper: 32)
+    "lora_alpha": 1 << 16,
+    "max_new_tokens": 1 << 16,  # also bounded by the LM's context when a generation config is read
+    "max_text_tokens": 1 << 16,
+    "chat_cache_size": 4096,  # images whose passes are kept for follow-up questions
+}
+# The same for an LLM's transformers config (`llm.architecture`, a folder's llm/config.json, a loaded
+# AutoConfig), by transformers' names; above LLaMA-3-405B (hidden 16384, intermediate 53248, 126 layers,
+# 128 heads, vocabulary 128256) and Gemma's vocabulary of 262144.
+LLM_SIZE_LIMITS: dict[str, int] = {
+    "hidden_size": 32768,
+    "intermediate_size": 131072,
+    "num_hidden_layers": 512,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 4096,
+    "vocab_size": 1 << 21,  # 2,097,152
+    "max_position_embeddings": 1 << 24,
+    "num_local_experts": 1024,
+    "num_experts": 1024,
+}
+# Names some transformers configs use for those sizes (GPT-2's n_layer, ...): checked by the same bounds.
+LLM_SIZE_ALIASES: dict[str, str] = {
+    "n_embd": "hidden_size", "d_model": "hidden_size", "n_inner": "intermediate_size", "ffn_dim": "intermediate_size",
+    "n_layer": "num_hidden_layers", "num_layers": "num_hidden_layers", "n_layers": "num_hidden_layers",
+    "n_head": "num_attention_heads", "n_heads": "num_attention_heads", "n_positions": "max_position_embeddings",
+    "n_ctx": "max_position_embeddings",
+}
+# Every string field (a path, a Hub id, a phrase) and every list or dict field of a config.
+MAX_STRING_CHARS = 4096
+MAX_ITEMS = 256
 
 # Stage phrases of the paper's Table 6; Case 3 is the paper's default.
 STAGE_PHRASE_CASES: dict[int, tuple[str, ...]] = {
@@ -124,15 +170,32 @@ class _Part:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not _has_type(value, hints[f.name]):
-                raise ValueError(f"{self._prefix}.{f.name}={value!r}: must be of type {f.type}"
+                raise ValueError(f"{self._prefix}.{f.name}={short_repr(value)}: must be of type {f.type}"
                                  f"{' (a finite number)' if 'float' in str(f.type) else ''}, "
                                  f"got {type(value).__name__}")
             if hints[f.name] is float:
                 setattr(self, f.name, float(value))
+        self._check_sizes()
         self._validate()
 
+    def _check_sizes(self) -> None:
+        """The bounds every config obeys before anything else is checked: SIZE_LIMITS on the sizes it
+        names, MAX_STRING_CHARS on strings, MAX_ITEMS on lists and dicts."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            limit = SIZE_LIMITS.get(f.name)
+            if limit is not None and isinstance(value, int) and value > limit:
+                self._fail(f.name, f"at most {limit} (siad.config.SIZE_LIMITS: larger sizes are refused before "
+                                   f"anything is built)")
+            if isinstance(value, (tuple, dict)) and len(value) > MAX_ITEMS:
+                self._fail(f.name, f"at most {MAX_ITEMS} items, got {len(value)}")
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else [value]
+            texts = [v for v in items if isinstance(v, str)]
+            if any(len(text) > MAX_STRING_CHARS for text in texts):
+                self._fail(f.name, f"a text of at most {MAX_STRING_CHARS} characters")
+
     def _fail(self, name: str, message: str) -> typing.NoReturn:
-        raise ValueError(f"{self._prefix}.{name}={getattr(self, name)!r}: {message}")
+        raise ValueError(f"{self._prefix}.{name}={short_repr(getattr(self, name))}: {message}")
 
     def _positive(self, *names: str) -> None:
         for name in names:
@@ -297,7 +360,8 @@ def vision_config_from_dict(data: Mapping[str, Any]) -> VisionConfig:
         raise ValueError(f"SIADConfig.vision: expected a mapping of fields, got {type(data).__name__}")
     backbone = data.get("backbone", "imagebind")
     if backbone not in VISION_CONFIGS:
-        raise ValueError(f"SIADConfig.vision.backbone={backbone!r}: unknown backbone; known: {sorted(VISION_CONFIGS)}")
+        raise ValueError(f"SIADConfig.vision.backbone={short_repr(backbone)}: unknown backbone; known: "
+                         f"{sorted(VISION_CONFIGS)}")
     return VISION_CONFIGS[backbone].from_dict(data)
 
 
@@ -386,6 +450,8 @@ class LLMConfig(_Part):
             self._fail("name_or_path", "give an LLM id or path, or architecture to build one")
         if self.architecture is not None and "hidden_size" not in self.architecture:
             self._fail("architecture", "must hold at least 'hidden_size' and the other config fields")
+        if self.architecture is not None:
+            check_llm_sizes(self.architecture, f"{self._prefix}.architecture")
         if not self.lora_target_modules:
             self._fail("lora_target_modules", "name at least one module")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -493,6 +559,22 @@ class MapConfig(_Part):
         return math.isqrt(self.pem_groups)
 
 
+def check_llm_sizes(values: Mapping[str, Any], source: str) -> None:
+    """Refuse an LLM config (a dict of transformers config fields, or `vars()` of a loaded one) that
+    declares a size past LLM_SIZE_LIMITS (under its own name or an alias of LLM_SIZE_ALIASES), or a
+    size that is not a positive integer: ValueError naming `source` and the field."""
+    for name, value in values.items():
+        canonical = LLM_SIZE_ALIASES.get(name, name)
+        limit = LLM_SIZE_LIMITS.get(canonical)
+        if limit is None or value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{source}: {name}={short_repr(value)} must be a positive integer")
+        if value > limit:
+            raise ValueError(f"{source}: {name}={value} is past the bound {limit} (siad.config.LLM_SIZE_LIMITS); "
+                             f"larger sizes are refused before anything is built")
+
+
 _PARTS: dict[str, Any] = {"vision": vision_config_from_dict, "text": TextConfig.from_dict, "llm": LLMConfig.from_dict,
                           "map": MapConfig.from_dict}
 
@@ -532,7 +614,8 @@ class SIADConfig(_Part):
         vision, text, map_ = self.vision, self.text, self.map
         phrases = text.phrases(vision.num_stages)
         if text.stage_phrases is not None and len(text.stage_phrases) != vision.num_stages:
-            raise ValueError(f"SIADConfig.text.stage_phrases={text.stage_phrases!r}: one phrase per stage is needed "
+            raise ValueError(f"SIADConfig.text.stage_phrases={short_repr(text.stage_phrases)}: one phrase per stage "
+                             f"is needed "
                              f"({vision.num_stages} stages)")
         if not phrases:
             raise ValueError(f"SIADConfig.text.stage_phrases=None: the paper's stage phrase cases have 4 stages; with "
@@ -543,7 +626,8 @@ class SIADConfig(_Part):
         if map_.pem_group_side > vision.image_size // map_.pem_patch_size:
             raise ValueError(f"SIADConfig.map.pem_groups={map_.pem_groups}: more groups per side than PEM patches per side")
         if self.encoder_checkpoint is not None and not isinstance(vision, ImageBindVisionConfig):
-            raise ValueError(f"SIADConfig.encoder_checkpoint={self.encoder_checkpoint!r}: the official ImageBind "
+            raise ValueError(f"SIADConfig.encoder_checkpoint={short_repr(self.encoder_checkpoint)}: the official "
+                             f"ImageBind "
                              f"checkpoint serves the 'imagebind' backbone, not {vision.backbone!r}")
 
     # ------------------------------------------------------------------ derived
@@ -647,7 +731,7 @@ class SIADConfig(_Part):
         fields = dict(data)
         version = fields.pop(FORMAT_VERSION_KEY, CONFIG_FORMAT_VERSION)
         if version != CONFIG_FORMAT_VERSION:
-            raise ValueError(f"SIADConfig.from_dict: format_version={version!r} is not this siad's "
+            raise ValueError(f"SIADConfig.from_dict: format_version={short_repr(version)} is not this siad's "
                              f"{CONFIG_FORMAT_VERSION}; read saved configs with SIADConfig.load / from_saved_dict")
         unknown = sorted(set(fields) - cls.init_fields())
         if unknown:
@@ -681,20 +765,18 @@ class SIADConfig(_Part):
 
     @classmethod
     def from_json_string(cls, text: str, source: str = "config") -> "SIADConfig":
-        """A saved config's JSON text (the rules of `from_saved_dict`)."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{source} is not valid JSON: {error}") from error
-        return cls.from_saved_dict(data, source)
+        """A saved config's JSON text (the rules of `from_saved_dict`; nesting bounded as in
+        `siad.jsonfile`)."""
+        return cls.from_saved_dict(parse_json(text, source), source)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json_string(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "SIADConfig":
-        """A saved config.json (older formats upgraded, newer ones read with a warning)."""
-        return cls.from_json_string(Path(path).read_text(encoding="utf-8"), source=str(path))
+        """A saved config.json (older formats upgraded, newer ones read with a warning); its size and
+        nesting are bounded (`siad.jsonfile.read_json`)."""
+        return cls.from_saved_dict(read_json(path), str(path))
 
 
 def _known_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -720,7 +802,7 @@ def saved_format_version(data: Mapping[str, Any], source: str = "config") -> int
     """The format version of a saved config dict: its `format_version`, 1 when there is none."""
     version = data.get(FORMAT_VERSION_KEY, 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{source}: format_version={version!r} must be a positive integer")
+        raise ValueError(f"{source}: format_version={short_repr(version)} must be a positive integer")
     return version
 
 

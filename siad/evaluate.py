@@ -26,7 +26,10 @@ repositories do; not the paper's).
 
 Metrics (`siad.metrics`): image AUROC, AP and F1-max from the image scores; pixel AUROC and
 AUPRO (FPR limit 0.3) from the maps, only for classes with masks ("-" otherwise, e.g. the medical
-sets); the mean over classes (of the classes where a metric is defined). Unless `--map-only`, also the
+sets); the mean over classes (of the classes where a metric is defined). A class of one label (only
+normal or only anomalous test images) has no image AUROC, AP or F1-max (without normal images AP and
+F1-max would be 1 whatever the scores): they are reported as undefined, left out of the mean, and an
+`UndefinedMetricWarning` and a note of the report name the class. Unless `--map-only`, also the
 answer accuracy: `answer_is_anomalous(answer)` against the label, an answer that says neither yes
 nor no counts as wrong (and is counted); and the answer-verdict agreement: the share of images whose
 answer says "yes" exactly when the score of the same pass reaches the model's threshold (an answer that
@@ -111,6 +114,7 @@ import re
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -118,8 +122,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, add_run_arguments, barrier,
-                          check_failures, collect, file_identity, from_json_array, in_turns, json_array, plan_batches,
-                          run_shard, start_processes)
+                          check_failures, check_output_folder, collect, file_identity, from_json_array, in_turns,
+                          json_array, plan_batches, run_shard, start_processes)
 
 PASSES: tuple[str, str] = ("pass1", "pass2")
 SCORE_SYMBOL = {"pass1": "S", "pass2": "S'"}
@@ -377,6 +381,7 @@ def evaluate_samples(detector: Any, samples: Sequence[Any], *, dataset: str, set
     if references is not None:
         evaluation.settings["seed"] = seed
     evaluation.notes = _notes(detector, settings, evaluation)
+    warn_undefined(evaluation)
     return evaluation
 
 
@@ -521,6 +526,8 @@ def _class_result(name: str, samples: list[Any], parts: list[EvalBatch], passes:
         for p in answers:
             answers[p].add(record.answers[p], record.label, record.scores[p] >= threshold)
     metrics: dict[str, dict[str, float | None]] = {}
+    # AP and F1-max of a class without normal images are 1 whatever the scores: undefined, as AUROC is
+    one_label = labels.min() == labels.max()
     for p in passes:
         image_scores = np.array([r.scores[p] for r in records])
         state = PixelState.merge([part.states[p] for part in parts]) if has_masks else None
@@ -528,8 +535,8 @@ def _class_result(name: str, samples: list[Any], parts: list[EvalBatch], passes:
             "image_auroc": _defined(image_auroc, labels, image_scores),
             "pixel_auroc": _defined(state.pixel_auroc) if state is not None else None,
             "aupro": _defined(state.aupro, fpr_limit=AUPRO_FPR_LIMIT) if state is not None else None,
-            "image_ap": _defined(average_precision, labels, image_scores),
-            "image_f1_max": _defined(f1_max, labels, image_scores),
+            "image_ap": None if one_label else _defined(average_precision, labels, image_scores),
+            "image_f1_max": None if one_label else _defined(f1_max, labels, image_scores),
         }
     n_anomalous = int(labels.sum())
     result = ClassResult(name=name, n_images=len(samples), n_normal=len(samples) - n_anomalous,
@@ -664,6 +671,29 @@ def _settings_dict(detector: Any, settings: EvalSettings, chat: bool) -> dict[st
     }
 
 
+def undefined_image_metrics(classes: Sequence[ClassResult]) -> list[str]:
+    """The classes whose image metrics are undefined: only normal or only anomalous images (image AUROC
+    needs both; AP and F1-max would be 1 whatever the scores without normal images)."""
+    return [c.name for c in classes if c.n_normal == 0 or c.n_anomalous == 0]
+
+
+def _one_label_counts(classes: Sequence[ClassResult], names: Sequence[str]) -> str:
+    return ", ".join(f"{c.name}: {c.n_normal} normal, {c.n_anomalous} anomalous" for c in classes if c.name in names)
+
+
+def warn_undefined(evaluation: DatasetEvaluation) -> None:
+    """A warning naming the classes whose image metrics are undefined and left out of the means."""
+    undefined = undefined_image_metrics(evaluation.classes)
+    if undefined:
+        warnings.warn(f"{evaluation.dataset}: image AUROC, AP and F1-max are undefined for {len(undefined)} class(es) "
+                      f"with one label only ({_one_label_counts(evaluation.classes, undefined)}); reported as "
+                      f"undefined and left out of the means", UndefinedMetricWarning, stacklevel=2)
+
+
+class UndefinedMetricWarning(UserWarning):
+    """A metric of a class is undefined (one label only) and left out of the means."""
+
+
 def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation) -> list[str]:
     from siad.baseline import has_llm
 
@@ -695,9 +725,10 @@ def _notes(detector: Any, settings: EvalSettings, evaluation: DatasetEvaluation)
     no_masks = [c.name for c in evaluation.classes if not c.has_masks]
     if no_masks:
         notes.append(f"No masks for {', '.join(no_masks)}: pixel metrics '-' (image metrics only).")
-    undefined = [c.name for c in evaluation.classes if c.metrics[evaluation.passes[0]]["image_auroc"] is None]
+    undefined = undefined_image_metrics(evaluation.classes)
     if undefined:
-        notes.append(f"Image AUROC undefined for {', '.join(undefined)} (one label only); the mean leaves them out.")
+        notes.append(f"Image AUROC, AP and F1-max undefined for {', '.join(undefined)} (one label only: "
+                     f"{_one_label_counts(evaluation.classes, undefined)}); the mean leaves them out.")
     if evaluation.chat:
         notes.append("Answer accuracy: the answer's yes/no (answer_is_anomalous) against the label; agreement: the "
                      f"answer's yes/no against the verdict of the same pass (score >= the model's threshold "
@@ -1114,6 +1145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             qualitative=args.qualitative, progress=not args.quiet, shots=args.shots,
                             shot_seeds=seeds)
     try:
+        check_output_folder(args.out)  # before any model runs
         processes = start_processes(args.device)
         evaluations = run_jobs(jobs, settings, args, command, processes)
     except (FileNotFoundError, ValueError, OSError, RunFailed) as error:

@@ -24,17 +24,19 @@ and `push_to_hub` save once and upload that folder.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from siad.config import SIADConfig, saved_format_version
+from siad.config import SIADConfig, check_llm_sizes, saved_format_version
+from siad.jsonfile import read_json, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from siad.model import SIADModel
@@ -247,6 +249,20 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def check_loaded_finite(module: torch.nn.Module, where: str, skip: Callable[[str], bool] | None = None) -> None:
+    """After loading: every floating weight (parameter) of `module` must be finite and no floating buffer
+    may hold NaN (a buffer may hold infinities: the text trunk's causal mask holds -inf). One tensor is
+    checked at a time; `skip(name)`: tensors already checked. ValueError naming `where` and the tensors
+    (non-finite weights would give empty answers and changed scores instead of an error)."""
+    bad = [name for name, p in module.named_parameters() if p.is_floating_point() and not (skip and skip(name))
+           and not bool(torch.isfinite(p).all())]
+    bad += [name for name, b in module.named_buffers() if b.is_floating_point() and not (skip and skip(name))
+            and bool(torch.isnan(b).any())]
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} loaded tensors hold NaN or infinite values ({bad[:5]}"
+                         f"{' ...' if len(bad) > 5 else ''}); a model with non-finite weights is never loaded")
+
+
 def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
     bad = non_finite(tensors)
     if bad:
@@ -297,14 +313,117 @@ def _check_keys(expected: set[str], found: set[str], where: str) -> None:
 
 
 def read_folder_config(path: Path) -> tuple[SIADConfig, int]:
-    """A model folder's config.json (older formats upgraded) and the format it was written in (which
-    decides how its weights are named, `renamed_weight_keys`)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    """A model folder's config.json (older formats upgraded; size and nesting bounded,
+    `siad.jsonfile.read_json`) and the format it was written in (which decides how its weights are
+    named, `renamed_weight_keys`)."""
+    data = read_json(path)
     version = saved_format_version(data, str(path)) if isinstance(data, dict) else 0
     return SIADConfig.from_saved_dict(data, str(path)), version
+
+
+# ---------------------------------------------------------------------- declared sizes against the header
+# The sizes of a config that the weights show, by the model's weight names: (config field, tensor, dim).
+# A field whose tensor is not in the file (another backbone, the encoders left out) is not compared here;
+# the shape check of every weight (`load_safetensors`) follows anyway.
+_DECLARED_DIMS: tuple[tuple[str, str, int], ...] = (
+    ("vision.width", "vision_encoder.modality_preprocessors.vision.cls_token", -1),
+    ("vision.patch_size", "vision_encoder.modality_preprocessors.vision.rgbt_stem.proj.1.weight", -1),
+    ("text.width", "text_encoder.modality_preprocessors.text.pos_embed", -1),
+    ("text.num_prompt_vectors", "prompt_learner.normal_vectors", 0),
+    ("embed_dim", "stage_projection.linears.0.weight", 0),
+)
+# (config field, the prefix of its numbered blocks): the file must hold blocks 0 .. n-1.
+_DECLARED_BLOCKS: tuple[tuple[str, str], ...] = (
+    ("vision.num_blocks", "vision_encoder.modality_trunks.vision.blocks."),
+    ("text.num_blocks", "text_encoder.modality_trunks.text.blocks."),
+)
+
+
+def _config_value(config: SIADConfig, field: str) -> Any:
+    value: Any = config
+    for name in field.split("."):
+        value = getattr(value, name, None)
+    return value
+
+
+def numbered_under(prefix: str, names: Iterable[str]) -> set[int]:
+    """The indices i of the names `prefix` + "i." + ... (the blocks or layers a weights file holds)."""
+    indices = set()
+    for name in names:
+        if name.startswith(prefix):
+            head = name[len(prefix):].split(".", 1)[0]
+            if head.isdigit():
+                indices.add(int(head))
+    return indices
+
+
+def check_declared_sizes(config: SIADConfig, shapes: Mapping[str, tuple[int, ...]], config_path: Path,
+                         weights: Path) -> None:
+    """The sizes config.json declares (`_DECLARED_DIMS`, `_DECLARED_BLOCKS`) against the shapes in the
+    weights file's header (model names), before anything is built: a ValueError naming the field."""
+    for field, tensor, dim in _DECLARED_DIMS:
+        declared = _config_value(config, field)
+        if declared is None or tensor not in shapes or not shapes[tensor]:
+            continue
+        stored = shapes[tensor][dim]
+        if stored != declared:
+            raise ValueError(f"{config_path}: {field}={declared}, but {weights} holds {tensor} of shape "
+                             f"{list(shapes[tensor])} ({field} {stored})")
+    for field, prefix in _DECLARED_BLOCKS:
+        declared = _config_value(config, field)
+        found = numbered_under(prefix, shapes)
+        if declared is None or not found:
+            continue
+        if found != set(range(declared)):
+            raise ValueError(f"{config_path}: {field}={declared}, but {weights} holds {len(found)} such blocks "
+                             f"(indices {min(found)}..{max(found)})")
+
+
+def check_llm_header(llm_config: Any, shapes: Mapping[str, tuple[int, ...]], config_path: Path,
+                     weights: Path) -> None:
+    """A transformers LM config against the header of its weights file, before its skeleton is built:
+    the sizes within `siad.config.LLM_SIZE_LIMITS`, then a probe skeleton of at most two layers, built on
+    the meta device (parameters and buffers: nothing allocated), whose every tensor must have the shape
+    the file holds, and the layer count (the file must hold layers 0 .. num_hidden_layers - 1).
+    ValueError naming the file and the field."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from siad.llm import NO_REMOTE_CODE, llm_config_sizes
+
+    sizes = llm_config_sizes(llm_config)
+    check_llm_sizes(sizes, str(config_path))
+    layers = int(sizes.get("num_hidden_layers") or 0)
+    probe = copy.deepcopy(llm_config)
+    probe_layers = min(layers, 2)
+    probe.num_hidden_layers = probe_layers
+    if isinstance(getattr(probe, "layer_types", None), list):
+        probe.layer_types = probe.layer_types[:probe_layers]
+    try:
+        with init_empty_weights(include_buffers=True):
+            skeleton = AutoModelForCausalLM.from_config(probe, **NO_REMOTE_CODE)
+    except Exception as error:  # a config transformers cannot build a model from
+        raise ValueError(f"{config_path}: transformers cannot build a language model from it: "
+                         f"{type(error).__name__}: {short_repr(str(error))}") from error
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    for name, shape in expected.items():
+        if name in shapes and tuple(shapes[name]) != shape:
+            fields = [f"{k}={v}" for k, v in sizes.items()
+                      if isinstance(v, int) and v in shape and v not in shapes[name]]
+            raise ValueError(f"{config_path} declares {', '.join(fields) or 'sizes'} that do not match {weights}: "
+                             f"tensor {name} has shape {list(shapes[name])} there, the config gives {list(shape)}")
+    counts: dict[str, int] = {}
+    for name in expected:
+        parts = name.split(".")
+        index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if index is not None:
+            prefix = ".".join(parts[:index]) + "."
+            counts[prefix] = max(counts.get(prefix, 0), int(parts[index]) + 1)
+    for prefix in (p for p, n in counts.items() if n == probe_layers and probe_layers):
+        found = numbered_under(prefix, shapes)
+        if found != set(range(layers)):
+            raise ValueError(f"{config_path}: num_hidden_layers={layers}, but {weights} holds {len(found)} layers "
+                             f"under {prefix}")
 
 
 # Config format 4 split the ImageBind `encoder` (vision and text trunks in one module) into
@@ -337,8 +456,10 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     from peft import set_peft_model_state_dict
 
     from siad.encoders import load_official_checkpoint
+    from siad.encoders.text import ImageBindTokenizer
     from siad.llm import load_language_model
-    from siad.model import SIADModel
+    from siad.model import SIADModel, read_generation_config
+    from siad.modules import check_stage_phrases_fit
 
     folder = Path(folder)
     stored_config, version = read_folder_config(folder / CONFIG_NAME)
@@ -350,6 +471,13 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
         if not needed.is_file():
             raise FileNotFoundError(f"{folder} is not a complete SIAD model folder: {needed.name} is missing")
     _check_adapter_config(folder / ADAPTER_DIR / "adapter_config.json", config)
+    # the sizes the config declares against the weights' headers, before anything is built
+    stored_shapes = safetensors_shapes(weights)
+    names = renamed_weight_keys(stored_shapes, version)  # stored -> the model's
+    check_declared_sizes(config, {names[k]: v for k, v in stored_shapes.items()}, folder / CONFIG_NAME, weights)
+    _check_adapter_header(adapter_file, config)
+    check_stage_phrases_fit(config, ImageBindTokenizer(config.text.context_length))
+    read_generation_config(folder)  # its bounds, before the LM is loaded (the context is checked after)
     llm_dir = folder / LLM_DIR
     if config.llm.name_or_path is None:  # the base LLM travels with the model: refuse before building anything
         _check_bundled_llm(folder, llm_dir)
@@ -362,7 +490,6 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
         model = SIADModel(config, dtype=dtype, device=device, llm=llm, llm_tokenizer=tokenizer,
                           pretrained_backbone=False)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("llm.")}
-    names = renamed_weight_keys(safetensors_shapes(weights), version)  # stored -> the model's
     found = set(names.values())
     has_encoder = any(k.startswith(ENCODER_PREFIXES) for k in found)
     if not has_encoder:
@@ -388,6 +515,10 @@ def load_model_folder(folder: Path, *, config: SIADConfig | None = None, dtype: 
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"{folder}: weights were never loaded for {meta[:10]}")
+    # every part: the folder's weights, the adapter and a bundled LM (an external LM was checked as it loaded)
+    external = not llm_dir.is_dir()
+    check_loaded_finite(model, str(folder),
+                        skip=lambda name: external and name.startswith("llm.") and "lora_" not in name)
     model.vision_encoder.requires_grad_(config.vision.trainable)
     model.text_encoder.requires_grad_(config.text.trainable)
     from siad.model import load_generation_config
@@ -405,11 +536,25 @@ def _expected_adapter_shapes(model: "SIADModel") -> dict[str, tuple[int, ...]]:
 def _check_adapter_config(path: Path, config: SIADConfig) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    saved = (data.get("r"), data.get("lora_alpha"), sorted(data.get("target_modules") or []))
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: an adapter config must be a JSON object, got {type(data).__name__}")
+    targets = data.get("target_modules") or []
+    saved = (data.get("r"), data.get("lora_alpha"), sorted(targets) if isinstance(targets, list) else targets)
     wanted = (config.llm.lora_r, config.llm.lora_alpha, sorted(config.llm.lora_target_modules))
     if saved != wanted:
-        raise ValueError(f"{path}: LoRA (r, alpha, targets) {saved} does not match the config {wanted}")
+        raise ValueError(f"{path}: LoRA (r, alpha, targets) {short_repr(saved)} does not match the config {wanted}")
+
+
+def _check_adapter_header(adapter_file: Path, config: SIADConfig) -> None:
+    """Every LoRA matrix of the adapter file has the config's rank (from the header, before the LM is
+    wrapped): lora_A is r x in, lora_B out x r."""
+    rank = config.llm.lora_r
+    for name, shape in safetensors_shapes(adapter_file).items():
+        dim = 0 if "lora_A" in name else -1 if "lora_B" in name else None
+        if dim is not None and (len(shape) != 2 or shape[dim] != rank):
+            raise ValueError(f"{adapter_file}: tensor {name} has shape {list(shape)}, not of the rank "
+                             f"llm.lora_r={rank} of the config")
 
 
 def _check_bundled_llm(folder: Path, llm_dir: Path) -> None:
@@ -426,6 +571,13 @@ def _check_bundled_llm(folder: Path, llm_dir: Path) -> None:
         raise FileNotFoundError(f"{llm_dir} is not a complete language-model folder: {missing} missing")
 
 
+# The JSON files of a bundled LM folder that transformers parses with Python's json, and their size bounds
+# (a tokenizer config may hold a long chat template and many added tokens). tokenizer.json is parsed by
+# the tokenizers library (Rust, whose parser bounds the nesting itself).
+_LLM_JSON_FILES: dict[str, int] = {CONFIG_NAME: 1 << 20, GENERATION_NAME: 1 << 20, "tokenizer_config.json": 16 << 20,
+                                   "special_tokens_map.json": 1 << 20}
+
+
 def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
     """The base LLM saved inside the model folder, read tensor by tensor into the requested dtype.
     Loaded as data: code named by an `auto_map` is never run."""
@@ -434,17 +586,35 @@ def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -
 
     from siad.llm import NO_REMOTE_CODE
 
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config_path = llm_dir / CONFIG_NAME
+    for name in _LLM_JSON_FILES:  # bounded size and nesting before transformers parses them; objects only
+        if (llm_dir / name).is_file() and not isinstance(read_json(llm_dir / name, max_bytes=_LLM_JSON_FILES[name]),
+                                                         dict):
+            raise ValueError(f"{llm_dir / name}: must be a JSON object")
+    model_type = read_json(config_path).get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:  # e.g. an auto_map: code we do not run
+        raise ValueError(f"{config_path} does not name a transformers architecture (model_type "
+                         f"{short_repr(model_type)}) that loads without running code from the folder; SIAD loads "
+                         f"model folders as data only and never runs their code")
     try:
         llm_config = AutoConfig.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
-    except ValueError as error:  # e.g. an auto_map without a model_type: custom code we do not run
-        raise ValueError(f"{llm_dir / CONFIG_NAME} does not name a transformers architecture (model_type) that loads "
-                         f"without running code from the folder; SIAD loads model folders as data only and never "
-                         f"runs their code") from error
+    except Exception as error:  # transformers' own validation of the values
+        raise ValueError(f"{config_path}: not a valid {model_type} config ({type(error).__name__}: "
+                         f"{short_repr(str(error))})") from error
+    try:  # before anything is allocated
+        tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
+    except Exception as error:
+        raise ValueError(f"{llm_dir}: its tokenizer files cannot be read ({type(error).__name__}: "
+                         f"{short_repr(str(error))})") from error
+    weights = llm_dir / WEIGHTS_NAME
+    stored = safetensors_shapes(weights)
+    check_llm_header(llm_config, stored, config_path, weights)
     with init_empty_weights(include_buffers=False):
         llm = AutoModelForCausalLM.from_config(llm_config, dtype=dtype, **NO_REMOTE_CODE)
-    weights = llm_dir / WEIGHTS_NAME
     expected = {k: tuple(v.shape) for k, v in llm.state_dict().items()}
-    found = set(safetensors_shapes(weights))
+    found = set(stored)
     tied = {k for k in set(expected) - found if _is_tied(llm, k)}
     _check_keys(set(expected) - tied, found, str(weights))
     llm.load_state_dict(load_safetensors(weights, expected=expected, dtype=dtype, device=device), strict=False,
@@ -452,7 +622,6 @@ def _load_bundled_llm(llm_dir: Path, dtype: torch.dtype, device: torch.device) -
     if tied:
         llm.tie_weights()
     llm.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), **NO_REMOTE_CODE)
     return llm, tokenizer
 
 

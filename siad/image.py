@@ -40,10 +40,12 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 @dataclass(frozen=True)
 class LoadedImage:
     """An image ready for resizing: `rgb` (H' x W' x 3 uint8, H' x W' <= the bound) and the
-    `original_size` (H, W) of the input it came from."""
+    `original_size` (H, W) of the input it came from; `notes`: what a user should know about how it was
+    read (e.g. that only the first frame of an animation is used), the texts of the warnings given."""
 
     rgb: np.ndarray
     original_size: tuple[int, int]
+    notes: tuple[str, ...] = ()
 
 
 def _describe(source: object) -> str:
@@ -80,11 +82,14 @@ def upright_size(path: str | os.PathLike) -> tuple[int, int]:
             return (width, height) if _orientation(opened) in (5, 6, 7, 8) else (height, width)
 
 
-def _warn_if_multi_frame(image: Image.Image, what: str) -> None:
+def _warn_if_multi_frame(image: Image.Image, what: str) -> tuple[str, ...]:
+    """A UserWarning when `image` holds several frames; returns its text (for `LoadedImage.notes`)."""
     frames = getattr(image, "n_frames", 1)
-    if isinstance(frames, int) and frames > 1:
-        warnings.warn(f"{what} holds {frames} frames (an animation or a multi-page file); only frame "
-                      f"{image.tell()} is used", UserWarning, stacklevel=3)
+    if not isinstance(frames, int) or frames <= 1:
+        return ()
+    note = f"{what} holds {frames} frames (an animation or a multi-page file); only frame {image.tell()} is used"
+    warnings.warn(note, UserWarning, stacklevel=3)
+    return (note,)
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -164,21 +169,22 @@ def load_rgb(source: ImageInput, max_side: int = VisionConfig.max_input_side,
     An input of more than `max_pixels` pixels raises `ValueError` before it is decoded (a JPEG file is
     decoded at a reduced scale when it is larger than `max_side`, and the budget applies to that
     scale). The EXIF orientation is applied (every format; `original_size` is the upright size); of a
-    multi-frame file frame 0 is used (of a PIL image its current frame), with a `UserWarning`.
+    multi-frame file frame 0 is used (of a PIL image its current frame), with a `UserWarning` whose text
+    is also in the result's `notes`.
     """
     if isinstance(source, (str, os.PathLike)):
         return _load_file(Path(source), max_side, max_pixels)
     if isinstance(source, Image.Image):
         what = f"the PIL image ({source.format or source.mode})"
         check_pixel_budget(source.height, source.width, max_pixels, what)
-        _warn_if_multi_frame(source, what)
+        notes = _warn_if_multi_frame(source, what)
         try:
             orientation = _orientation(source)
             upright = ImageOps.exif_transpose(source) if orientation != 1 else source  # never changes the caller's
             rgb = _pil_to_rgb(upright, max_side)
         except OSError as error:
             raise ValueError(f"the PIL image cannot be decoded: {error}") from error
-        return LoadedImage(rgb=rgb, original_size=(upright.height, upright.width))
+        return LoadedImage(rgb=rgb, original_size=(upright.height, upright.width), notes=notes)
     if isinstance(source, np.ndarray):
         if source.size == 0:
             raise ValueError(f"the image array is empty (shape {source.shape})")
@@ -200,7 +206,7 @@ def _load_file(path: Path, max_side: int, max_pixels: int) -> LoadedImage:
                 if opened.format == "JPEG":
                     opened.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale directly
                 check_pixel_budget(opened.height, opened.width, max_pixels, what)  # header size: nothing decoded yet
-                _warn_if_multi_frame(opened, what)
+                notes = _warn_if_multi_frame(opened, what)
                 upright = ImageOps.exif_transpose(opened) if _orientation(opened) != 1 else opened
                 if upright.size != opened.size:  # turned by 90 degrees (PIL's TIFF reader turns on its own)
                     size = size[::-1]
@@ -210,7 +216,7 @@ def _load_file(path: Path, max_side: int, max_pixels: int) -> LoadedImage:
                          f"{max_pixels / 1e6:.1f} MP (VisionConfig.max_input_pixels)") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"{what} is not an image file that can be read: {error}") from error
-    return LoadedImage(rgb=rgb, original_size=size)
+    return LoadedImage(rgb=rgb, original_size=size, notes=notes)
 
 
 def resize_for_encoder(rgb: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:

@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import copy
+import math
 import queue
 import re
 import threading
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,8 @@ import torch
 import torch.nn as nn
 from transformers.generation import BaseStreamer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from siad.config import SIADConfig
+from siad.config import SIADConfig, check_llm_sizes
+from siad.jsonfile import short_repr
 from siad.prompts import (ABNORMAL_STATES, CLASS_DESCRIPTIONS, NORMAL_ANSWER, NORMAL_STATES, POSITION_WORDS,
                           QUESTION, TEMPLATES, answer_text)
 
@@ -99,6 +102,7 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
         architecture = dict(config.llm.architecture or {})
         model_type = architecture.pop("model_type", "llama")
         llm_config = AutoConfig.for_model(model_type, **architecture)
+        check_llm_sizes(llm_config_sizes(llm_config), "SIADConfig.llm.architecture")
         model = AutoModelForCausalLM.from_config(llm_config, dtype=dtype, **NO_REMOTE_CODE)
         model = model.to(device) if not _is_meta(model) else model
         tokenizer = build_siad_tokenizer(int(llm_config.vocab_size))
@@ -114,10 +118,26 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
             load_in_8bit=quantization == "8bit", load_in_4bit=quantization == "4bit",
             bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
     kwargs["device_map"] = {"": str(torch.device(device))}
-    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    # the declared sizes are checked before the model is instantiated (transformers checks the weights'
+    # shapes against them while it loads)
+    llm_config = AutoConfig.from_pretrained(name, local_files_only=local_files_only, cache_dir=cache_dir,
+                                            **NO_REMOTE_CODE)
+    check_llm_sizes(llm_config_sizes(llm_config), f"{name} (its config.json)")
+    model = AutoModelForCausalLM.from_pretrained(name, config=llm_config, **kwargs)
+    from siad.hub import check_loaded_finite
+
+    check_loaded_finite(model, str(name))
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only, cache_dir=cache_dir,
                                               **NO_REMOTE_CODE)
     return model, tokenizer
+
+
+def llm_config_sizes(llm_config: Any) -> dict[str, Any]:
+    """The sizes of a transformers config that `siad.config.LLM_SIZE_LIMITS` bounds, by transformers'
+    names (its attribute map resolves GPT-2's n_layer and the like); None where the config has none."""
+    from siad.config import LLM_SIZE_LIMITS
+
+    return {name: getattr(llm_config, name, None) for name in LLM_SIZE_LIMITS}
 
 
 def _is_meta(model: nn.Module) -> bool:
@@ -372,13 +392,98 @@ def build_generation_config(config: SIADConfig, tokenizer: Any) -> GenerationCon
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=pad, **sampling)
 
 
+# The bounds on a generation config (a model folder's generation_config.json, or `model.generation_config`
+# set in code), on every option that multiplies the work or the memory of a generation (issue 20):
+# - the decoding strategy must be one transformers runs itself: greedy, sampling, beam search or beam
+#   sampling (`GENERATION_MODES`; contrastive search, DoLa, constrained and group beam search need remote
+#   code, assisted generation an assistant);
+# - at most MAX_BEAMS beams (memory and work grow with them: 10^6 beams asked 16.6 GB of the tiny model);
+#   one returned sequence per prompt (SIAD reads one answer per image);
+# - at most MAX_STOP_STRINGS stop strings of MAX_STOP_STRING_CHARS characters (transformers' stop-string
+#   tables grow with the vocabulary times their lengths), at most MAX_TOKEN_LIST_ENTRIES token ids in all
+#   the token lists (bad words, forced words, suppressed tokens, sequence biases: checked every step);
+# - no n-gram blocking beyond MAX_NO_REPEAT_NGRAM tokens;
+# - a dynamic cache only (a static one allocates max_cache_len positions at once), and no scores, logits,
+#   attentions or hidden states kept per step (their memory grows with every token);
+# - max_new_tokens at most SIADConfig's bound (and, when a folder's file is read, below the LM's context);
+#   max_time, when set, a positive number of seconds.
+MAX_BEAMS = 8
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 64
+MAX_TOKEN_LIST_ENTRIES = 4096
+MAX_NO_REPEAT_NGRAM = 64
+_KEPT_PER_STEP = ("return_dict_in_generate", "output_scores", "output_logits", "output_attentions",
+                  "output_hidden_states")
+_TOKEN_LISTS = ("bad_words_ids", "force_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias")
+
+
+def _generation_modes() -> tuple[Any, ...]:
+    from transformers.generation.configuration_utils import GenerationMode
+
+    return (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
+
+
+def _count_entries(value: Any) -> int:
+    """Token ids in a (nested) list or dict of them (a sequence bias counts its keys' ids)."""
+    if isinstance(value, dict):
+        return sum(_count_entries(k) + 1 for k in value)
+    if isinstance(value, (list, tuple)):
+        return sum(_count_entries(v) for v in value)
+    return 1
+
+
+def check_generation_config(settings: GenerationConfig, source: str) -> None:
+    """Refuse a generation config past the bounds above: ValueError naming `source` and the option."""
+    from siad.config import SIZE_LIMITS
+
+    def refuse(name: str, why: str) -> typing.NoReturn:
+        raise ValueError(f"{source}: {name}={short_repr(getattr(settings, name, None))}: {why}")
+
+    mode = settings.get_generation_mode()
+    if mode not in _generation_modes():
+        raise ValueError(f"{source}: its options ask for {mode.value.replace('_', ' ')}; SIAD generates by greedy "
+                         f"search, sampling, beam search or beam sampling only")
+    beams = settings.num_beams
+    if beams is not None and (not isinstance(beams, int) or not 1 <= beams <= MAX_BEAMS):
+        refuse("num_beams", f"at most {MAX_BEAMS} beams (siad.llm.MAX_BEAMS)")
+    if settings.num_return_sequences not in (None, 1):
+        refuse("num_return_sequences", "SIAD reads one answer per prompt: 1")
+    limit = settings.max_new_tokens
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= SIZE_LIMITS["max_new_tokens"]:
+        refuse("max_new_tokens", f"a positive integer of at most {SIZE_LIMITS['max_new_tokens']}")
+    stops = settings.stop_strings
+    stop_list = [stops] if isinstance(stops, str) else list(stops or [])
+    if len(stop_list) > MAX_STOP_STRINGS or any(not isinstance(t, str) or len(t) > MAX_STOP_STRING_CHARS
+                                                 for t in stop_list):
+        refuse("stop_strings", f"at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_STRING_CHARS} characters")
+    for name in _TOKEN_LISTS:
+        if _count_entries(getattr(settings, name, None) or []) > MAX_TOKEN_LIST_ENTRIES:
+            refuse(name, f"at most {MAX_TOKEN_LIST_ENTRIES} token ids (siad.llm.MAX_TOKEN_LIST_ENTRIES)")
+    ngram = settings.no_repeat_ngram_size
+    if ngram is not None and (not isinstance(ngram, int) or ngram > MAX_NO_REPEAT_NGRAM):
+        refuse("no_repeat_ngram_size", f"at most {MAX_NO_REPEAT_NGRAM}")
+    if settings.cache_implementation not in (None, "dynamic"):
+        refuse("cache_implementation", "only the dynamic cache (a static one allocates max_cache_len positions)")
+    if getattr(settings, "max_cache_len", None) is not None:
+        refuse("max_cache_len", "must be unset (the cache grows with the answer)")
+    for name in _KEPT_PER_STEP:
+        if getattr(settings, name, False):
+            refuse(name, "must be false: SIAD keeps the answers only")
+    seconds = settings.max_time
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not 0 < seconds < math.inf):
+        refuse("max_time", "a positive number of seconds, or unset")
+
+
 def generation_settings(base: GenerationConfig, max_new_tokens: int | None = None) -> GenerationConfig:
-    """A copy of `base` for one call: max_new_tokens capped, min_new_tokens at most that.
+    """A copy of `base` for one call, checked against the bounds (`check_generation_config`, so that
+    settings changed in code are bounded too): max_new_tokens capped, min_new_tokens at most that.
 
     When min_new_tokens reaches max_new_tokens (fixed-length answers, as the benchmarks ask) the stop
     string is off too, so that every answer is exactly that long (EOS is masked by min_new_tokens).
     Between 0 and max_new_tokens, min_new_tokens masks EOS only (transformers' meaning); the answer
     text is the same either way, as it is cut before the first `###`."""
+    check_generation_config(base, "the model's generation config")
     settings = copy.deepcopy(base)
     limit = int(base.max_new_tokens)
     if max_new_tokens is not None:

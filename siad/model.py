@@ -43,12 +43,13 @@ from siad.encoders import VisionFeatures, build_vision_backbone
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
 from siad.hub import GENERATION_NAME  # transformers' file name (GenerationConfig.save_pretrained)
 from siad.image import ImageInput, PreparedImage, encoder_inputs, map_to_original, normalize
+from siad.jsonfile import read_json, short_repr
 from siad.llm import (AnswerStreamer, LLMInputs, PromptBuilder, TextLimits, add_lora, build_generation_config,
-                      conversation_header, conversation_segments, generate, generation_settings, load_language_model,
-                      longest_token_bytes)
+                      check_generation_config, conversation_header, conversation_segments, generate,
+                      generation_settings, load_language_model, longest_token_bytes)
 from siad.losses import dice_loss, focal_loss
 from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, StageEnhancementModule,
-                          StagePromptLearner, StageProjection, parameter_version)
+                          StagePromptLearner, StageProjection, check_stage_phrases_fit, parameter_version)
 from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
 from siad.references import (ZERO_SHOT, ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
@@ -206,6 +207,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         self.vision_encoder = build_vision_backbone(config, pretrained=pretrained_backbone)
         self.text_encoder = ImageBindTextEncoder(config.text, config.embed_dim)
         self.text_tokenizer = ImageBindTokenizer(config.text.context_length)
+        check_stage_phrases_fit(config, self.text_tokenizer)
         maps = config.map
         self.stage_projection = StageProjection(self.vision_encoder.stage_channels, config.embed_dim)
         self.adapter = Adapter(config.num_stages, config.embed_dim, maps.adapter_lambda) if maps.use_adapter else None
@@ -875,23 +877,34 @@ def save_generation_config(model: SIADModel, folder: str | Path) -> Path:
     return folder / GENERATION_NAME
 
 
-def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationConfig | None:
-    """Read a model folder's `generation_config.json` into `model.generation_config`, so that every
-    answer of the model follows it. Returns the loaded `GenerationConfig`, or None when the folder
-    has no such file (the settings built from the SIADConfig stay). A file that transformers refuses,
-    or one whose max_new_tokens is not a positive integer below the LM's context, is a ValueError
-    naming it."""
+def read_generation_config(folder: str | Path) -> GenerationConfig | None:
+    """A model folder's `generation_config.json` (None when there is none), its size and nesting bounded
+    (`siad.jsonfile.read_json`) and its options within the bounds of `siad.llm.check_generation_config`;
+    anything else is a ValueError naming the file (and the option)."""
     path = Path(folder) / GENERATION_NAME
     if not path.is_file():
         return None
+    read_json(path)  # bounded before transformers parses it
     try:
         loaded = GenerationConfig.from_pretrained(Path(folder), local_files_only=True)
     except Exception as error:  # malformed JSON, invalid values, ...
-        raise ValueError(f"{path}: not a valid generation config ({error})") from error
+        raise ValueError(f"{path}: not a valid generation config ({short_repr(str(error))})") from error
+    check_generation_config(loaded, str(path))
+    return loaded
+
+
+def load_generation_config(model: SIADModel, folder: str | Path) -> GenerationConfig | None:
+    """Read a model folder's `generation_config.json` (`read_generation_config`) into
+    `model.generation_config`, so that every answer of the model follows it. Returns the loaded
+    `GenerationConfig`, or None when the folder has no such file (the settings built from the SIADConfig
+    stay). A file that transformers refuses, one past the bounds, or one whose max_new_tokens is not below
+    the LM's context, is a ValueError naming it."""
+    path = Path(folder) / GENERATION_NAME
+    loaded = read_generation_config(folder)
+    if loaded is None:
+        return None
     limit = loaded.max_new_tokens
     context = getattr(model.llm.config, "max_position_embeddings", None)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        raise ValueError(f"{path}: max_new_tokens must be a positive integer, got {limit!r}")
     if context is not None and limit >= int(context):
         raise ValueError(f"{path}: max_new_tokens={limit} leaves no room for a prompt in the LM's context of "
                          f"{context} positions")

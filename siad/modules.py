@@ -133,6 +133,25 @@ class PromptEnsemble:
         return value
 
 
+def check_stage_phrases_fit(config: SIADConfig, tokenizer: ImageBindTokenizer) -> None:
+    """Refuse stage phrases that leave a stage prompt no room in the text context: each phrase's BPE
+    tokens, the learnable vectors, at least one token of the class name, the state words (and, in
+    "concat" mode, one token of an ensemble sentence) must fit the context between its start and end
+    tokens. ValueError naming SIADConfig.text.stage_phrases (the config bounds a phrase's characters;
+    this is the exact check, with the text encoder's own tokenizer)."""
+    if not config.text.use_stage_prompts:
+        return
+    suffix = max(len(tokenizer.encode(text)) for text in STATE_SUFFIXES.values())
+    room = (tokenizer.context_length - 2 - config.text.num_prompt_vectors - 1 - suffix
+            - (1 if config.text.stage_prompt_mode == "concat" else 0))
+    for index, phrase in enumerate(config.resolved_stage_phrases):
+        count = len(tokenizer.encode(phrase))
+        if count > room:
+            raise ValueError(f"SIADConfig.text.stage_phrases[{index}] has {count} tokens; with "
+                             f"{config.text.num_prompt_vectors} prompt vectors a stage phrase may have at most {room} "
+                             f"(the text encoder reads {tokenizer.context_length} tokens)")
+
+
 class StagePromptLearner(nn.Module):
     """The stage prompts of eq. 3-4 with the compositional ensemble of appendix D (`PromptEnsemble`).
 

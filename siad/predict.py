@@ -49,8 +49,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, add_run_arguments, barrier,
-                          check_failures, collect, file_identity, from_json_array, json_array, log, owner_of,
-                          plan_batches, run_shard, start_processes)
+                          check_failures, check_output_folder, collect, file_identity, from_json_array, json_array,
+                          log, owner_of, plan_batches, run_shard, start_processes)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 CSV_NAME = "predictions.csv"
@@ -335,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {len(shared)} input image(s) are also references; their scores say little",
                   file=sys.stderr)
     try:
+        check_output_folder(args.out)  # before the model runs
         processes = start_processes(args.device)
         detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=processes.device)
         bank = (detector.build_references(references, args.class_name, batch_size=args.batch_size)

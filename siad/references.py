@@ -80,7 +80,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from siad.config import FEW_SHOT_FEATURES, FUSION_MODES, MapConfig
+from siad.config import FEW_SHOT_FEATURES, FUSION_MODES, MAX_ITEMS, MapConfig
+from siad.jsonfile import parse_json, read_json, short_repr
 from siad.modules import AnomalyMapHead, tokens_to_map
 
 # The few-shot settings live in SIADConfig.map (few_shot_features, few_shot_weight, max_bank_patches);
@@ -95,6 +96,7 @@ CORESET_PROJECTION_DIM = 128
 NORMAL_SCALE_QUANTILE = 0.99
 NORMAL_SCALE_QUERIES = 1024  # reference patches (all images together) whose distances give the scale
 MIN_NORMAL_SCALE = 1e-3
+MAX_NORMAL_SCALE = 2.0  # a cosine distance 1 - cos lies in [0, 2]: so does its quantile, the normal scale
 FINGERPRINT_SAMPLES = 4096
 BANK_FORMAT = "siad-reference-bank"
 BANK_VERSION = 2  # 2: `grids` (one H x W per stage); version 1 held one square `grid_size`, still read
@@ -124,7 +126,8 @@ class ReferenceBank:
     """The normal patch features of one class, per stage.
 
     stages: K tensors M_k x D_k, L2-normalised 3 x 3-aggregated patch features, one dtype, one device;
-    normal_scale: K float32 values > 0 (see the module docstring); class_name: the class, whitespace
+    normal_scale: K float32 values in [MIN_NORMAL_SCALE, MAX_NORMAL_SCALE] (see the module docstring);
+    class_name: the class, whitespace
     normalised; features: "trunk" or "visual"; num_shots: how many images made it; stage_blocks: the
     backbone's stages (`SIADConfig.vision.stages`); grids: (H_k, W_k) of each stage's patch grid;
     fingerprint: `model_fingerprint` of
@@ -263,8 +266,8 @@ class ReferenceBank:
         except SafetensorError as error:
             raise ValueError(f"{tensors_path} is not a readable safetensors file: {error}") from error
         try:
-            stored_fields = json.loads(stored.get("bank", ""))
-        except json.JSONDecodeError:
+            stored_fields = parse_json(stored.get("bank", ""), str(tensors_path))
+        except ValueError:
             stored_fields = None
         if stored_fields != {k: v for k, v in meta.items() if k != "sha256"}:
             raise ValueError(f"{sidecar_path.name} does not match the fields stored in {tensors_path.name}: "
@@ -289,10 +292,13 @@ class ReferenceBank:
         if scale.dtype != torch.float32 or tuple(scale.shape) != (count,):
             raise ValueError(f"{tensors_path}: normal_scale must be float32 of shape ({count},), "
                              f"got {scale.dtype} {tuple(scale.shape)}")
-        return cls(class_name=meta["class_name"], features=meta["features"], num_shots=meta["num_shots"],
-                   stage_blocks=tuple(meta["stage_blocks"]), grids=_sidecar_grids(meta),
-                   fingerprint=meta["fingerprint"], stages=tuple(stages), normal_scale=scale,
-                   max_bank_patches=meta["max_bank_patches"], seed=meta["seed"])
+        try:
+            return cls(class_name=meta["class_name"], features=meta["features"], num_shots=meta["num_shots"],
+                       stage_blocks=tuple(meta["stage_blocks"]), grids=_sidecar_grids(meta),
+                       fingerprint=meta["fingerprint"], stages=tuple(stages), normal_scale=scale,
+                       max_bank_patches=meta["max_bank_patches"], seed=meta["seed"])
+        except ValueError as error:
+            raise ValueError(f"{tensors_path}: {error}") from error
 
 
 def _sidecar_grids(meta: dict[str, Any]) -> tuple[tuple[int, int], ...]:
@@ -334,27 +340,30 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
     problems: list[str] = []
     if not isinstance(bank.class_name, str) or not bank.class_name.strip() or normalise_class_name(
             bank.class_name) != bank.class_name:
-        problems.append(f"class_name must be a non-empty, whitespace-normalised string, got {bank.class_name!r}")
+        problems.append(f"class_name must be a non-empty, whitespace-normalised string, got "
+                        f"{short_repr(bank.class_name)}")
     if bank.features not in FEATURE_KINDS:
-        problems.append(f"features must be one of {FEATURE_KINDS}, got {bank.features!r}")
+        problems.append(f"features must be one of {FEATURE_KINDS}, got {short_repr(bank.features)}")
     if not _positive_int(bank.num_shots):
-        problems.append(f"num_shots must be a positive integer, got {bank.num_shots!r}")
+        problems.append(f"num_shots must be a positive integer, got {short_repr(bank.num_shots)}")
     grids_ok = (isinstance(bank.grids, tuple) and len(bank.grids) == len(bank.stages)
                 and all(len(g) == 2 and all(_positive_int(v) for v in g) for g in bank.grids))
     if not grids_ok:
-        problems.append(f"grids must hold one (height, width) of positive integers per stage, got {bank.grids!r}")
+        problems.append(f"grids must hold one (height, width) of positive integers per stage, got "
+                        f"{short_repr(bank.grids)}")
     if (not bank.stage_blocks or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0
                                          for b in bank.stage_blocks)
             or list(bank.stage_blocks) != sorted(set(bank.stage_blocks))):
-        problems.append(f"stage_blocks must be strictly increasing stage indices, got {bank.stage_blocks!r}")
+        problems.append(f"stage_blocks must be strictly increasing stage indices, got {short_repr(bank.stage_blocks)}")
     if not isinstance(bank.fingerprint, str) or len(bank.fingerprint.split(":")) != 3:
-        problems.append(f"fingerprint must be 'features:config:weights', got {bank.fingerprint!r}")
+        problems.append(f"fingerprint must be 'features:config:weights', got {short_repr(bank.fingerprint)}")
     elif bank.fingerprint.split(":")[0] != bank.features:
-        problems.append(f"fingerprint {bank.fingerprint!r} is not one of {bank.features!r} features")
+        problems.append(f"fingerprint {short_repr(bank.fingerprint)} is not one of {short_repr(bank.features)} "
+                        f"features")
     if bank.max_bank_patches is not None and not _positive_int(bank.max_bank_patches):
-        problems.append(f"max_bank_patches must be a positive integer or None, got {bank.max_bank_patches!r}")
+        problems.append(f"max_bank_patches must be a positive integer or None, got {short_repr(bank.max_bank_patches)}")
     if not isinstance(bank.seed, int) or isinstance(bank.seed, bool):
-        problems.append(f"seed must be an integer, got {bank.seed!r}")
+        problems.append(f"seed must be an integer, got {short_repr(bank.seed)}")
     stages = bank.stages
     if not stages or not all(isinstance(s, torch.Tensor) for s in stages):
         return problems + ["stages must be a non-empty sequence of tensors"]
@@ -376,8 +385,10 @@ def _bank_problems(bank: ReferenceBank) -> list[str]:
                             f"{bank.grids[k][0] * bank.grids[k][1]} patches")
     scale = bank.normal_scale
     if (not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or tuple(scale.shape) != (len(stages),)
-            or not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all())):
-        problems.append(f"normal_scale must be {len(stages)} positive finite float32 values")
+            or not bool(((scale >= MIN_NORMAL_SCALE) & (scale <= MAX_NORMAL_SCALE)).all())):
+        problems.append(f"normal_scale must be {len(stages)} float32 values in [{MIN_NORMAL_SCALE}, "
+                        f"{MAX_NORMAL_SCALE}] (a quantile of cosine distances, floored at {MIN_NORMAL_SCALE}), got "
+                        f"{short_repr(scale.tolist() if isinstance(scale, torch.Tensor) else scale)}")
     return problems
 
 
@@ -400,13 +411,14 @@ def _sha256(path: Path) -> str:
 def _read_sidecar(path: Path) -> dict[str, Any]:
     """The sidecar's fields, type-checked (the values are checked again by ReferenceBank)."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a reference-bank sidecar (invalid JSON: {error})") from error
+        meta = read_json(path)  # size and nesting bounded
+    except ValueError as error:
+        raise ValueError(f"not a reference-bank sidecar (invalid JSON, or past siad.jsonfile's bounds): {error}") \
+            from error
     if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT:
         raise ValueError(f"{path} is not a reference-bank sidecar (format is not {BANK_FORMAT!r})")
     if meta.get("version") not in (1, BANK_VERSION):
-        raise ValueError(f"{path}: bank format version {meta.get('version')!r} is not supported "
+        raise ValueError(f"{path}: bank format version {short_repr(meta.get('version'))} is not supported "
                          f"(this version reads 1 and {BANK_VERSION})")
     fields = _JSON_FIELDS if meta["version"] == BANK_VERSION else _JSON_FIELDS_V1
     missing, unknown = sorted(set(fields) - set(meta)), sorted(set(meta) - set(fields))
@@ -416,22 +428,26 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
              "fingerprint": str, "seed": int, "dtype": str, "shapes": list, "sha256": str}
     for name, kind in types.items():
         if not isinstance(meta[name], kind) or isinstance(meta[name], bool):
-            raise ValueError(f"{path}: field {name!r} must be a {kind.__name__}, got {meta[name]!r}")
+            raise ValueError(f"{path}: field {name!r} must be a {kind.__name__}, got {short_repr(meta[name])}")
     if meta["max_bank_patches"] is not None and not _positive_int(meta["max_bank_patches"]):
         raise ValueError(f"{path}: max_bank_patches must be a positive integer or null")
     if meta["dtype"] not in _BANK_DTYPES:
-        raise ValueError(f"{path}: dtype must be one of {sorted(_BANK_DTYPES)}, got {meta['dtype']!r}")
+        raise ValueError(f"{path}: dtype must be one of {sorted(_BANK_DTYPES)}, got {short_repr(meta['dtype'])}")
+    for name in ("shapes", "stage_blocks", "grids"):
+        if isinstance(meta.get(name), list) and len(meta[name]) > MAX_ITEMS:
+            raise ValueError(f"{path}: field {name!r} has {len(meta[name])} entries; a bank has at most {MAX_ITEMS} "
+                             f"stages")
     shapes = meta["shapes"]
     if not shapes or not all(isinstance(s, list) and len(s) == 2 and all(_positive_int(v) for v in s) for s in shapes):
-        raise ValueError(f"{path}: shapes must be a non-empty list of [rows, dims] pairs, got {shapes!r}")
+        raise ValueError(f"{path}: shapes must be a non-empty list of [rows, dims] pairs, got {short_repr(shapes)}")
     if not all(isinstance(b, int) and not isinstance(b, bool) for b in meta["stage_blocks"]):
-        raise ValueError(f"{path}: stage_blocks must be integers, got {meta['stage_blocks']!r}")
+        raise ValueError(f"{path}: stage_blocks must be integers, got {short_repr(meta['stage_blocks'])}")
     if meta["version"] == 1:
         if not _positive_int(meta["grid_size"]):
-            raise ValueError(f"{path}: grid_size must be a positive integer, got {meta['grid_size']!r}")
+            raise ValueError(f"{path}: grid_size must be a positive integer, got {short_repr(meta['grid_size'])}")
     elif not (isinstance(meta["grids"], list) and all(isinstance(g, list) and len(g) == 2 and all(
             _positive_int(v) for v in g) for g in meta["grids"])):
-        raise ValueError(f"{path}: grids must be a list of [height, width] pairs, got {meta['grids']!r}")
+        raise ValueError(f"{path}: grids must be a list of [height, width] pairs, got {short_repr(meta['grids'])}")
     return meta
 
 
@@ -527,11 +543,11 @@ def check_bank(bank: ReferenceBank, model_fingerprint: str, class_name: str) -> 
                    "different backbone, stage layout, image size, resize mode, normalisation or width)")
         else:
             why = "it was made with another model (different weights)"
-        raise ValueError(f"the reference bank of {bank.class_name!r} ({bank.num_shots}-shot, {bank.features}) "
-                         f"cannot serve this model: {why}; build the references again with this model")
+        raise ValueError(f"the reference bank of {short_repr(bank.class_name)} ({bank.num_shots}-shot, "
+                         f"{bank.features}) cannot serve this model: {why}; build the references again with this model")
     name = normalise_class_name(class_name) if isinstance(class_name, str) else class_name
     if name != bank.class_name:
-        raise ValueError(f"the reference bank is for class {bank.class_name!r}, not {name!r}: "
+        raise ValueError(f"the reference bank is for class {short_repr(bank.class_name)}, not {name!r}: "
                          "references serve only the class they show")
 
 

@@ -18,6 +18,8 @@ written into `OUT/checkpoints/.tmp-step-000002`, every file and folder fsynced, 
 complete, so a folder without the `.tmp-` prefix is whole even after a power cut. A write that fails
 removes its partial folder; a full disk is a `TrainingError` saying so (`writing_folder`). `--resume`
 takes the newest checkpoint whose files can all be read and names any it skips (`resume_checkpoint`).
+A stop signal (SIGTERM: `docker stop`, Kubernetes, Slurm) ends the run after the current optimizer step,
+with that step's checkpoint saved (`StopRequest`, `TrainingStopped`), so `--resume` loses nothing.
 """
 
 from __future__ import annotations
@@ -68,6 +70,68 @@ class SettingsError(ValueError):
 
 class TrainingError(RuntimeError):
     """A run cannot go on (the loss or the weights became non-finite, the disk is full, ...)."""
+
+
+class TrainingStopped(Exception):
+    """The run was asked to stop (SIGTERM) and stopped after saving the checkpoint of its current step;
+    `--resume` goes on from there. `signal_number`: the signal that asked."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+# What `docker stop`, Kubernetes and Slurm send before they kill a process (after a grace period):
+# training stops at the end of the optimizer step it is in, saves that step's checkpoint and exits
+# with 128 + the signal's number (143), as a process ended by the signal does.
+STOP_SIGNALS: tuple[str, ...] = ("SIGTERM",)
+
+
+class StopRequest:
+    """While installed (`install()` ... `restore()`, or `with StopRequest() as stop:`), a stop signal
+    (`STOP_SIGNALS`) does not end the process: it only records itself in `signal_number`, which the
+    training loop reads after each optimizer step. Installed only in the main thread (Python delivers
+    signals there); `restore()` puts the previous handlers back. Holds its state itself (no
+    module-level state)."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._record)
+        return self
+
+    def restore(self) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> "StopRequest":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
+    def _record(self, signal_number: int, frame: Any) -> None:
+        self.signal_number = signal_number
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn`: the workers ignore stop signals (Slurm signals every process of a
+    job), so that the step in progress finishes and its checkpoint is saved; the main process ends them."""
+    import signal
+
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------

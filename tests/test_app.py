@@ -306,6 +306,21 @@ def test_awkward_uploads_work(running_app, tmp_path, kind):
     _check_result(_detect(running_app["client"], path, "my part"))
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".tif"])
+def test_only_the_first_frame_is_used_and_the_result_says_so(running_app, tmp_path, suffix):
+    """An animated GIF or a multi-page TIFF: the warning reaches the user in the summary (issue 20), not
+    only the server's log, and never shows the server's path."""
+    path = tmp_path / f"animation{suffix}"
+    frames = [Image.new("RGB", (48, 40), (40 * i, 90, 200 - 40 * i)) for i in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    summary = _check_result(_detect(running_app["client"], path))
+    assert "**Note:** the uploaded file holds 3 frames" in summary and "only frame 0 is used" in summary
+    assert str(tmp_path) not in summary and "/gradio/" not in summary
+    single = tmp_path / "single.png"
+    frames[0].save(single)
+    assert "frames" not in _check_result(_detect(running_app["client"], single))
+
+
 def test_model_line_and_nothing_in_the_working_directory(running_app):
     import json
     import urllib.request
@@ -399,6 +414,53 @@ def test_sixteen_clients_at_once_without_leaking(running_app):
     _sixteen_clients(running_app["url"])
     grown = _resident_bytes() - before
     assert grown < 120e6, f"memory grew by {grown / 1e6:.0f} MB over 96 detections"
+
+
+@pytest.fixture(scope="module")
+def concurrent_app(tmp_path_factory):
+    """The app with --concurrency 4 (events of one session may then run at once)."""
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    torch.manual_seed(0)
+    SIADModel(SIADConfig.tiny()).save_pretrained(folder)
+    demo = app.build_demo(app.load_model(str(folder), "cpu", "float32"))
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(prevent_thread_lock=True, ssr_mode=False, quiet=True, **app.launch_options(app.AppLimits()))
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+def test_concurrent_follow_ups_of_one_session_keep_every_turn(concurrent_app):
+    """Four follow-ups of one session sent at once (issue 20: 3 of 4 turns were lost): the session's
+    turns run one after the other, and the conversation holds all of them."""
+    from gradio_client import Client
+
+    client = Client(concurrent_app, verbose=False)
+    _detect(client, EXAMPLES / "gear_missing.png")
+    jobs = [client.submit(f"Question number {i}?", api_name="/chat") for i in range(4)]
+    for job in jobs:
+        job.result(timeout=300)
+    history, _ = client.predict("The last question?", api_name="/chat")
+    def text(content):
+        return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+    asked = [text(m["content"]) for m in history if m["role"] == "user"]
+    assert len(history) == 2 + 2 * 5 and sorted(asked[1:5]) == [f"Question number {i}?" for i in range(4)]
+    assert asked[-1] == "The last question?"
+    client.close()
+
+
+def test_a_session_busy_past_the_wait_says_so():
+    import gradio as gr
+
+    session = app.new_session(image="x", class_name="gear", description="", history=[], bank=None, references={})
+    with app.session_turn(session, 1.0):
+        with pytest.raises(gr.Error, match="still being answered"):
+            with app.session_turn(session, 0.05):
+                pass
+    with app.session_turn(session, 0.05):  # released
+        pass
 
 
 def _chromium() -> str:

@@ -118,3 +118,79 @@ def test_commands_that_draw_say_which_extra_they_need(folder, images, tmp_path, 
     with pytest.raises(SystemExit) as done:
         main(["detect", "--model", str(folder), "--class", "x", str(images[0]), "--out", str(tmp_path / "o")])
     assert done.value.code == 2 and "siad-llm[plots]" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ clean errors (issue 20)
+def _argv(command: str, folder: Path, image: Path, out: Path) -> list[str]:
+    """A complete command line of each command, with --out where the command has one."""
+    return {
+        "detect": ["detect", "--model", str(folder), "--class", "x", str(image), "--out", str(out)],
+        "predict": ["predict", str(image), "--model", str(folder), "--class", "x", "--out", str(out), "--quiet"],
+        "evaluate": ["evaluate", "--model", str(folder), "--dataset", "mvtec", "--root", str(image.parent),
+                     "--out", str(out), "--quiet"],
+        "calibrate": ["calibrate", "--model", str(folder), "--class", "x", "--normal", str(image), "--out", str(out),
+                      "--quiet"],
+    }[command]
+
+
+COMMANDS = ("detect", "predict", "evaluate", "calibrate")
+ABSENT_GPU = "cuda:97" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("device", [ABSENT_GPU, "nosuchdevice", "meta"])
+def test_a_device_this_machine_lacks_is_an_error_message_not_a_traceback(folder, images, tmp_path, capsys,
+                                                                          monkeypatch, command, device):
+    monkeypatch.setattr("siad.baseline.load_detector", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as done:
+        main([*_argv(command, folder, images[0], tmp_path / "out"), "--device", device])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "argument --device" in err and (repr(device) in err or "meta device" in err)
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_out_that_cannot_be_written_is_refused_before_the_model_runs(folder, images, tmp_path, capsys,
+                                                                         monkeypatch, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr("siad.baseline.load_detector", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as done:
+        main(_argv(command, folder, images[0], blocker / "out"))
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"--out {blocker / 'out'} cannot be written" in err
+
+
+def test_calibrate_refuses_a_model_folder_it_cannot_write_before_scoring(folder, images, tmp_path, capsys,
+                                                                         monkeypatch):
+    import siad.calibrate
+
+    def unwritable(path, option="--out"):
+        raise ValueError(f"{option} {path} cannot be written: Read-only file system")
+
+    monkeypatch.setattr(siad.calibrate, "check_output_folder", unwritable)
+    monkeypatch.setattr("siad.baseline.load_detector", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as done:
+        main(["calibrate", "--model", str(folder), "--class", "x", "--normal", str(images[0])])
+    assert done.value.code == 2 and "the model folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_model_that_cannot_be_built_exits_with_status_2(folder, images, tmp_path, capsys, monkeypatch, command):
+    def fail(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 16.60 GiB")
+
+    monkeypatch.setattr("siad.model.SIADModel.from_pretrained", fail)
+    if command == "evaluate":  # evaluate reads its dataset first
+        from tests.test_evaluate import make_mvtec_dataset
+
+        root = make_mvtec_dataset(tmp_path / "data", classes=("widget",))
+        argv = ["evaluate", "--model", str(folder), "--dataset", "mvtec", "--root", str(root), "--out",
+                str(tmp_path / "out"), "--quiet"]
+    else:
+        argv = _argv(command, folder, images[0], tmp_path / "out")
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "cannot load the model" in err and "CUDA out of memory" in err
+    assert "Traceback" not in err

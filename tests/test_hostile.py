@@ -100,11 +100,18 @@ def test_external_llm_is_loaded_without_remote_code_and_from_safetensors_only(mo
             raise RuntimeError("stop here")
         return fake
 
+    def config(name, **kwargs):  # the LM's config is read (and its sizes checked) before the model
+        calls.append(("config", kwargs))
+        return transformers.AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=4, vocab_size=512)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", config)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record("model"))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record("tokenizer"))
     with pytest.raises(RuntimeError, match="stop here"):
         load_language_model(SIADConfig.tiny(llm=dict(name_or_path="some/llm", architecture=None)))
-    kind, kwargs = calls[0]
+    assert calls[0][0] == "config" and calls[0][1]["trust_remote_code"] is False
+    kind, kwargs = calls[1]
     assert kind == "model" and kwargs["trust_remote_code"] is False and kwargs["use_safetensors"] is True
 
 

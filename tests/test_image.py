@@ -254,6 +254,12 @@ def test_multi_frame_files_use_frame_zero_and_say_so(tmp_path, fmt):
         loaded = load_rgb(path)
     assert loaded.original_size == (12, 16)
     assert loaded.rgb[..., 0].min() > 200 and loaded.rgb[..., 1:].max() < 50  # the first (red) frame
+    assert len(loaded.notes) == 1 and "holds 3 frames" in loaded.notes[0]  # for the app's result (issue 20)
+    with Image.open(path) as opened:
+        with pytest.warns(UserWarning):
+            assert "holds 3 frames" in load_rgb(opened).notes[0]
+    frames[0].save(tmp_path / "one.png")
+    assert load_rgb(tmp_path / "one.png").notes == ()
 
 
 def test_prepared_images_give_the_same_results_as_paths(tmp_path):

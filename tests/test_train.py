@@ -178,6 +178,57 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_
         assert all(torch.equal(state[n], opt_b["state"][k][n]) for n in state)
 
 
+def test_sigterm_saves_the_current_step_exits_cleanly_and_resume_loses_nothing(tmp_path, data_root, train_script,
+                                                                                 uninterrupted, capsys):
+    """What docker stop, Kubernetes and Slurm send: the step in progress ends, its checkpoint is saved
+    (here no periodic checkpoint would have saved it), the status is 143, and --resume ends exactly where
+    an uninterrupted run ends (issue 20)."""
+    import os
+    import signal
+
+    config = _config(tmp_path, data_root, train={"ckpt_every": 100})
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_after_one(step: int) -> None:
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert train_script.main(["--config", str(config)], on_step=terminate_after_one) == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after step 1 of 3" in err and "--resume" in err and "Traceback" not in err
+    run = tmp_path / "run"
+    assert [s for s, _ in T.list_checkpoints(run)] == [1] and not (run / "final").exists()
+    assert train_script.main(["--config", str(config), "--resume"]) == 0
+    for part in ("model.safetensors", "llm_adapter/adapter_model.safetensors"):
+        a, b = load_file(str(run / "final" / part)), load_file(str(uninterrupted / "final" / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    ours_log, theirs_log = T.read_log(run / "log.csv"), T.read_log(uninterrupted / "log.csv")
+    assert [(r["step"], r["loss"]) for r in ours_log] == [(r["step"], r["loss"]) for r in theirs_log]
+
+
+class _SignalledInWorker(torch.utils.data.Dataset):
+    """Each item sends SIGTERM to the worker process that loads it (as Slurm signals every process)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return index
+
+
+def test_dataloader_workers_ignore_stop_signals():
+    """Slurm signals every process of a job: a DataLoader worker must not die in the middle of a step."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_SignalledInWorker(), batch_size=2, num_workers=1, worker_init_fn=T.ignore_stop_signals)
+    assert [batch.tolist() for batch in loader] == [[0, 1], [2, 3]]
+
+
 def test_resume_refuses_changed_settings(tmp_path, data_root, train_script, uninterrupted):
     config = _config(tmp_path, data_root, train={"lr": 5e-4})
     with pytest.raises(SystemExit, match=r"settings differ .*train\.lr"):

@@ -51,8 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, on_step: StepHook | None = None) -> int:
-    """The command line. Bad settings exit with `error: <message>` before any model is built.
-    on_step: called with the step number after each optimizer step (for tests)."""
+    """The command line. Bad settings exit with `error: <message>` before any model is built. A stop
+    signal (SIGTERM) ends the run after the current step with its checkpoint saved: the status is then
+    128 + the signal's number (143). on_step: called with the step number after each optimizer step
+    (for tests)."""
     args = parse_args(argv)
     try:
         settings = T.load_settings(args.config, args.overrides, base_dir=REPO_ROOT)
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None, on_step: StepHook | None = None) -> int:
             return 0
         run(settings, resume=args.resume or args.resume_from is not None, resume_from=args.resume_from,
             on_step=on_step)
+    except T.TrainingStopped as stopped:  # a clean stop: the checkpoint of the current step is saved
+        print(str(stopped), file=sys.stderr, flush=True)
+        return 128 + stopped.signal_number
     except (T.SettingsError, T.TrainingError) as error:
         raise SystemExit(f"error: {error}") from None
     except OSError as error:  # e.g. the log or a tracker's file on a full disk
@@ -339,6 +344,7 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
     run_start = time.perf_counter() - elapsed
     if rng is not None:
         T.set_rng_state(rng)
+    stop = T.StopRequest().install()  # SIGTERM now ends the run after the current step (restored below)
     try:
         while step < total_steps:
             dataset.set_epoch(epoch)
@@ -346,6 +352,7 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
             batches = batches[:steps_per_epoch * t.grad_accum]
             loader = DataLoader(dataset, batch_sampler=batches[offset:], collate_fn=collate_pairs,
                                 num_workers=t.num_workers, pin_memory=accelerator.device.type == "cuda",
+                                worker_init_fn=T.ignore_stop_signals if t.num_workers else None,
                                 generator=torch.Generator().manual_seed(d.seed))  # keeps the global RNG untouched
             for batch in loader:
                 with accelerator.accumulate(model):
@@ -383,21 +390,43 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
                     accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
                     sums.zero_()
                     micro, images, window_start = 0, 0, time.perf_counter()
-                if (t.ckpt_every and step % t.ckpt_every == 0) or step == total_steps:
-                    position = {"step": step, "epoch": epoch, "offset": offset,
-                                "elapsed_s": time.perf_counter() - run_start}
+                position = {"step": step, "epoch": epoch, "offset": offset,
+                            "elapsed_s": time.perf_counter() - run_start}
+                saved = (t.ckpt_every and step % t.ckpt_every == 0) or step == total_steps
+                if saved:
                     save_checkpoint(accelerator, model, optimizer, scheduler, settings, out, position)
                 if on_step is not None:
                     on_step(step)
                 if step >= total_steps:
                     break
+                if stop_agreed(accelerator, stop):  # SIGTERM: this step's checkpoint, then a clean exit
+                    if not saved:
+                        save_checkpoint(accelerator, model, optimizer, scheduler, settings, out, position)
+                    import signal
+
+                    number = stop.signal_number or signal.SIGTERM
+                    raise T.TrainingStopped(
+                        f"stopped by {signal.Signals(number).name} after step {step} of {total_steps}: its checkpoint "
+                        f"is {out / T.CHECKPOINT_DIR / T.checkpoint_name(step)}; continue with --resume", int(number))
         bar.close()
         return save_final(accelerator, model, out, settings.output.push_to_hub)
     finally:
+        stop.restore()
         bar.close()
         if log is not None:
             log.close()
         accelerator.end_training()
+
+
+def stop_agreed(accelerator: Any, stop: T.StopRequest) -> bool:
+    """Whether any process received a stop signal (every process agrees, so that all stop after the
+    same step and save one checkpoint together)."""
+    import torch
+
+    asked = torch.tensor(0.0 if stop.signal_number is None else float(stop.signal_number), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        asked = accelerator.reduce(asked, reduction="sum")
+    return float(asked) > 0
 
 
 def _tracker_config(settings: T.RunSettings) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Schema: `{"train"|"test": {class: [{"img_path", "mask_path", "cls_name", "specie
 paths relative to the dataset root (forward slashes), `mask_path` "" when there is none,
 `anomaly` 0 or 1, `specie_name` the defect type ("good" for normal images).
 
-Reading: a normal entry gets `mask_path` None whatever the file says; an anomalous entry with
+Reading: every path must lie inside the root (relative, no `..` out of it; as writing requires), else
+the entry is refused by name; a normal entry gets `mask_path` None whatever the file says; an anomalous entry with
 `mask_path` "" gets None (the medical sets have no masks), one naming a file that does not exist is
 an error naming it. Writing is atomic (a temporary file, then a rename) and groups the samples by
 class in the order the classes first appear, so that write-then-read gives the same list back for
@@ -19,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from siad.data.readers import NORMAL_DEFECT, PathLike, Sample
+from siad.data.readers import NORMAL_DEFECT, PathLike, Sample, path_inside_root, within
+from siad.jsonfile import MAX_INDEX_BYTES, read_json
 
 META_FILENAME = "meta.json"
 
@@ -42,13 +44,13 @@ def _entry_to_sample(root: Path, entry: Any, where: str) -> Sample:
         raise ValueError(f"{where}: 'anomaly' must be 0 or 1, got {entry['anomaly']!r}") from error
     if label not in (0, 1):
         raise ValueError(f"{where}: 'anomaly' must be 0 or 1, got {entry['anomaly']!r}")
-    image = root / str(entry["img_path"])
+    image = path_inside_root(root, entry["img_path"], f"{where}: 'img_path'")
     if not image.is_file():
         raise FileNotFoundError(f"{where}: image file not found: {image}")
     mask: Path | None = None
-    mask_rel = str(entry.get("mask_path") or "")
+    mask_rel = entry.get("mask_path") or ""
     if label == 1 and mask_rel:
-        mask = root / mask_rel
+        mask = path_inside_root(root, mask_rel, f"{where}: 'mask_path'")
         if not mask.is_file():
             raise FileNotFoundError(f"{where}: mask of the anomalous image {image} not found: {mask}")
     defect = str(entry.get("specie_name") or (NORMAL_DEFECT if label == 0 else "anomaly"))
@@ -61,10 +63,7 @@ def read_meta_splits(root: PathLike) -> dict[str, list[Sample]]:
     if not path.is_file():
         raise FileNotFoundError(f"meta file not found: expected {path}")
     base = path.parent
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    data = read_json(path, max_bytes=MAX_INDEX_BYTES)  # size and nesting bounded
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: the top level must be an object {{split: {{class: [entries]}}}}")
     splits: dict[str, list[Sample]] = {}
@@ -91,7 +90,7 @@ def read_meta(root: PathLike, split: str) -> list[Sample]:
 
 def _relative(path: Path, base: str, kind: str) -> str:
     absolute = os.path.abspath(path)
-    if os.path.commonpath([absolute, base]) != base:
+    if not within(base, absolute):
         raise ValueError(f"the {kind} {path} is not inside the dataset root {base}; meta.json paths are "
                          f"relative to the root")
     return Path(os.path.relpath(absolute, base)).as_posix()

@@ -45,10 +45,12 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from siad.jsonfile import short_repr
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -269,6 +271,23 @@ def _read_mvtec_like(root: Path, split: str, name: str, wanted: Sequence[str] | 
 
 
 # ----------------------------------------------------------------------------- VisA
+def within(base: str, path: str) -> bool:
+    """Whether `path` lies inside the directory `base` (absolute; `..` resolved lexically, as the path
+    is written, links not followed)."""
+    return os.path.commonpath([os.path.abspath(path), base]) == base
+
+
+def path_inside_root(root: Path, relative: Any, what: str) -> Path:
+    """root / relative for a path an index file gives (meta.json, VisA's split CSV): a string relative to
+    the root that stays inside it (no absolute path, no `..` out of the root), else a ValueError naming
+    `what` (the file, the entry and the field)."""
+    base = os.path.abspath(root)
+    if not isinstance(relative, str) or not within(base, os.path.join(base, relative)):
+        raise ValueError(f"{what} {short_repr(relative)} is not a path inside the dataset root {base}; the "
+                         f"paths of an index file are relative to the root")
+    return root / relative
+
+
 def _read_visa(root: Path, split: str) -> list[Sample]:
     csv_path = root / "split_csv" / "1cls.csv"
     if not csv_path.is_file():
@@ -284,7 +303,7 @@ def _read_visa(root: Path, split: str) -> list[Sample]:
     for line, row in enumerate(rows, start=2):
         if row["split"] != split:
             continue
-        image = root / row["image"]
+        image = path_inside_root(root, row["image"], f"{csv_path} line {line}: image")
         if not image.is_file():
             raise FileNotFoundError(f"{csv_path} line {line}: image file not found: {image}")
         if row["label"] == "normal":
@@ -293,7 +312,7 @@ def _read_visa(root: Path, split: str) -> list[Sample]:
         if row["label"] != "anomaly":
             raise ValueError(f"{csv_path} line {line}: label must be 'normal' or 'anomaly', got {row['label']!r}")
         if row["mask"]:
-            mask = root / row["mask"]
+            mask = path_inside_root(root, row["mask"], f"{csv_path} line {line}: mask")
         else:  # no mask column value: pair by stem in the class's mask folder
             mask_dir = root / row["object"] / "Data" / "Masks" / "Anomaly"
             mask = _masks_by_stem(mask_dir).get(image.stem) if mask_dir.is_dir() else None
