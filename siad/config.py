@@ -482,7 +482,9 @@ class MapConfig(_Part):
             patch's level) or "layer" (a per-patch LayerNorm, which removes it; every model before config
             format 3 was trained with it).
     Self-improvement (Algorithm 1):
-        si_fusion: "add" (t' = norm(t + t_res)) or "replace" (t' = t_res).
+        si_fusion: "add" (t' = norm(t + b * t_res)) or "replace" (t' = t_res).
+        si_response_weight: b, the weight of the response's embedding in "add" (beyond the paper, whose
+            Algorithm 1 adds it with weight 1, the default; smaller keeps more of the learnt prompts).
         si_train_response: "generated" (R generated from pass 1 during training) or "target".
     Few-shot references (DESIGN 9, beyond the paper; used only when `detect` / `chat` are given normal
     reference images or a `ReferenceBank`, so zero-shot results never depend on them):
@@ -517,6 +519,7 @@ class MapConfig(_Part):
     pem_groups: int = 9
     pem_norm: str = "center"
     si_fusion: str = "add"
+    si_response_weight: float = 1.0
     si_train_response: str = "generated"
     few_shot_weight: float = 0.9
     reference_fusion: str = "linear"
@@ -539,6 +542,8 @@ class MapConfig(_Part):
             self._fail("pem_groups", "must be a square number (the groups form a square grid)")
         self._choice("pem_norm", ("center", "layer"))
         self._choice("si_fusion", ("add", "replace"))
+        if not 0.0 <= self.si_response_weight <= 1.0:
+            self._fail("si_response_weight", "must lie in [0, 1]")
         self._choice("si_train_response", ("generated", "target"))
         self._choice("few_shot_features", FEW_SHOT_FEATURES)
         self._choice("reference_fusion", FUSION_MODES)
@@ -670,7 +675,8 @@ class SIADConfig(_Part):
                             stage_phrases=("local feature of", "regional feature of")),
             llm=LLMConfig(name_or_path=None, architecture=dict(SMALL_LLAMA_ARCHITECTURE), lora_r=4, lora_alpha=8,
                           lora_dropout=0.0, max_new_tokens=32, train="full"),
-            map=MapConfig(logit_scale=10.0, self_reference_weight=0.7, reference_fusion="geometric"),
+            map=MapConfig(logit_scale=10.0, self_reference_weight=0.7, reference_fusion="geometric",
+                          si_response_weight=0.1),
             embed_dim=64,
         )
         return config.replace(**changes)

@@ -447,11 +447,12 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
             return self.text_encoder(ids).view(len(responses), 2, -1)
 
     def refine_text(self, text: torch.Tensor, response_features: torch.Tensor) -> torch.Tensor:
-        """Algorithm 1, line 9: t' = norm(t + t_res) ("add") or t_res ("replace"); B x K x 2 x D."""
+        """Algorithm 1, line 9: t' = norm(t + b * t_res) ("add"; b = config.map.si_response_weight, the
+        paper's 1 by default) or t_res ("replace"); B x K x 2 x D."""
         response = response_features[:, None].to(text.dtype).expand_as(text)
         if self.config.map.si_fusion == "replace":
             return response
-        return F.normalize(text + response, dim=-1)
+        return F.normalize(text + self.config.map.si_response_weight * response, dim=-1)
 
     def _passes(self, vision: VisionFeatures, class_names: Sequence[str], descriptions: Sequence[str],
                 chat: bool, self_improve: bool, banks: Sequence[ReferenceBank | None] | None = None) -> _Algorithm1:
