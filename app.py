@@ -41,7 +41,8 @@ DEFAULT_MODEL = HERE / "checkpoints" / "siad-mini"
 EXAMPLES_DIR = HERE / "examples" / "images"
 EXAMPLES = [("gear_missing.png", "gear"), ("gear_good.png", "gear"), ("capsule_stain.png", "capsule"),
             ("capsule_good.png", "capsule"), ("connector_crack.png", "connector"), ("wood_scratch.png", "wood"),
-            ("gravel_hole.png", "gravel"), ("bracket_contamination.png", "bracket")]
+            ("gravel_hole.png", "gravel"), ("bracket_contamination.png", "bracket"),
+            ("brick_wall_crack.png", "brick_wall"), ("brick_wall_good.png", "brick_wall")]
 IMAGEBIND_PIN = "imagebind-unofficial==0.1.1"
 
 

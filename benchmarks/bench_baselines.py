@@ -113,7 +113,8 @@ class AnomalibPatchCore(_MapDetector):
     def anomaly_maps(self, pixels: torch.Tensor, class_names: Sequence[str], banks: Sequence[Any]) -> torch.Tensor:
         out = self.model(pixels)
         self._scores = out.pred_score.flatten()
-        return out.anomaly_map[:, 0]
+        distances = out.anomaly_map[:, 0]
+        return distances / (1.0 + distances)  # its distances, into [0, 1) (maps are clipped there) keeping their order
 
     def _detect_batch(self, images: list, names: list[str], banks: Sequence[Any], sigma: float | None = None) -> list:
         """anomalib's own image score (its re-weighted nearest-neighbour distance), not the map's maximum."""
