@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Iterator, Mapping, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +38,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from transformers.generation import GenerationConfig
 
 from siad.config import SIADConfig
+from siad.detection import (ZERO_SHOT, DetectionResult, check_class_name, detection_inputs,  # noqa: F401 (re-exported)
+                            normalise_class_name)
 from siad.encoders import VisionFeatures, build_vision_backbone
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
 from siad.hub import GENERATION_NAME  # transformers' file name (GenerationConfig.save_pretrained)
@@ -51,8 +52,8 @@ from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, Stage
                           StagePromptLearner, StageProjection, parameter_version)
 from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
-from siad.references import (ZERO_SHOT, ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
-                             model_fingerprint, normalise_class_name, reference_distances, reference_maps,
+from siad.references import (ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
+                             model_fingerprint, reference_distances, reference_maps,
                              self_reference_distances, self_reference_maps)
 
 Conversation = Sequence[Any]
@@ -60,30 +61,6 @@ Conversation = Sequence[Any]
 # images of the class, or a dict from class name to a bank or a list of images.
 References = Union[None, ReferenceBank, Sequence[ImageInput],
                    Mapping[str, Union[ReferenceBank, Sequence[ImageInput]]]]
-
-
-@dataclass
-class DetectionResult:
-    """The result of `SIADModel.detect` for one image.
-
-    anomaly_map: H x W float32 in [0, 1] at the original image's size (the refined map M' when
-        self-improvement ran, else M); beyond `config.map.max_map_pixels` pixels (4.2 MP by default) at
-        the largest smaller size of the same aspect ratio (`siad.image.map_size`), so that a huge
-        image does not give huge maps; score: its image score in [0, 1]; answer: the refined
-        response R' (None when chat=False); initial_*: pass 1 (M, S, R); is_anomalous: score >= the
-        model's threshold; mode: "zero-shot", or "k-shot" (e.g. "4-shot") when the maps were fused
-        with a bank of k normal references of the class (`references=` of `detect`).
-    """
-
-    anomaly_map: np.ndarray
-    score: float
-    answer: str | None
-    initial_map: np.ndarray
-    initial_score: float
-    initial_answer: str | None
-    is_anomalous: bool
-    class_name: str
-    mode: str = ZERO_SHOT
 
 
 @dataclass
@@ -801,7 +778,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
     def _follow_up_inputs(self, image: ImageInput, class_name: Any, history: Any, message: Any,
                           description: Any, self_improve: bool, references: References = None) -> LLMInputs:
         """Check the arguments and limits, get the image's passes (cached), build the prompt."""
-        name = _check_class_name(class_name)
+        name = check_class_name(class_name)
         desc, what = _prompt_description(_check_description(description), name)
         question = _check_message(message)
         limits = self._text_limits()
@@ -923,41 +900,6 @@ def teacher_stage_maps(masks: torch.Tensor, num_stages: int) -> torch.Tensor:
     soft = soft / soft.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6) * uniform(0.55, 1.0)  # thin ones too
     maps = torch.maximum(background, soft).expand(batch, num_stages, height, width)
     return (maps + 0.03 * torch.randn_like(maps)).clamp(0.0, 1.0)
-
-
-def detection_inputs(images: Any, class_names: Any, descriptions: Any = None
-                     ) -> tuple[list, list[str], list[str]]:
-    """The arguments of `detect` as three lists of one entry per image.
-
-    One image may be given alone; a single class name or description given as a plain string applies
-    to every image; lists must have one entry per image. Class names are checked and their whitespace
-    normalised; a missing or blank description is returned as "".
-    """
-    items = list(images) if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise ValueError("images is empty")
-    names = _per_image(class_names, len(items), "class_names")
-    descs = _per_image("" if descriptions is None else descriptions, len(items), "descriptions")
-    for desc in descs:
-        if desc is not None and not isinstance(desc, str):
-            raise ValueError(f"a description must be a string, got {type(desc).__name__}")
-    return items, [_check_class_name(n) for n in names], [(d or "").strip() for d in descs]
-
-
-def _per_image(value: Any, count: int, name: str) -> list:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        return [value] * count
-    if len(value) != count:
-        entries = "1 entry" if len(value) == 1 else f"{len(value)} entries"
-        raise ValueError(f"{name} has {entries} for {count} images; give one per image "
-                         "(or a single string for all)")
-    return list(value)
-
-
-def _check_class_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"the class name must be a non-empty string, got {name!r}")
-    return " ".join(name.split())
 
 
 def _check_description(description: Any) -> str | None:

@@ -81,6 +81,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from siad.config import FEW_SHOT_FEATURES, FUSION_MODES, MapConfig
+from siad.detection import ZERO_SHOT, normalise_class_name, shot_mode  # noqa: F401 (re-exported)
 from siad.modules import AnomalyMapHead, tokens_to_map
 
 # The few-shot settings live in SIADConfig.map (few_shot_features, few_shot_weight, max_bank_patches);
@@ -89,7 +90,6 @@ FEATURE_KINDS: tuple[str, ...] = FEW_SHOT_FEATURES
 DEFAULT_FEATURES: str = MapConfig.few_shot_features  # measured (module docstring)
 DEFAULT_FEW_SHOT_WEIGHT: float = MapConfig.few_shot_weight  # measured (module docstring)
 DEFAULT_MAX_BANK_PATCHES: int = MapConfig.max_bank_patches  # 16 shots of 256 patches; 64 shots cut to a quarter
-ZERO_SHOT = "zero-shot"
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MiB in float32
 CORESET_PROJECTION_DIM = 128
 NORMAL_SCALE_QUANTILE = 0.99
@@ -302,13 +302,6 @@ def _sidecar_grids(meta: dict[str, Any]) -> tuple[tuple[int, int], ...]:
     return tuple(tuple(g) for g in meta["grids"])
 
 
-def shot_mode(num_shots: int) -> str:
-    """How detection with `num_shots` references is called: "zero-shot" (0) or "k-shot" (e.g. "4-shot")."""
-    if not isinstance(num_shots, int) or isinstance(num_shots, bool) or num_shots < 0:
-        raise ValueError(f"the number of shots must be an integer >= 0, got {num_shots!r}")
-    return ZERO_SHOT if num_shots == 0 else f"{num_shots}-shot"
-
-
 def draw_references(pool: Sequence[Any], shots: int, *, seed: int, class_name: str) -> list[Any]:
     """`shots` distinct items of `pool` (the normal images of a class), drawn with a generator seeded
     by (seed, CRC-32 of the class name), in pool order: the WinCLIP / AnomalyGPT few-shot protocol's
@@ -436,11 +429,6 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- fingerprint
-def normalise_class_name(name: str) -> str:
-    """A class name as SIAD compares them: surrounding and repeated whitespace removed."""
-    return " ".join(name.split())
-
-
 def _feature_modules(model: Any, features: str) -> list[tuple[str, nn.Module]]:
     """The modules that make the features of a kind (their tensors are fingerprinted)."""
     if features not in FEATURE_KINDS:
