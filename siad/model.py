@@ -52,7 +52,7 @@ from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, Stage
                           StagePromptLearner, StageProjection, parameter_version)
 from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
-from siad.references import (ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
+from siad.references import (DEFAULT_CHUNK_ELEMENTS, ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
                              model_fingerprint, reference_distances, reference_maps,
                              self_reference_distances, self_reference_maps)
 
@@ -318,12 +318,15 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return images.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ the pipeline
-    def encode_images(self, pixels: torch.Tensor) -> VisionFeatures:
+    def encode_images(self, pixels: torch.Tensor, embedding: bool = True) -> VisionFeatures:
         """The vision backbone (B x 3 x S x S): stage feature maps and image embedding (no gradient
-        unless the backbone trains)."""
+        unless the backbone trains). embedding=False: the stage maps alone (`VisionBackbone.stage_maps`;
+        what map-only detection needs), the embedding None."""
         grad = self.config.vision.trainable and torch.is_grad_enabled()
         with self._timed("vision"), torch.set_grad_enabled(grad):
-            return self.vision_encoder(pixels)
+            if embedding:
+                return self.vision_encoder(pixels)
+            return VisionFeatures(stage_maps=self.vision_encoder.stage_maps(pixels), image_embedding=None)
 
     def visual_features(self, vision: VisionFeatures) -> list[torch.Tensor]:
         """Stage projection, adapter (eq. 5-6) and SEM (eq. 7): K x (B x N_k x D), on the grids of
@@ -376,6 +379,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def image_tokens(self, vision: VisionFeatures) -> torch.Tensor:
         """llama_proj(g): B x 1 x H."""
+        if vision.image_embedding is None:
+            raise ValueError("these visual features hold no image embedding (encode_images(..., embedding=False))")
         return self.llama_proj(vision.image_embedding.to(self.dtype))[:, None]
 
     def _conversations(self, image_tokens: torch.Tensor, map_tokens: torch.Tensor | None,
@@ -436,7 +441,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         features = self.visual_features(vision)
         text = self.class_text_features(class_names)
         reference = self._reference_maps(vision, features, banks)
-        first = self._fuse(self.anomaly_maps(features, text, vision.grids), reference)
+        first = self._fuse_references(self.anomaly_maps(features, text, vision.grids), reference)
         if not chat:
             return _Algorithm1(first, None, first, None, None, None)
         image_tokens = self.image_tokens(vision)
@@ -447,7 +452,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         if not (self_improve and self.config.map.use_self_improvement):
             return _Algorithm1(first, response, first, response, image_tokens, first_tokens)
         refined_text = self.refine_text(text, self.response_text_features(response))
-        second = self._fuse(self.anomaly_maps(features, refined_text, vision.grids), reference)
+        second = self._fuse_references(self.anomaly_maps(features, refined_text, vision.grids), reference)
         second_tokens = self.map_tokens(second.stage_maps)
         refined = self.respond(image_tokens, second_tokens, descriptions)
         return _Algorithm1(first, response, second, refined, image_tokens, second_tokens)
@@ -517,56 +522,92 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def _reference_maps(self, vision: VisionFeatures, features: list[torch.Tensor],
                         banks: Sequence[ReferenceBank | None] | None) -> _ReferenceMaps | None:
-        """The reference maps of a batch, with each image's fusion weight:
-        - an image with a bank: R_k of the bank (`siad.references.reference_maps`; from the stage tokens
-          for "trunk" banks, the adapted features K x (B x N x D) for "visual" ones; images sharing a bank
-          are searched together), weight config.map.few_shot_weight; with the self-reference on
-          (config.map.self_reference_weight > 0) the mean of R_k and the image's self-reference map;
-        - an image without one: with the self-reference on, its self-reference map
-          (`siad.references.self_reference_maps`, zero-shot), weight config.map.self_reference_weight.
-        None when no image gets either."""
-        batch = vision.image_embedding.shape[0]
+        """The reference maps of a batch whose images may have different banks, with each image's
+        fusion weight (`_reference_for` for each group of images that share a bank; the images without
+        one get their self-reference maps and config.map.self_reference_weight when it is on, zeros and
+        0 otherwise). None when no image gets either."""
+        batch = vision.batch_size
         banks = list(banks) if banks is not None else [None] * batch
-        weight = self.config.map.self_reference_weight
-        if all(bank is None for bank in banks) and weight == 0.0:
+        if self.config.map.self_reference_weight == 0.0 and all(bank is None for bank in banks):
             return None
-        size = self.config.vision.image_size
-        grids = vision.grids
         with self._timed("references"):
-            weights = torch.full((batch,), weight, device=self.device)
-            if weight > 0.0:
-                with torch.no_grad():
-                    distances = self_reference_distances([t.detach() for t in vision.stage_tokens], grids,
-                                                         self.config.map.self_reference_radius)
-                    maps = self_reference_maps(distances, size).to(self.device)
-            else:
-                maps = torch.zeros(batch, self.config.num_stages, size, size, device=self.device)
+            self_maps = self._self_reference_maps(vision)
+            weights = torch.full((batch,), self.config.map.self_reference_weight, device=self.device)
+            size = self.config.vision.image_size
+            maps = (self_maps.clone() if self_maps is not None
+                    else torch.zeros(batch, self.config.num_stages, size, size, device=self.device))
             groups: dict[int, list[int]] = {}
             for b, bank in enumerate(banks):
                 if bank is not None:
                     groups.setdefault(id(bank), []).append(b)
             for rows in groups.values():
-                bank = banks[rows[0]]
-                assert bank is not None
                 index = torch.tensor(rows, device=self.device)
-                tokens = vision.stage_tokens if bank.features == "trunk" else features
-                distances = reference_distances([t[index] for t in tokens], grids, bank)
-                found = reference_maps(distances, bank.normal_scale, size).to(maps.device)
-                maps[index] = found if weight == 0.0 else 0.5 * (found + maps[index])
-                weights[index] = self.config.map.few_shot_weight
+                found = self._reference_for(vision, features, banks[rows[0]], self_maps, index=index)
+                assert found is not None
+                maps[index], weights[index] = found[0], found[1]
         return _ReferenceMaps(maps=maps, weights=weights)
 
-    def _fuse(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:
-        """The pass with its stage maps fused with the reference maps (`siad.references.fuse_stage_maps`,
-        each image with its own weight) and its final map recombined; an image of weight 0 keeps its
-        maps exactly. The logits stay the text's (they are what the training loss reads)."""
-        if reference is None:
-            return one
-        fused = fuse_stage_maps(one.stage_maps, reference.maps, reference.weights, self.config.map.reference_fusion)
-        present = reference.weights > 0
-        if not bool(present.all()):
-            fused = torch.where(present[:, None, None, None], fused, one.stage_maps)
+    def _self_reference_maps(self, vision: VisionFeatures) -> torch.Tensor | None:
+        """Every image's self-reference maps B x K x S x S (`siad.references.self_reference_maps`, without
+        gradient); None when the self-reference is off (config.map.self_reference_weight = 0)."""
+        if self.config.map.self_reference_weight == 0.0:
+            return None
+        with torch.no_grad():
+            distances = self_reference_distances([t.detach() for t in vision.stage_tokens], vision.grids,
+                                                 self.config.map.self_reference_radius)
+            return self_reference_maps(distances, self.config.vision.image_size).to(self.device)
+
+    def _reference_for(self, vision: VisionFeatures, features: list[torch.Tensor], bank: ReferenceBank | None,
+                       self_maps: torch.Tensor | None, *, index: torch.Tensor | None = None,
+                       chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, float] | None:
+        """The reference maps of the images that share `bank` (all of the batch, or those of `index`) and
+        their fusion weight:
+        - a bank: R_k of the bank (`siad.references.reference_maps`; from the stage tokens for "trunk"
+          banks, the adapted features K x (B x N x D) for "visual" ones), weight config.map.few_shot_weight;
+          with self-reference maps, the mean of R_k and those;
+        - no bank: the self-reference maps, weight config.map.self_reference_weight (None when they are None).
+        chunk_elements: of the bank search (`siad.references.nearest_distances`; None: unchunked)."""
+        if index is not None and self_maps is not None:
+            self_maps = self_maps[index]
+        if bank is None:
+            return None if self_maps is None else (self_maps, self.config.map.self_reference_weight)
+        tokens = vision.stage_tokens if bank.features == "trunk" else features
+        if index is not None:
+            tokens = [t[index] for t in tokens]
+        distances = reference_distances(tokens, vision.grids, bank, chunk_elements=chunk_elements)
+        found = reference_maps(distances, bank.normal_scale, self.config.vision.image_size).to(self.device)
+        return (found if self_maps is None else 0.5 * (found + self_maps)), self.config.map.few_shot_weight
+
+    def _fuse(self, one: _Pass, maps: torch.Tensor, weight: float | torch.Tensor) -> _Pass:
+        """The pass with its stage maps fused with reference maps B x K x S x S
+        (`siad.references.fuse_stage_maps`, one weight, or one per image) and its final map recombined; an
+        image of weight 0 keeps its maps exactly. The logits stay the text's (what the training loss reads)."""
+        fused = fuse_stage_maps(one.stage_maps, maps, weight, self.config.map.reference_fusion)
         return _Pass(logits=one.logits, stage_maps=fused, anomaly_map=self.map_head.combine(fused))
+
+    def _fuse_references(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:
+        """`_fuse` with a batch's reference maps and per-image weights (the pass itself without any)."""
+        return one if reference is None else self._fuse(one, reference.maps, reference.weights)
+
+    def map_and_score(self, images: torch.Tensor, text: torch.Tensor,
+                      bank: ReferenceBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1 of one class, map and score only, for a batch: what `detect(chat=False)` computes before
+        the maps go back to the images' sizes, written for export (`siad.export`: no Python branch on
+        the data, an unchunked bank search, every size but the batch's fixed by the config).
+
+        images: B x S x S x 3 (or B x 3 x S x S) uint8, or normalised float B x 3 x S x S; text: the
+        class's text features 1 x K x 2 x D (`class_text_features([name])`); bank: the class's
+        few-shot bank (None: zero-shot). Returns the maps B x S x S (smoothed as for the score,
+        config.map.score_smoothing_sigma) and the scores B (`AnomalyMapHead.peak`: not checked for
+        non-finite values; `detect` checks them)."""
+        vision = self.encode_images(self._pixels(images), embedding=False)
+        features = self.visual_features(vision)
+        first = self.anomaly_maps(features, text.expand(vision.batch_size, -1, -1, -1), vision.grids)
+        reference = self._reference_for(vision, features, bank, self._self_reference_maps(vision), chunk_elements=None)
+        if reference is not None:
+            first = self._fuse(first, *reference)
+        maps = self.map_head.smooth(first.anomaly_map, self.config.map.score_smoothing_sigma)
+        return maps, self.map_head.peak(maps)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], teacher_maps: float = 0.0) -> SIADOutput:
@@ -692,7 +733,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         versions = parameter_version(self) if chat else ()
         keys = [self._pass_key(pixels[b], names[b], descs[b], self_improve, versions, banks[b])
                 for b in range(len(names))] if chat else []
-        vision = self.encode_images(pixels)
+        vision = self.encode_images(pixels, embedding=chat)
         run = self._passes(vision, names, descs, chat, self_improve, banks)
         first, second = run.first, run.final
         maps1, scores1 = self._scores(first.anomaly_map, sigma)

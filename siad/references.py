@@ -545,18 +545,22 @@ def select_features(model: Any, vision: Any, features: str) -> list[torch.Tensor
 
 # ----------------------------------------------------------------------------------------- search
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, *,
-                      chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+                      chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """Q x D queries, M x D bank rows (both L2-normalised) -> Q distances 1 - max cosine, >= 0.
 
     Runs on the bank's device in the bank's dtype; holds at most `chunk_elements` similarities at a
-    time (query rows x bank rows per block; the bank is split too when M alone exceeds the budget)."""
-    if chunk_elements < 1:
-        raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
+    time (query rows x bank rows per block; the bank is split too when M alone exceeds the budget).
+    chunk_elements=None: one block of Q x M, no loop over the data's size (what an exported graph
+    with a dynamic batch needs: `siad.export`)."""
+    if chunk_elements is not None and chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be positive or None, got {chunk_elements}")
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be Q x D and M x D")
     if bank.shape[0] == 0:
         raise ValueError("the bank is empty")
     queries = queries.to(device=bank.device, dtype=bank.dtype)
+    if chunk_elements is None:
+        return (1.0 - (queries @ bank.T).amax(dim=1)).clamp(min=0.0)
     bank_rows = min(bank.shape[0], chunk_elements)
     query_rows = max(1, chunk_elements // bank_rows)
     out = torch.empty(queries.shape[0], dtype=bank.dtype, device=bank.device)
@@ -571,10 +575,12 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, *,
 
 
 def reference_distances(stage_features: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]],
-                        bank: ReferenceBank, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> list[torch.Tensor]:
+                        bank: ReferenceBank, *, chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS
+                        ) -> list[torch.Tensor]:
     """K x (B x N_k x D_k) features of the query images (of the bank's kind, before aggregation) on
     their grids -> K float32 patch distances B x H_k x W_k (1 - max cosine to the bank), on the
-    queries' device. The search runs on the bank's device."""
+    queries' device. The search runs on the bank's device (`nearest_distances`; chunk_elements=None:
+    unchunked)."""
     if len(stage_features) != bank.num_stages or len(grids) != bank.num_stages:
         raise ValueError(f"{len(stage_features)} stages of features for a bank of {bank.num_stages} stages")
     out = []
@@ -595,8 +601,11 @@ def reference_maps(distances: Sequence[torch.Tensor], normal_scale: torch.Tensor
     per stage) or B x K (one per image and stage)."""
     stages = len(distances)
     batch = distances[0].shape[0] if stages else 0
-    if not stages or any(d.ndim != 3 or d.shape[0] != batch for d in distances) or \
-            tuple(normal_scale.shape) not in ((stages,), (batch, stages)):
+    # ndim before sizes: comparing a symbolic batch size with the number of stages would fix the batch
+    # size of an exported graph whenever the two happen to be equal
+    scale_ok = (normal_scale.ndim == 1 and normal_scale.shape[0] == stages) or (
+        normal_scale.ndim == 2 and normal_scale.shape[1] == stages and normal_scale.shape[0] == batch)
+    if not stages or any(d.ndim != 3 or d.shape[0] != batch for d in distances) or not scale_ok:
         raise ValueError(f"distances {[tuple(d.shape) for d in distances]} must be K tensors B x H_k x W_k with one "
                          f"normal scale per stage or per image and stage (got {tuple(normal_scale.shape)})")
     upsampled = torch.cat([AnomalyMapHead.upsample(d[:, None].float(), image_size) for d in distances], dim=1)
@@ -636,8 +645,15 @@ def self_reference_maps(distances: Sequence[torch.Tensor], image_size: int) -> t
     image's own median distance at that stage (so 0.5 marks a typical patch of this image and a patch
     the image repeats nowhere approaches 1; an image has no references to take a normal scale from).
     The per-image median scale was measured better than one fixed scale (issue 12 notes)."""
-    median = torch.stack([d.flatten(1).median(dim=-1).values for d in distances], dim=1).clamp(min=1e-6)
+    median = torch.stack([lower_median(d.flatten(1)) for d in distances], dim=1).clamp(min=1e-6)
     return reference_maps(distances, median, image_size)
+
+
+def lower_median(values: torch.Tensor) -> torch.Tensor:
+    """B x N -> B: each row's lower median, the ((N - 1) // 2)-th smallest value (`torch.median`'s), by
+    `topk`: ONNX has no median operator, and this way the exported graph computes what the model does."""
+    count = values.shape[-1]
+    return values.topk((count - 1) // 2 + 1, dim=-1, largest=False).values[..., -1]
 
 
 FUSION_FLOOR = 1e-4  # the geometric fusion's floor: a map value of 0 would make every fused value 0

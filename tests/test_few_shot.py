@@ -69,14 +69,14 @@ def test_a_bank_fuses_both_passes_with_the_reference_maps_computed_once(model, b
     fusions, searches, pem_inputs = [], [], []
     fuse, search, map_tokens = siad.model.fuse_stage_maps, siad.model.reference_distances, model.map_tokens
 
-    def spy_fuse(text, reference, weight):
-        out = fuse(text, reference, weight)
+    def spy_fuse(text, reference, weight, *mode):
+        out = fuse(text, reference, weight, *mode)
         fusions.append((text, reference, weight, out))
         return out
 
-    def spy_search(features, grids, bank_):
+    def spy_search(features, grids, bank_, **options):
         searches.append(bank_)
-        return search(features, grids, bank_)
+        return search(features, grids, bank_, **options)
 
     def spy_tokens(stage_maps):
         pem_inputs.append(stage_maps)

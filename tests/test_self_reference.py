@@ -121,9 +121,9 @@ def test_detect_weighs_banked_and_unbanked_images_by_their_own_weights(monkeypat
     weights = []
     fuse = siad.model.fuse_stage_maps
 
-    def spy(text, reference, weight):
+    def spy(text, reference, weight, *mode):
         weights.append(torch.as_tensor(weight).tolist())
-        return fuse(text, reference, weight)
+        return fuse(text, reference, weight, *mode)
 
     monkeypatch.setattr(siad.model, "fuse_stage_maps", spy)
     bank = selfref.build_references(_images(2, seed=5), "gear")
@@ -170,9 +170,9 @@ def test_with_a_bank_the_reference_map_is_the_mean_of_the_bank_and_self_referenc
     captured = []
     fuse = siad.model.fuse_stage_maps
 
-    def spy(text, reference, weight):
+    def spy(text, reference, weight, *mode):
         captured.append(reference.clone())
-        return fuse(text, reference, weight)
+        return fuse(text, reference, weight, *mode)
 
     monkeypatch.setattr(siad.model, "fuse_stage_maps", spy)
     model.detect(images, "gear", chat=False, references=bank)
