@@ -274,8 +274,10 @@ class AnomalyMapHead(nn.Module):
 
     @staticmethod
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        """B x K x 2 x S x S logits -> B x K x S x S abnormal probabilities."""
-        return logits.softmax(dim=2)[:, :, 1]
+        """B x K x 2 x S x S logits -> B x K x S x S abnormal probabilities: the softmax over the two states,
+        computed as sigmoid(abnormal - normal) (the same function; a softmax over a middle axis of two
+        entries costs a full extra pass over the maps, a fifth of the exported graph's time)."""
+        return torch.sigmoid(logits[:, :, 1] - logits[:, :, 0])
 
     @staticmethod
     def upsample(grids: torch.Tensor, image_size: int) -> torch.Tensor:
