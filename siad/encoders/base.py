@@ -31,7 +31,8 @@ class VisionFeatures:
 
     @property
     def batch_size(self) -> int:
-        return int(self.stage_maps[0].shape[0])
+        """B (a symbolic size while the map path is exported: never turned into a Python int here)."""
+        return self.stage_maps[0].shape[0]
 
     @property
     def stage_tokens(self) -> list[torch.Tensor]:
