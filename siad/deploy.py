@@ -112,8 +112,10 @@ class ExportInfo:
                              f"{EXPORT_FORMAT!r}); export a model with: siad export --model FOLDER --class NAME --out FILE")
         try:
             version = int(meta.get("format_version", ""))
+            num_shots = int(meta.get("num_shots", "0"))
         except ValueError:
-            raise ValueError(f"{source}: {METADATA_PREFIX}format_version is {meta.get('format_version')!r}, not an integer")
+            raise ValueError(f"{source}: {METADATA_PREFIX}format_version and {METADATA_PREFIX}num_shots must be integers, "
+                             f"got {meta.get('format_version')!r} and {meta.get('num_shots')!r}") from None
         if version > EXPORT_FORMAT_VERSION:
             raise ValueError(f"{source} was exported by siad {meta.get('version', '?')} in export format {version}; this "
                              f"siad ({__version__}) reads format {EXPORT_FORMAT_VERSION} and older: upgrade siad")
@@ -126,7 +128,7 @@ class ExportInfo:
                           f"exported, but image preparation is this version's: export the model again with this "
                           f"version if its results must match SIADModel.detect here", UserWarning, stacklevel=3)
         config = SIADConfig.from_json_string(meta["config"], source=f"{source} ({METADATA_PREFIX}config)")
-        return cls(class_name=meta["class_name"], num_shots=int(meta["num_shots"]), config=config,
+        return cls(class_name=meta["class_name"], num_shots=num_shots, config=config,
                    model_fingerprint=meta["model_fingerprint"], text_sha256=meta.get("text_sha256", ""),
                    bank_fingerprint=meta.get("bank_fingerprint", ""), bank_sha256=meta.get("bank_sha256", ""),
                    siad_version=written_by, format_version=version)

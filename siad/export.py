@@ -102,7 +102,7 @@ class ExportReport:
 
 def check_export_dependencies() -> None:
     """ImportError with the pip command when the exporter's packages are missing."""
-    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("onnx", "onnxscript", "onnx_ir") if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(f"exporting to ONNX needs {', '.join(missing)}: {EXPORT_INSTALL_HINT}")
 
@@ -136,11 +136,12 @@ def export_onnx(model: SIADModel, class_name: str, out: str | Path, *, bank: Ref
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program.save(str(path))  # weights beyond 2 GB (ImageBind-Huge) go to an external data file beside it
-    written = [path]
+    written = [path, *[p for p in (path.with_name(path.name + ".data"),) if p.is_file()]]
     try:
-        openvino_path = _write_openvino(path, metadata) if openvino else None
-        if openvino_path is not None:
-            written += [openvino_path, openvino_path.with_suffix(".bin")]
+        openvino_path = None
+        if openvino:
+            written += [path.with_suffix(".xml"), path.with_suffix(".bin")]
+            openvino_path = _write_openvino(path, metadata)
         differences = _check_parity(module, path, example) if check else (None, None)
     except BaseException:
         for file in written:
@@ -155,7 +156,8 @@ def _sha256(tensor: torch.Tensor) -> str:
 
 
 def _export_program(module: MapAndScoreGraph, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """torch.export with a dynamic batch; a code path that fixes the batch size is an error naming it."""
+    """torch.export with a dynamic batch; a code path that fixes the batch size is an error (whose message
+    says how to find the line)."""
     batch = torch.export.Dim("batch", min=1)
     try:
         with torch.no_grad(), warnings.catch_warnings():

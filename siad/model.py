@@ -16,7 +16,8 @@ pass 2 the refined text maps M'_k (self-improvement refines the text part); scor
 see the fused maps. Without references every result is exactly the zero-shot one.
 
 Public API: `forward(batch)` (training losses), `build_references(images, class_name)`,
-`detect(..., references=...)`, `chat(..., references=...)`, `chat_stream(...)`;
+`detect(..., references=...)`, `chat(..., references=...)`, `chat_stream(...)`, `map_and_score(images,
+text, bank)` (pass 1 of one class, map and score: what `siad export` exports);
 `save_generation_config` / `load_generation_config` write and read a model folder's
 `generation_config.json`.
 """

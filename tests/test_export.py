@@ -165,6 +165,16 @@ def test_openvino_ir_equals_detect(exports, images):
     assert detector.info == ExportedDetector(zero.path).info
 
 
+def test_an_imagebind_backbone_exports_too(images, tmp_path):
+    """The paper's backbone family (a ViT: ImageBind's vision trunk, here at tiny dims) exports as well."""
+    torch.manual_seed(0)
+    model = SIADModel(SIADConfig.tiny(map={"self_reference_weight": 0.5})).eval()
+    report = export_onnx(model, CLASS, tmp_path / "tiny.onnx")
+    expected = model.detect(images[:3], CLASS, chat=False)
+    maps, scores = _differences(ExportedDetector(report.path).detect(images[:3]), expected)
+    assert maps < TOLERANCE and scores < TOLERANCE, (maps, scores)
+
+
 def test_the_export_checks_itself_and_names_what_it_holds(exports):
     model, bank, zero, few = exports("built")
     assert zero.max_map_difference is not None and zero.max_map_difference < TOLERANCE
