@@ -14,13 +14,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SIADConfig": "siad.config",
     "SIADModel": "siad.model",
-    "DetectionResult": "siad.model",
+    "DetectionResult": "siad.detection",
     "ReferenceBank": "siad.references",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from siad.config import SIADConfig
-    from siad.model import DetectionResult, SIADModel
+    from siad.detection import DetectionResult
+    from siad.model import SIADModel
     from siad.references import ReferenceBank
 
 __all__ = ["SIADConfig", "SIADModel", "DetectionResult", "ReferenceBank", "__version__"]

@@ -37,12 +37,12 @@ import torch
 import torch.nn as nn
 
 from siad.config import VISION_CONFIGS, MapConfig, SIADConfig
+from siad.detection import DetectionResult, detection_inputs
 from siad.encoders import VisionBackbone, build_vision_backbone
 from siad.encoders.imagebind import ImageBindVision, load_official_checkpoint
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
 from siad.image import ImageInput, encoder_inputs, map_to_original, normalize
 from siad.jsonfile import short_repr
-from siad.model import DetectionResult, detection_inputs
 from siad.modules import AnomalyMapHead, PromptEnsemble
 from siad.references import (ZERO_SHOT, ReferenceBank, bank_from_features, check_bank, model_fingerprint,
                              normalise_class_name, reference_distances, reference_maps, self_reference_distances,

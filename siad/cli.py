@@ -2,14 +2,16 @@
 
     siad detect --model M --class NAME IMAGE [IMAGE ...] [--out DIR] [--description TEXT]
                 [--references NORMAL_IMAGE_OR_DIR ...] [--no-chat] [--no-self-improve] [--device cpu] [--dtype float32]
-    siad predict ...      = python -m siad.predict ...     (overlays and predictions.csv for many images)
+    siad predict ...      = python -m siad.predict ...     (overlays and predictions.csv for many images;
+                                                            --onnx FILE: an exported graph, without torch)
     siad evaluate ...     = python -m siad.evaluate ...    (the paper's metrics, reports)
     siad calibrate ...    = python -m siad.calibrate ...   (the decision threshold)
+    siad export ...       = python -m siad.export ...      (map and score of one class as an ONNX graph)
 
 `detect` prints, for each image, the score and verdict and the answers (refined R' and first R);
 with --out it also writes `<out>/<stem>_overlay.png`, the map over the image. `--references`: normal
-images of the class (files and/or folders) make one few-shot bank for every image (as `siad predict`). predict, evaluate and
-calibrate take exactly the options of their `python -m` forms (`siad predict --help`).
+images of the class (files and/or folders) make one few-shot bank for every image (as `siad predict`). predict, evaluate,
+calibrate and export take exactly the options of their `python -m` forms (`siad predict --help`).
 
 Overlays and evaluation figures need matplotlib (`pip install "siad-llm[plots]"`); the command
 says so before any model is loaded.
@@ -29,6 +31,8 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "predict": ("siad.predict", "overlays and predictions.csv for many images (python -m siad.predict)"),
     "evaluate": ("siad.evaluate", "per-class metrics and reports, as the paper's Table 1 (python -m siad.evaluate)"),
     "calibrate": ("siad.calibrate", "choose the decision threshold (python -m siad.calibrate)"),
+    "export": ("siad.export", "map and score of one class as an ONNX graph, for inference without PyTorch "
+                              "(python -m siad.export)"),
 }
 PLOTS_HINT = 'matplotlib: pip install "siad-llm[plots]"'
 

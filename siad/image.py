@@ -13,9 +13,14 @@
   `encoder_inputs()` is the one place where a batch of any inputs becomes the encoder's uint8 batch.
 - `map_to_original()` brings an anomaly map back to the original height and width, or to a smaller
   size of the same aspect ratio when that holds more than `MapConfig.max_map_pixels` pixels
-  (`map_size()`).
+  (`map_size()`), by bilinear interpolation in numpy (`resize_bilinear`: torch's
+  `F.interpolate(mode="bilinear", align_corners=False)`, to float32 rounding).
 
 Bad input raises `ValueError` saying what is wrong.
+
+Only `normalize()` needs torch, and imports it when called: loading, resizing and bringing maps back
+run with numpy and Pillow alone, so the ONNX runtime (`siad.deploy`) prepares images with this very
+code without torch.
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from siad.config import MapConfig, SIADConfig, VisionConfig
+
+if TYPE_CHECKING:
+    import torch
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -278,7 +284,10 @@ def center_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, 
 
 
 def normalize(batch: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """B x S x S x 3 uint8 (numpy) or B x 3 x S x S uint8 (tensor) -> B x 3 x S x S float32, normalised."""
+    """B x S x S x 3 uint8 (numpy or tensor) or B x 3 x S x S uint8 (tensor) -> B x 3 x S x S float32,
+    normalised: (x / 255 - mean) / std. Traceable: `siad.export` puts it into the exported graph."""
+    import torch
+
     tensor = torch.as_tensor(batch)
     if tensor.ndim != 4:
         raise ValueError(f"expected a batch of images (4 dims), got shape {tuple(tensor.shape)}")
@@ -303,22 +312,49 @@ def map_size(original_size: tuple[int, int], max_pixels: int = MapConfig.max_map
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
-def map_to_original(anomaly_map: torch.Tensor, original_size: tuple[int, int], mode: str = "squash",
-                    max_pixels: int = MapConfig.max_map_pixels) -> np.ndarray:
-    """An S x S anomaly map (tensor) -> H x W float32 numpy array at the original size (at
-    `map_size(original_size, max_pixels)`: a smaller one of the same aspect ratio beyond `max_pixels`).
+def _linear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of `out_size` outputs along one axis: the two source indices and the weight of the second,
+    as torch's bilinear interpolation with align_corners=False computes them (source coordinate
+    (i + 0.5) * in / out - 0.5, clamped at 0; the second index clamped at the last)."""
+    scale = np.float32(in_size / out_size)
+    source = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5),
+                        np.float32(0.0))
+    first = np.minimum(source.astype(np.int64), in_size - 1)
+    second = np.minimum(first + 1, in_size - 1)
+    return first, second, (source - first).astype(np.float32)
 
-    "squash": bilinear resize; "center_crop": the map covers the centre crop only, the rest of the
-    image (never seen by the encoder) is 0.
+
+def resize_bilinear(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A 2-D float array -> height x width float32, bilinear (torch's `F.interpolate(mode="bilinear",
+    align_corners=False)`, no antialiasing, to float32 rounding)."""
+    source = np.asarray(values, dtype=np.float32)
+    if source.ndim != 2 or source.size == 0 or height < 1 or width < 1:
+        raise ValueError(f"cannot resize an array of shape {source.shape} to {height} x {width}")
+    c0, c1, cw = _linear_taps(width, source.shape[1])
+    columns = source[:, c0] * (np.float32(1.0) - cw) + source[:, c1] * cw  # h x width
+    r0, r1, rw = _linear_taps(height, source.shape[0])
+    return columns[r0] * (np.float32(1.0) - rw)[:, None] + columns[r1] * rw[:, None]
+
+
+def map_to_original(anomaly_map: np.ndarray | torch.Tensor | Any, original_size: tuple[int, int],
+                    mode: str = "squash", max_pixels: int = MapConfig.max_map_pixels) -> np.ndarray:
+    """An S x S anomaly map (numpy array or tensor) -> H x W float32 numpy array, clipped to [0, 1], at
+    the original size (at `map_size(original_size, max_pixels)`: a smaller one of the same aspect
+    ratio beyond `max_pixels`).
+
+    "squash": bilinear resize (`resize_bilinear`); "center_crop": the map covers the centre crop only,
+    the rest of the image (never seen by the encoder) is 0.
     """
+    if hasattr(anomaly_map, "detach"):  # a tensor, on any device
+        anomaly_map = anomaly_map.detach().float().cpu().numpy()
+    source = np.asarray(anomaly_map, dtype=np.float32)
     height, width = map_size(original_size, max_pixels)
-    source = anomaly_map.detach().float()[None, None]
     if mode == "squash":
-        out = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False)
-        return out[0, 0].clamp_(0.0, 1.0).cpu().numpy()
+        return np.clip(resize_bilinear(source, height, width), 0.0, 1.0)
+    if mode != "center_crop":
+        raise ValueError(f"resize mode must be 'squash' or 'center_crop', got {mode!r}")
     side = min(height, width)
-    out = F.interpolate(source, size=(side, side), mode="bilinear", align_corners=False)[0, 0]
-    full = torch.zeros((height, width), dtype=torch.float32)
+    full = np.zeros((height, width), dtype=np.float32)
     top, left = (height - side) // 2, (width - side) // 2
-    full[top:top + side, left:left + side] = out.clamp(0.0, 1.0)
-    return full.numpy()
+    full[top:top + side, left:left + side] = np.clip(resize_bilinear(source, side, side), 0.0, 1.0)
+    return full

@@ -16,7 +16,8 @@ pass 2 the refined text maps M'_k (self-improvement refines the text part); scor
 see the fused maps. Without references every result is exactly the zero-shot one.
 
 Public API: `forward(batch)` (training losses), `build_references(images, class_name)`,
-`detect(..., references=...)`, `chat(..., references=...)`, `chat_stream(...)`;
+`detect(..., references=...)`, `chat(..., references=...)`, `chat_stream(...)`, `map_and_score(images,
+text, bank)` (pass 1 of one class, map and score: what `siad export` exports);
 `save_generation_config` / `load_generation_config` write and read a model folder's
 `generation_config.json`.
 """
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Iterator, Mapping, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +39,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from transformers.generation import GenerationConfig
 
 from siad.config import SIADConfig
+from siad.detection import (ZERO_SHOT, DetectionResult, check_class_name, detection_inputs,  # noqa: F401 (re-exported)
+                            normalise_class_name)
 from siad.encoders import VisionFeatures, build_vision_backbone
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
 from siad.hub import GENERATION_NAME  # transformers' file name (GenerationConfig.save_pretrained)
@@ -52,8 +54,8 @@ from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, Stage
                           StagePromptLearner, StageProjection, check_stage_phrases_fit, parameter_version)
 from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
-from siad.references import (ZERO_SHOT, ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
-                             model_fingerprint, normalise_class_name, reference_distances, reference_maps,
+from siad.references import (DEFAULT_CHUNK_ELEMENTS, ReferenceBank, build_reference_bank, check_bank, fuse_stage_maps,
+                             model_fingerprint, reference_distances, reference_maps,
                              self_reference_distances, self_reference_maps)
 
 Conversation = Sequence[Any]
@@ -61,30 +63,6 @@ Conversation = Sequence[Any]
 # images of the class, or a dict from class name to a bank or a list of images.
 References = Union[None, ReferenceBank, Sequence[ImageInput],
                    Mapping[str, Union[ReferenceBank, Sequence[ImageInput]]]]
-
-
-@dataclass
-class DetectionResult:
-    """The result of `SIADModel.detect` for one image.
-
-    anomaly_map: H x W float32 in [0, 1] at the original image's size (the refined map M' when
-        self-improvement ran, else M); beyond `config.map.max_map_pixels` pixels (4.2 MP by default) at
-        the largest smaller size of the same aspect ratio (`siad.image.map_size`), so that a huge
-        image does not give huge maps; score: its image score in [0, 1]; answer: the refined
-        response R' (None when chat=False); initial_*: pass 1 (M, S, R); is_anomalous: score >= the
-        model's threshold; mode: "zero-shot", or "k-shot" (e.g. "4-shot") when the maps were fused
-        with a bank of k normal references of the class (`references=` of `detect`).
-    """
-
-    anomaly_map: np.ndarray
-    score: float
-    answer: str | None
-    initial_map: np.ndarray
-    initial_score: float
-    initial_answer: str | None
-    is_anomalous: bool
-    class_name: str
-    mode: str = ZERO_SHOT
 
 
 @dataclass
@@ -343,12 +321,15 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         return images.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ the pipeline
-    def encode_images(self, pixels: torch.Tensor) -> VisionFeatures:
+    def encode_images(self, pixels: torch.Tensor, embedding: bool = True) -> VisionFeatures:
         """The vision backbone (B x 3 x S x S): stage feature maps and image embedding (no gradient
-        unless the backbone trains)."""
+        unless the backbone trains). embedding=False: the stage maps alone (`VisionBackbone.stage_maps`;
+        what map-only detection needs), the embedding None."""
         grad = self.config.vision.trainable and torch.is_grad_enabled()
         with self._timed("vision"), torch.set_grad_enabled(grad):
-            return self.vision_encoder(pixels)
+            if embedding:
+                return self.vision_encoder(pixels)
+            return VisionFeatures(stage_maps=self.vision_encoder.stage_maps(pixels), image_embedding=None)
 
     def visual_features(self, vision: VisionFeatures) -> list[torch.Tensor]:
         """Stage projection, adapter (eq. 5-6) and SEM (eq. 7): K x (B x N_k x D), on the grids of
@@ -401,6 +382,8 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def image_tokens(self, vision: VisionFeatures) -> torch.Tensor:
         """llama_proj(g): B x 1 x H."""
+        if vision.image_embedding is None:
+            raise ValueError("these visual features hold no image embedding (encode_images(..., embedding=False))")
         return self.llama_proj(vision.image_embedding.to(self.dtype))[:, None]
 
     def _conversations(self, image_tokens: torch.Tensor, map_tokens: torch.Tensor | None,
@@ -462,7 +445,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         features = self.visual_features(vision)
         text = self.class_text_features(class_names)
         reference = self._reference_maps(vision, features, banks)
-        first = self._fuse(self.anomaly_maps(features, text, vision.grids), reference)
+        first = self._fuse_references(self.anomaly_maps(features, text, vision.grids), reference)
         if not chat:
             return _Algorithm1(first, None, first, None, None, None)
         image_tokens = self.image_tokens(vision)
@@ -473,7 +456,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         if not (self_improve and self.config.map.use_self_improvement):
             return _Algorithm1(first, response, first, response, image_tokens, first_tokens)
         refined_text = self.refine_text(text, self.response_text_features(response))
-        second = self._fuse(self.anomaly_maps(features, refined_text, vision.grids), reference)
+        second = self._fuse_references(self.anomaly_maps(features, refined_text, vision.grids), reference)
         second_tokens = self.map_tokens(second.stage_maps)
         refined = self.respond(image_tokens, second_tokens, descriptions)
         return _Algorithm1(first, response, second, refined, image_tokens, second_tokens)
@@ -543,56 +526,92 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
 
     def _reference_maps(self, vision: VisionFeatures, features: list[torch.Tensor],
                         banks: Sequence[ReferenceBank | None] | None) -> _ReferenceMaps | None:
-        """The reference maps of a batch, with each image's fusion weight:
-        - an image with a bank: R_k of the bank (`siad.references.reference_maps`; from the stage tokens
-          for "trunk" banks, the adapted features K x (B x N x D) for "visual" ones; images sharing a bank
-          are searched together), weight config.map.few_shot_weight; with the self-reference on
-          (config.map.self_reference_weight > 0) the mean of R_k and the image's self-reference map;
-        - an image without one: with the self-reference on, its self-reference map
-          (`siad.references.self_reference_maps`, zero-shot), weight config.map.self_reference_weight.
-        None when no image gets either."""
-        batch = vision.image_embedding.shape[0]
+        """The reference maps of a batch whose images may have different banks, with each image's
+        fusion weight (`_reference_for` for each group of images that share a bank; the images without
+        one get their self-reference maps and config.map.self_reference_weight when it is on, zeros and
+        0 otherwise). None when no image gets either."""
+        batch = vision.batch_size
         banks = list(banks) if banks is not None else [None] * batch
-        weight = self.config.map.self_reference_weight
-        if all(bank is None for bank in banks) and weight == 0.0:
+        if self.config.map.self_reference_weight == 0.0 and all(bank is None for bank in banks):
             return None
-        size = self.config.vision.image_size
-        grids = vision.grids
         with self._timed("references"):
-            weights = torch.full((batch,), weight, device=self.device)
-            if weight > 0.0:
-                with torch.no_grad():
-                    distances = self_reference_distances([t.detach() for t in vision.stage_tokens], grids,
-                                                         self.config.map.self_reference_radius)
-                    maps = self_reference_maps(distances, size).to(self.device)
-            else:
-                maps = torch.zeros(batch, self.config.num_stages, size, size, device=self.device)
+            self_maps = self._self_reference_maps(vision)
+            weights = torch.full((batch,), self.config.map.self_reference_weight, device=self.device)
+            size = self.config.vision.image_size
+            maps = (self_maps.clone() if self_maps is not None
+                    else torch.zeros(batch, self.config.num_stages, size, size, device=self.device))
             groups: dict[int, list[int]] = {}
             for b, bank in enumerate(banks):
                 if bank is not None:
                     groups.setdefault(id(bank), []).append(b)
             for rows in groups.values():
-                bank = banks[rows[0]]
-                assert bank is not None
                 index = torch.tensor(rows, device=self.device)
-                tokens = vision.stage_tokens if bank.features == "trunk" else features
-                distances = reference_distances([t[index] for t in tokens], grids, bank)
-                found = reference_maps(distances, bank.normal_scale, size).to(maps.device)
-                maps[index] = found if weight == 0.0 else 0.5 * (found + maps[index])
-                weights[index] = self.config.map.few_shot_weight
+                found = self._reference_for(vision, features, banks[rows[0]], self_maps, index=index)
+                assert found is not None
+                maps[index], weights[index] = found[0], found[1]
         return _ReferenceMaps(maps=maps, weights=weights)
 
-    def _fuse(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:
-        """The pass with its stage maps fused with the reference maps (`siad.references.fuse_stage_maps`,
-        each image with its own weight) and its final map recombined; an image of weight 0 keeps its
-        maps exactly. The logits stay the text's (they are what the training loss reads)."""
-        if reference is None:
-            return one
-        fused = fuse_stage_maps(one.stage_maps, reference.maps, reference.weights, self.config.map.reference_fusion)
-        present = reference.weights > 0
-        if not bool(present.all()):
-            fused = torch.where(present[:, None, None, None], fused, one.stage_maps)
+    def _self_reference_maps(self, vision: VisionFeatures) -> torch.Tensor | None:
+        """Every image's self-reference maps B x K x S x S (`siad.references.self_reference_maps`, without
+        gradient); None when the self-reference is off (config.map.self_reference_weight = 0)."""
+        if self.config.map.self_reference_weight == 0.0:
+            return None
+        with torch.no_grad():
+            distances = self_reference_distances([t.detach() for t in vision.stage_tokens], vision.grids,
+                                                 self.config.map.self_reference_radius)
+            return self_reference_maps(distances, self.config.vision.image_size).to(self.device)
+
+    def _reference_for(self, vision: VisionFeatures, features: list[torch.Tensor], bank: ReferenceBank | None,
+                       self_maps: torch.Tensor | None, *, index: torch.Tensor | None = None,
+                       chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, float] | None:
+        """The reference maps of the images that share `bank` (all of the batch, or those of `index`) and
+        their fusion weight:
+        - a bank: R_k of the bank (`siad.references.reference_maps`; from the stage tokens for "trunk"
+          banks, the adapted features K x (B x N x D) for "visual" ones), weight config.map.few_shot_weight;
+          with self-reference maps, the mean of R_k and those;
+        - no bank: the self-reference maps, weight config.map.self_reference_weight (None when they are None).
+        chunk_elements: of the bank search (`siad.references.nearest_distances`; None: unchunked)."""
+        if index is not None and self_maps is not None:
+            self_maps = self_maps[index]
+        if bank is None:
+            return None if self_maps is None else (self_maps, self.config.map.self_reference_weight)
+        tokens = vision.stage_tokens if bank.features == "trunk" else features
+        if index is not None:
+            tokens = [t[index] for t in tokens]
+        distances = reference_distances(tokens, vision.grids, bank, chunk_elements=chunk_elements)
+        found = reference_maps(distances, bank.normal_scale, self.config.vision.image_size).to(self.device)
+        return (found if self_maps is None else 0.5 * (found + self_maps)), self.config.map.few_shot_weight
+
+    def _fuse(self, one: _Pass, maps: torch.Tensor, weight: float | torch.Tensor) -> _Pass:
+        """The pass with its stage maps fused with reference maps B x K x S x S
+        (`siad.references.fuse_stage_maps`, one weight, or one per image) and its final map recombined; an
+        image of weight 0 keeps its maps exactly. The logits stay the text's (what the training loss reads)."""
+        fused = fuse_stage_maps(one.stage_maps, maps, weight, self.config.map.reference_fusion)
         return _Pass(logits=one.logits, stage_maps=fused, anomaly_map=self.map_head.combine(fused))
+
+    def _fuse_references(self, one: _Pass, reference: _ReferenceMaps | None) -> _Pass:
+        """`_fuse` with a batch's reference maps and per-image weights (the pass itself without any)."""
+        return one if reference is None else self._fuse(one, reference.maps, reference.weights)
+
+    def map_and_score(self, images: torch.Tensor, text: torch.Tensor,
+                      bank: ReferenceBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1 of one class, map and score only, for a batch: what `detect(chat=False)` computes before
+        the maps go back to the images' sizes, written for export (`siad.export`: no Python branch on
+        the data, an unchunked bank search, every size but the batch's fixed by the config).
+
+        images: B x S x S x 3 (or B x 3 x S x S) uint8, or normalised float B x 3 x S x S; text: the
+        class's text features 1 x K x 2 x D (`class_text_features([name])`); bank: the class's
+        few-shot bank (None: zero-shot). Returns the maps B x S x S (smoothed as for the score,
+        config.map.score_smoothing_sigma) and the scores B (`AnomalyMapHead.peak`: not checked for
+        non-finite values; `detect` checks them)."""
+        vision = self.encode_images(self._pixels(images), embedding=False)
+        features = self.visual_features(vision)
+        first = self.anomaly_maps(features, text.expand(vision.batch_size, -1, -1, -1), vision.grids)
+        reference = self._reference_for(vision, features, bank, self._self_reference_maps(vision), chunk_elements=None)
+        if reference is not None:
+            first = self._fuse(first, *reference)
+        maps = self.map_head.smooth(first.anomaly_map, self.config.map.score_smoothing_sigma)
+        return maps, self.map_head.peak(maps)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], teacher_maps: float = 0.0) -> SIADOutput:
@@ -718,7 +737,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
         versions = parameter_version(self) if chat else ()
         keys = [self._pass_key(pixels[b], names[b], descs[b], self_improve, versions, banks[b])
                 for b in range(len(names))] if chat else []
-        vision = self.encode_images(pixels)
+        vision = self.encode_images(pixels, embedding=chat)
         run = self._passes(vision, names, descs, chat, self_improve, banks)
         first, second = run.first, run.final
         maps1, scores1 = self._scores(first.anomaly_map, sigma)
@@ -804,7 +823,7 @@ class SIADModel(nn.Module, PyTorchModelHubMixin, library_name="siad-llm",
     def _follow_up_inputs(self, image: ImageInput, class_name: Any, history: Any, message: Any,
                           description: Any, self_improve: bool, references: References = None) -> LLMInputs:
         """Check the arguments and limits, get the image's passes (cached), build the prompt."""
-        name = _check_class_name(class_name)
+        name = check_class_name(class_name)
         desc, what = _prompt_description(_check_description(description), name)
         question = _check_message(message)
         limits = self._text_limits()
@@ -937,41 +956,6 @@ def teacher_stage_maps(masks: torch.Tensor, num_stages: int) -> torch.Tensor:
     soft = soft / soft.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6) * uniform(0.55, 1.0)  # thin ones too
     maps = torch.maximum(background, soft).expand(batch, num_stages, height, width)
     return (maps + 0.03 * torch.randn_like(maps)).clamp(0.0, 1.0)
-
-
-def detection_inputs(images: Any, class_names: Any, descriptions: Any = None
-                     ) -> tuple[list, list[str], list[str]]:
-    """The arguments of `detect` as three lists of one entry per image.
-
-    One image may be given alone; a single class name or description given as a plain string applies
-    to every image; lists must have one entry per image. Class names are checked and their whitespace
-    normalised; a missing or blank description is returned as "".
-    """
-    items = list(images) if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise ValueError("images is empty")
-    names = _per_image(class_names, len(items), "class_names")
-    descs = _per_image("" if descriptions is None else descriptions, len(items), "descriptions")
-    for desc in descs:
-        if desc is not None and not isinstance(desc, str):
-            raise ValueError(f"a description must be a string, got {type(desc).__name__}")
-    return items, [_check_class_name(n) for n in names], [(d or "").strip() for d in descs]
-
-
-def _per_image(value: Any, count: int, name: str) -> list:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        return [value] * count
-    if len(value) != count:
-        entries = "1 entry" if len(value) == 1 else f"{len(value)} entries"
-        raise ValueError(f"{name} has {entries} for {count} images; give one per image "
-                         "(or a single string for all)")
-    return list(value)
-
-
-def _check_class_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"the class name must be a non-empty string, got {name!r}")
-    return " ".join(name.split())
 
 
 def _check_description(description: Any) -> str | None:

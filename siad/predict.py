@@ -3,6 +3,7 @@
     python -m siad.predict --model M --class NAME PATHS_OR_DIRS... --out DIR [--no-chat] [--batch-size 8]
         [--references NORMAL_PATHS_OR_DIRS...] [--workers 2] [--resume]
     torchrun --nproc_per_node N -m siad.predict ... --device cuda      (N processes, see below)
+    python -m siad.predict --onnx FILE.onnx PATHS_OR_DIRS... --out DIR [--workers 2] [--resume]   (no torch)
 
 For each image: `<out>/<stem>_overlay.png`, the anomaly map in jet (alpha 0.5) over the image (names
 are made unique when stems repeat, in the order of the inputs: `<stem>-2_overlay.png`, ...), and a row
@@ -22,6 +23,12 @@ reference is predicted, with a warning (its score says little). The zero-shot ba
 path that does not exist) gets a row with only path and error, and the run goes on. Folders are
 searched recursively for image files (png, jpg, jpeg, bmp, tif, tiff); files under --out are
 skipped. An image that cannot be scored is also logged on stderr (with the rank, in a distributed run).
+
+Exported graphs (`--onnx FILE`, `siad export`; FILE.onnx with onnxruntime, or its OpenVINO IR FILE.xml): the
+same CSV and overlays from `siad.deploy.ExportedDetector`, which imports no torch: the maps and scores of
+pass 1 (answers empty, as with --no-chat) for the file's class (`--class`, if given, must be it), zero-shot
+or with the references it was exported with (mode column); one process, the images read by `--workers`
+threads. --references, --device, --dtype and launchers are refused with it.
 
 Streaming and resuming: the CSV is written batch by batch as the run goes (memory stays flat with the
 number of images; an interrupted run keeps its rows), and each finished batch's rows are kept in
@@ -208,7 +215,7 @@ def predict_paths(detector: Any, paths: Sequence[Path], class_name: str, out: Pa
             return rows
 
         report = run_shard(batches, paths, work, store, processes, config=detector.config, workers=run.workers,
-                           resume=run.resume, for_overlays=True, progress=progress, title="predict",
+                           resume=run.resume, for_overlays=True, progress=progress, title="predict", threads=run.threads,
                            each=lambda _, rows: sink.write(rows))
         check_failures(report.failure, processes)
         others = [b for b in batches if owner_of(b.index, len(batches), processes.world) != 0]
@@ -281,12 +288,18 @@ def _parser() -> argparse.ArgumentParser:
                     "predictions.csv in --out.",
         epilog="Examples:\n  python -m siad.predict --model runs/siad --class bottle photos/ extra.png --out runs/pred\n"
                "  python -m siad.predict --model runs/siad --class bottle photos/ --references good/ --out runs/pred\n"
+               "  python -m siad.predict --onnx runs/bottle.onnx photos/ --out runs/pred   (no torch: siad export)\n"
                "  torchrun --nproc_per_node 8 -m siad.predict --device cuda ...   (one process per GPU; README: launchers)\n"
                "CSV columns: " + ", ".join(COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_DIR", help="image files and/or folders (recursive)")
-    parser.add_argument("--model", required=True, help="SIAD model folder, Hub id, or a baseline (zero-shot:..., self-reference:..., patchcore:... with --references)")
-    parser.add_argument("--class", dest="class_name", required=True, help="the class name of the images")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="SIAD model folder, Hub id, or a baseline (zero-shot:..., self-reference:..., patchcore:... with --references)")
+    source.add_argument("--onnx", type=Path, metavar="FILE",
+                        help="an exported graph (siad export: FILE.onnx, or its OpenVINO IR FILE.xml), run without torch: "
+                             "maps and scores of pass 1 for its class, zero-shot or with the references it was exported with")
+    parser.add_argument("--class", dest="class_name", default=None,
+                        help="the class name of the images (required with --model; with --onnx, the file's class)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--description", default=None, help="class description for the LLM (default: the paper's "
                                                              "table, or the generic one)")
@@ -312,13 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch-size must be positive")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error("--alpha must lie in [0, 1]")
-    if not args.class_name.strip():
+    if args.class_name is not None and not args.class_name.strip():
         parser.error("--class must not be empty")
+    if args.class_name is None and args.onnx is None:
+        parser.error("--class is required with --model")
     if args.workers < 0:
         parser.error("--workers must be >= 0")
     paths, missing = collect_images(args.inputs, exclude=args.out)
     if not paths and not missing:
         parser.exit(2, f"{parser.prog}: error: no image files in {' '.join(args.inputs)}\n")
+    if args.onnx is not None:
+        return _predict_exported(parser, args, paths, missing)
     from siad.baseline import ZERO_SHOT_PREFIX, has_llm, load_detector, parse_dtype
 
     references: list[Path] = []
@@ -357,6 +374,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = bank.mode if bank is not None else "zero-shot"
     print(f"{counts.rows - counts.errors} images scored, {mode} ({counts.anomalous} anomalous at threshold "
           f"{detector.config.map.threshold}), {counts.errors} unreadable; wrote {args.out / CSV_NAME} and the overlays")
+    return 0
+
+
+def _predict_exported(parser: argparse.ArgumentParser, args: argparse.Namespace, paths: list[Path],
+                      missing: list[Path]) -> int:
+    """`--onnx FILE`: the same CSV and overlays from an exported graph (`siad.deploy.ExportedDetector`), in
+    this one process, the images read by `--workers` threads; torch is never imported."""
+    from siad.deploy import ExportedDetector
+    from siad.detection import normalise_class_name
+    from siad.runner import launched_world_size
+
+    refused = [(args.references is not None, "--references (a bank goes into the graph when it is exported: "
+                                             "siad export --references ...)"),
+               (args.device != "cpu", "--device (onnxruntime runs on the CPU here)"),
+               (args.dtype != "float32", "--dtype (the graph is float32)"),
+               (launched_world_size() > 1, "several processes (torchrun, accelerate launch): run one process")]
+    for given, what in refused:
+        if given:
+            parser.error(f"--onnx does not take {what}")
+    try:
+        detector = ExportedDetector(args.onnx)
+    except (FileNotFoundError, ValueError, ImportError, OSError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if args.class_name is not None and normalise_class_name(args.class_name) != detector.class_name:
+        parser.exit(2, f"{parser.prog}: error: {args.onnx} was exported for class {detector.class_name!r}, not "
+                       f"{normalise_class_name(args.class_name)!r}\n")
+    run = RunOptions(processes=Processes(), workers=args.workers, folder=args.out, resume=args.resume, threads=True)
+    identity = {"onnx": file_identity(str(args.onnx))}
+    try:
+        counts = predict_paths(detector, paths, detector.class_name, args.out, chat=False, self_improve=False,
+                               batch_size=args.batch_size, alpha=args.alpha, missing=missing,
+                               progress=not args.quiet, run=run, identity=identity)
+    except RunFailed as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    assert counts is not None
+    print(f"{counts.rows - counts.errors} images scored with {args.onnx}, {detector.mode} ({counts.anomalous} anomalous "
+          f"at threshold {detector.threshold}), {counts.errors} unreadable; wrote {args.out / CSV_NAME} and the overlays")
     return 0
 
 

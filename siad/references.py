@@ -81,6 +81,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from siad.config import FEW_SHOT_FEATURES, FUSION_MODES, MAX_ITEMS, MapConfig
+from siad.detection import ZERO_SHOT, normalise_class_name, shot_mode  # noqa: F401 (re-exported)
 from siad.jsonfile import parse_json, read_json, short_repr
 from siad.modules import AnomalyMapHead, tokens_to_map
 
@@ -90,7 +91,6 @@ FEATURE_KINDS: tuple[str, ...] = FEW_SHOT_FEATURES
 DEFAULT_FEATURES: str = MapConfig.few_shot_features  # measured (module docstring)
 DEFAULT_FEW_SHOT_WEIGHT: float = MapConfig.few_shot_weight  # measured (module docstring)
 DEFAULT_MAX_BANK_PATCHES: int = MapConfig.max_bank_patches  # 16 shots of 256 patches; 64 shots cut to a quarter
-ZERO_SHOT = "zero-shot"
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MiB in float32
 CORESET_PROJECTION_DIM = 128
 NORMAL_SCALE_QUANTILE = 0.99
@@ -308,13 +308,6 @@ def _sidecar_grids(meta: dict[str, Any]) -> tuple[tuple[int, int], ...]:
     return tuple(tuple(g) for g in meta["grids"])
 
 
-def shot_mode(num_shots: int) -> str:
-    """How detection with `num_shots` references is called: "zero-shot" (0) or "k-shot" (e.g. "4-shot")."""
-    if not isinstance(num_shots, int) or isinstance(num_shots, bool) or num_shots < 0:
-        raise ValueError(f"the number of shots must be an integer >= 0, got {num_shots!r}")
-    return ZERO_SHOT if num_shots == 0 else f"{num_shots}-shot"
-
-
 def draw_references(pool: Sequence[Any], shots: int, *, seed: int, class_name: str) -> list[Any]:
     """`shots` distinct items of `pool` (the normal images of a class), drawn with a generator seeded
     by (seed, CRC-32 of the class name), in pool order: the WinCLIP / AnomalyGPT few-shot protocol's
@@ -452,11 +445,6 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- fingerprint
-def normalise_class_name(name: str) -> str:
-    """A class name as SIAD compares them: surrounding and repeated whitespace removed."""
-    return " ".join(name.split())
-
-
 def _feature_modules(model: Any, features: str) -> list[tuple[str, nn.Module]]:
     """The modules that make the features of a kind (their tensors are fingerprinted)."""
     if features not in FEATURE_KINDS:
@@ -573,18 +561,22 @@ def select_features(model: Any, vision: Any, features: str) -> list[torch.Tensor
 
 # ----------------------------------------------------------------------------------------- search
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, *,
-                      chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+                      chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """Q x D queries, M x D bank rows (both L2-normalised) -> Q distances 1 - max cosine, >= 0.
 
     Runs on the bank's device in the bank's dtype; holds at most `chunk_elements` similarities at a
-    time (query rows x bank rows per block; the bank is split too when M alone exceeds the budget)."""
-    if chunk_elements < 1:
-        raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
+    time (query rows x bank rows per block; the bank is split too when M alone exceeds the budget).
+    chunk_elements=None: one block of Q x M, no loop over the data's size (what an exported graph
+    with a dynamic batch needs: `siad.export`)."""
+    if chunk_elements is not None and chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be positive or None, got {chunk_elements}")
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be Q x D and M x D")
     if bank.shape[0] == 0:
         raise ValueError("the bank is empty")
     queries = queries.to(device=bank.device, dtype=bank.dtype)
+    if chunk_elements is None:
+        return (1.0 - (queries @ bank.T).amax(dim=1)).clamp(min=0.0)
     bank_rows = min(bank.shape[0], chunk_elements)
     query_rows = max(1, chunk_elements // bank_rows)
     out = torch.empty(queries.shape[0], dtype=bank.dtype, device=bank.device)
@@ -599,10 +591,12 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, *,
 
 
 def reference_distances(stage_features: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]],
-                        bank: ReferenceBank, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> list[torch.Tensor]:
+                        bank: ReferenceBank, *, chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS
+                        ) -> list[torch.Tensor]:
     """K x (B x N_k x D_k) features of the query images (of the bank's kind, before aggregation) on
     their grids -> K float32 patch distances B x H_k x W_k (1 - max cosine to the bank), on the
-    queries' device. The search runs on the bank's device."""
+    queries' device. The search runs on the bank's device (`nearest_distances`; chunk_elements=None:
+    unchunked)."""
     if len(stage_features) != bank.num_stages or len(grids) != bank.num_stages:
         raise ValueError(f"{len(stage_features)} stages of features for a bank of {bank.num_stages} stages")
     out = []
@@ -623,8 +617,11 @@ def reference_maps(distances: Sequence[torch.Tensor], normal_scale: torch.Tensor
     per stage) or B x K (one per image and stage)."""
     stages = len(distances)
     batch = distances[0].shape[0] if stages else 0
-    if not stages or any(d.ndim != 3 or d.shape[0] != batch for d in distances) or \
-            tuple(normal_scale.shape) not in ((stages,), (batch, stages)):
+    # ndim before sizes: comparing a symbolic batch size with the number of stages would fix the batch
+    # size of an exported graph whenever the two happen to be equal
+    scale_ok = (normal_scale.ndim == 1 and normal_scale.shape[0] == stages) or (
+        normal_scale.ndim == 2 and normal_scale.shape[1] == stages and normal_scale.shape[0] == batch)
+    if not stages or any(d.ndim != 3 or d.shape[0] != batch for d in distances) or not scale_ok:
         raise ValueError(f"distances {[tuple(d.shape) for d in distances]} must be K tensors B x H_k x W_k with one "
                          f"normal scale per stage or per image and stage (got {tuple(normal_scale.shape)})")
     upsampled = torch.cat([AnomalyMapHead.upsample(d[:, None].float(), image_size) for d in distances], dim=1)
@@ -664,8 +661,15 @@ def self_reference_maps(distances: Sequence[torch.Tensor], image_size: int) -> t
     image's own median distance at that stage (so 0.5 marks a typical patch of this image and a patch
     the image repeats nowhere approaches 1; an image has no references to take a normal scale from).
     The per-image median scale was measured better than one fixed scale (issue 12 notes)."""
-    median = torch.stack([d.flatten(1).median(dim=-1).values for d in distances], dim=1).clamp(min=1e-6)
+    median = torch.stack([lower_median(d.flatten(1)) for d in distances], dim=1).clamp(min=1e-6)
     return reference_maps(distances, median, image_size)
+
+
+def lower_median(values: torch.Tensor) -> torch.Tensor:
+    """B x N -> B: each row's lower median, the ((N - 1) // 2)-th smallest value (`torch.median`'s), by
+    `topk`: ONNX has no median operator, and this way the exported graph computes what the model does."""
+    count = values.shape[-1]
+    return values.topk((count - 1) // 2 + 1, dim=-1, largest=False).values[..., -1]
 
 
 FUSION_FLOOR = 1e-4  # the geometric fusion's floor: a map value of 0 would make every fused value 0

@@ -369,13 +369,14 @@ def add_run_arguments(parser: Any, resume: str | None = None) -> None:
 class RunOptions:
     """How a tool runs its batches: `processes` (`start_processes`), DataLoader `workers` (0: images
     are loaded in this process), `folder` under which finished batches are kept on disk for resuming
-    (None: in memory), and `resume` (skip the batches kept by an interrupted run with the same
-    description)."""
+    (None: in memory), `resume` (skip the batches kept by an interrupted run with the same
+    description), and `threads` (the workers are threads, not DataLoader processes: no torch)."""
 
     processes: Processes = Processes()
     workers: int = 0
     folder: Path | None = None
     resume: bool = False
+    threads: bool = False
 
     def store(self, tool: str, description: Mapping[str, Any], encode: Callable[[Payload], dict[str, np.ndarray]],
               decode: Callable[[Mapping[str, np.ndarray]], Payload]) -> "BatchStore[Payload]":
@@ -388,8 +389,11 @@ class RunOptions:
 def file_identity(spec: str) -> Any:
     """What a run's results depend on in a model given by `spec`: for a local folder, the size and
     modification time of each file in it (a retrained model in the same folder is another model; its
-    card, README.md, is left out: `--card` rewrites it), else `spec` itself (a Hub id, zero-shot:...)."""
+    card, README.md, is left out: `--card` rewrites it); for a file (an exported graph), its size and
+    modification time; else `spec` itself (a Hub id, zero-shot:...)."""
     folder = Path(spec).expanduser()
+    if folder.is_file():
+        return [(folder.name, folder.stat().st_size, folder.stat().st_mtime_ns)]
     if not folder.is_dir():
         return spec
     return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
@@ -440,17 +444,45 @@ def _as_list(items: list[BatchItem]) -> list[BatchItem]:
     return list(items)
 
 
-def batch_loader(dataset: ImageFiles, batches: Sequence[Batch], workers: int) -> Iterator[list[BatchItem]]:
+def batch_loader(dataset: ImageFiles, batches: Sequence[Batch], workers: int,
+                 threads: bool = False) -> Iterator[list[BatchItem]]:
     """The items of `batches`, batch by batch in order, loaded by `workers` DataLoader worker processes
-    (0: in this process) that run ahead of the consumer by up to two batches each."""
-    if not batches:
+    that run ahead of the consumer by up to two batches each; threads=True: by a pool of `workers`
+    threads instead (no torch: what the ONNX runtime uses; Pillow and onnxruntime release the GIL);
+    workers=0: in this process, as the consumer asks."""
+    index_lists = [list(range(b.start, b.stop)) for b in batches]
+    if not index_lists:
         return iter(())
+    if workers == 0:
+        return ([dataset[i] for i in indices] for indices in index_lists)
+    if threads:
+        return _threaded_batches(dataset, index_lists, workers)
     from torch.utils.data import DataLoader
 
-    index_lists = [list(range(b.start, b.stop)) for b in batches]
     loader = DataLoader(dataset, batch_sampler=index_lists, collate_fn=_as_list, num_workers=workers,
-                        prefetch_factor=2 if workers > 0 else None)
+                        prefetch_factor=2)
     return iter(loader)
+
+
+def _threaded_batches(dataset: ImageFiles, index_lists: list[list[int]], workers: int) -> Iterator[list[BatchItem]]:
+    """`batch_loader` with threads: up to two batches per thread loading ahead, in order."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    ahead = 2 * workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="siad-load") as pool:
+        pending: deque = deque()
+        try:
+            for indices in index_lists:
+                pending.append([pool.submit(dataset.__getitem__, i) for i in indices])
+                if len(pending) > ahead:
+                    yield [future.result() for future in pending.popleft()]
+            while pending:
+                yield [future.result() for future in pending.popleft()]
+        finally:
+            for futures in pending:
+                for future in futures:
+                    future.cancel()
 
 
 # ------------------------------------------------------------------------------------ running
@@ -478,7 +510,7 @@ def log(processes: Processes, message: str) -> None:
 def run_shard(batches: Sequence[Batch], paths: Sequence[str | os.PathLike],
               work: Callable[[Batch, list[BatchItem]], Payload], store: BatchStore[Payload], processes: Processes,
               *, config: SIADConfig, workers: int = 0, resume: bool = False, for_overlays: bool = False,
-              progress: bool = True, title: str = "run",
+              progress: bool = True, title: str = "run", threads: bool = False,
               each: Callable[[Batch, Payload], None] | None = None) -> ShardReport:
     """Run this process's shard of `batches` (over the images `paths`): `work(batch, items)` per batch,
     its result saved in `store`. With `resume`, batches whose result the store has are skipped (and
@@ -500,7 +532,7 @@ def run_shard(batches: Sequence[Batch], paths: Sequence[str | os.PathLike],
     if done:
         log(processes, f"{title}: resuming, {len(done)} of {len(mine)} batches of this process already done")
     start = time.perf_counter()
-    loaded = batch_loader(ImageFiles(paths, config, for_overlays), todo, workers)
+    loaded = batch_loader(ImageFiles(paths, config, for_overlays), todo, workers, threads)
     current: Batch | None = None
     try:
         for batch in mine:

@@ -56,6 +56,16 @@ def test_stage_maps_declare_their_channels_strides_and_grids(backbone):
     assert other.grids == [(30, 25), (15, 13)]
 
 
+def test_stage_maps_alone_are_forwards_maps_without_the_head(backbone, monkeypatch):
+    """Map-only detection runs the block groups up to the last stage: the same maps, and the head never runs."""
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = backbone(pixels).stage_maps
+        monkeypatch.setattr(backbone, "conv_head", None)  # would fail if it ran
+        alone = backbone.stage_maps(pixels)
+    assert len(alone) == len(expected) and all(torch.equal(a, b) for a, b in zip(alone, expected))
+
+
 def test_the_backbone_is_frozen_with_batchnorm_in_eval_mode(backbone):
     assert not any(p.requires_grad for p in backbone.parameters())
     backbone.train()

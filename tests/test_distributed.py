@@ -117,6 +117,24 @@ def test_plan_batches_never_cross_a_class():
         runner.plan_batches([("a", 1)], 0)
 
 
+class _Items:
+    """A dataset whose items are their indices, slow enough for threads to overlap."""
+
+    def __getitem__(self, index: int) -> int:
+        time.sleep(0.002 * (index % 3))
+        return index
+
+
+@pytest.mark.parametrize("workers, threads", [(0, False), (0, True), (3, True)])
+def test_batch_loader_gives_the_batches_in_order_in_this_process_or_threads(workers, threads):
+    """Without DataLoader processes (workers=0, or threads for the torch-free ONNX path) the batches come
+    in order, each item once."""
+    batches = runner.plan_batches([("a", 7), ("b", 5)], 3)
+    loaded = list(runner.batch_loader(_Items(), batches, workers, threads))
+    assert loaded == [list(range(b.start, b.stop)) for b in batches]
+    assert list(runner.batch_loader(_Items(), [], workers, threads)) == []
+
+
 def test_disk_store_writes_atomically_and_reads_back(tmp_path):
     store = runner.DiskStore(tmp_path / "run", lambda value: {"v": np.asarray(value)}, lambda arrays: arrays["v"])
     store.save(3, [1.5, 2.5])

@@ -75,9 +75,9 @@ def test_a_bank_fuses_both_passes_with_the_reference_maps_computed_once(model, b
         fusions.append((text, reference, weight, out))
         return out
 
-    def spy_search(features, grids, bank_):
+    def spy_search(features, grids, bank_, **options):
         searches.append(bank_)
-        return search(features, grids, bank_)
+        return search(features, grids, bank_, **options)
 
     def spy_tokens(stage_maps):
         pem_inputs.append(stage_maps)

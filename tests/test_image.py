@@ -121,6 +121,38 @@ def test_normalize_and_map_back():
     assert cropped.shape == (300, 500) and cropped[:, :50].max() == 0
 
 
+@pytest.mark.parametrize("size", [(480, 640), (100, 37), (224, 224), (1, 1), (3000, 11), (50, 2048)])
+def test_map_to_original_is_torchs_bilinear_interpolation(size):
+    """The numpy resize (what the ONNX runtime shares with the model) equals torch's bilinear
+    interpolation, align_corners=False, to float32 rounding, up and down, in both modes."""
+    import torch.nn.functional as F
+
+    heat = torch.rand(224, 224, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(heat[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert np.abs(map_to_original(heat, size) - expected).max() < 1e-5
+    assert np.array_equal(map_to_original(heat, size), map_to_original(heat.numpy(), size))  # tensor or array
+    side = min(size)
+    square = F.interpolate(heat[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
+    cropped = map_to_original(heat, size, "center_crop")
+    top, left = (size[0] - side) // 2, (size[1] - side) // 2
+    assert np.abs(cropped[top:top + side, left:left + side] - square).max() < 1e-5
+    with pytest.raises(ValueError, match="resize mode"):
+        map_to_original(heat, size, "stretch")
+
+
+def test_loading_and_resizing_import_no_torch():
+    """siad.image loads, resizes and maps back with numpy and Pillow alone (the ONNX runtime's path)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; import siad.image as i; "
+            "p = i.prepare_image(np.zeros((30, 40, 3), np.uint8), __import__('siad.config').config.SIADConfig.mini()); "
+            "m = i.map_to_original(np.zeros((224, 224), np.float32), (30, 40)); "
+            "assert p.pixels.shape == (224, 224, 3) and m.shape == (30, 40); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_the_callers_image_is_not_changed():
     image = Image.new("RGB", (3000, 100), (10, 20, 30))
     load_rgb(image, max_side=512)

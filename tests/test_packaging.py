@@ -23,15 +23,17 @@ def test_core_dependencies_are_lower_bounds_without_the_app_or_plots():
     core = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
     for name in ("torch", "transformers", "peft", "huggingface_hub", "safetensors", "accelerate", "timm", "jinja2"):
         assert name in core, name
-    assert not {"gradio", "matplotlib", "tensorboard", "pytest", "pyyaml"} & set(core)
+    assert not {"gradio", "matplotlib", "tensorboard", "pytest", "pyyaml", "onnx", "onnxscript", "onnxruntime",
+                "openvino"} & set(core)
     for requirement in core.values():
         assert all(spec.operator in (">=", "<") for spec in requirement.specifier), requirement  # no exact pins
     extras = {k: {Requirement(r).name for r in v} for k, v in project["optional-dependencies"].items()}
     assert {"gradio", "matplotlib"} <= extras["app"] and extras["plots"] == {"matplotlib"}
     assert {"tensorboard", "pyyaml", "scikit-image"} <= extras["train"]
+    assert {"onnx", "onnxscript", "onnxruntime"} <= extras["export"] and extras["openvino"] == {"openvino"}
     test = [Requirement(r) for r in project["optional-dependencies"]["test"]]
     assert {"pytest", "scikit-learn", "psutil", "playwright"} <= {r.name for r in test}
-    assert any(r.name == "siad-llm" and {"app", "plots", "train"} <= r.extras for r in test)
+    assert any(r.name == "siad-llm" and {"app", "plots", "train", "export", "openvino"} <= r.extras for r in test)
     assert project["scripts"] == {"siad": "siad.cli:main"}
 
 

@@ -22,11 +22,17 @@ class VisionFeatures:
 
     stage_maps: K tensors B x C_k x H_k x W_k, the feature maps of the stages (C_k the stage's channels,
         H_k x W_k its grid: the image size divided by the stage's stride, rounded up).
-    image_embedding: B x E, the L2-normalised global image embedding.
+    image_embedding: B x E, the L2-normalised global image embedding; None when only the maps were
+        computed (`VisionBackbone.stage_maps`: map-only detection needs no embedding).
     """
 
     stage_maps: list[torch.Tensor]
-    image_embedding: torch.Tensor
+    image_embedding: torch.Tensor | None
+
+    @property
+    def batch_size(self) -> int:
+        """B (a symbolic size while the map path is exported: never turned into a Python int here)."""
+        return self.stage_maps[0].shape[0]
 
     @property
     def stage_tokens(self) -> list[torch.Tensor]:
@@ -44,7 +50,7 @@ class VisionBackbone(nn.Module):
 
     A subclass sets, in its constructor, `stage_channels` (C_k of each configured stage), `stage_strides`
     (the input pixels per grid cell of each stage) and `embedding_dim` (E), and implements `forward`:
-    B x 3 x S x S normalised pixels -> `VisionFeatures`.
+    B x 3 x S x S normalised pixels -> `VisionFeatures`; `stage_maps` gives the maps alone.
     """
 
     stage_channels: tuple[int, ...]
@@ -57,3 +63,8 @@ class VisionBackbone(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> VisionFeatures:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def stage_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Only the stage feature maps (what the anomaly maps need), the same tensors as `forward`'s; a
+        backbone that can stop early (skip its head) overrides this."""
+        return self.forward(pixels).stage_maps

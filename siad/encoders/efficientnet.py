@@ -175,7 +175,8 @@ class EfficientNetLite(VisionBackbone):
         """Frozen: BatchNorm always uses its ImageNet statistics, whatever the mode asked for."""
         return super().train(False)
 
-    def _run(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _run(self, pixels: torch.Tensor, head: bool = True) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The stage maps and the pooled head features; head=False stops after the last stage (None)."""
         wanted = set(self.stages)
         x = self.bn1(self.conv_stem(pixels))
         maps = []
@@ -183,17 +184,25 @@ class EfficientNetLite(VisionBackbone):
             x = group(x)
             if index in wanted:
                 maps.append(x)
-        head = self.bn2(self.conv_head(x))
-        return maps, head.mean(dim=(2, 3))
+            if not head and index == self.stages[-1]:
+                return maps, None
+        return maps, self.bn2(self.conv_head(x)).mean(dim=(2, 3))
 
     def pooled_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """B x 1280: the head's features averaged over the grid, before normalisation (what the
         ImageNet classifier of the weights reads)."""
-        return self._run(pixels)[1]
+        pooled = self._run(pixels)[1]
+        assert pooled is not None
+        return pooled
 
     def forward(self, pixels: torch.Tensor) -> VisionFeatures:
         maps, pooled = self._run(pixels)
+        assert pooled is not None
         return VisionFeatures(stage_maps=maps, image_embedding=F.normalize(pooled, dim=-1))
+
+    def stage_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The stage maps alone: the block groups after the last stage and the head are not run."""
+        return self._run(pixels, head=False)[0]
 
 
 def check_state_shapes(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

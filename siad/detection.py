@@ -1,0 +1,99 @@
+"""What a detection takes and gives back, without torch: shared by `SIADModel.detect`, the baselines
+(`siad.baseline`) and the ONNX runtime (`siad.deploy`), which must import no torch.
+
+- `DetectionResult`: one image's maps, scores, answers, verdict and mode.
+- `detection_inputs`: the arguments of `detect` as one entry per image (class names checked).
+- `normalise_class_name`, `check_class_name`: class names as SIAD compares them.
+- `ZERO_SHOT`, `shot_mode`: what detection with k few-shot references is called.
+- `check_finite_maps`: a non-finite map is an error, never a score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ZERO_SHOT = "zero-shot"
+NON_FINITE_MAP = ("the model produced a non-finite anomaly map (NaN or infinity): its weights are corrupt (e.g. a "
+                  "training run that diverged); no score can be given")
+
+
+@dataclass
+class DetectionResult:
+    """The result of `SIADModel.detect` (or `siad.deploy.OnnxDetector.detect`) for one image.
+
+    anomaly_map: H x W float32 in [0, 1] at the original image's size (the refined map M' when
+        self-improvement ran, else M); beyond `config.map.max_map_pixels` pixels (4.2 MP by default) at
+        the largest smaller size of the same aspect ratio (`siad.image.map_size`), so that a huge
+        image does not give huge maps; score: its image score in [0, 1]; answer: the refined
+        response R' (None when chat=False); initial_*: pass 1 (M, S, R); is_anomalous: score >= the
+        model's threshold; mode: "zero-shot", or "k-shot" (e.g. "4-shot") when the maps were fused
+        with a bank of k normal references of the class (`references=` of `detect`).
+    """
+
+    anomaly_map: np.ndarray
+    score: float
+    answer: str | None
+    initial_map: np.ndarray
+    initial_score: float
+    initial_answer: str | None
+    is_anomalous: bool
+    class_name: str
+    mode: str = ZERO_SHOT
+
+
+def shot_mode(num_shots: int) -> str:
+    """How detection with `num_shots` references is called: "zero-shot" (0) or "k-shot" (e.g. "4-shot")."""
+    if not isinstance(num_shots, int) or isinstance(num_shots, bool) or num_shots < 0:
+        raise ValueError(f"the number of shots must be an integer >= 0, got {num_shots!r}")
+    return ZERO_SHOT if num_shots == 0 else f"{num_shots}-shot"
+
+
+def normalise_class_name(name: str) -> str:
+    """A class name as SIAD compares them: surrounding and repeated whitespace removed."""
+    return " ".join(name.split())
+
+
+def check_class_name(name: Any) -> str:
+    """A class name argument: a non-empty string, returned whitespace-normalised (ValueError otherwise)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"the class name must be a non-empty string, got {name!r}")
+    return normalise_class_name(name)
+
+
+def detection_inputs(images: Any, class_names: Any, descriptions: Any = None
+                     ) -> tuple[list, list[str], list[str]]:
+    """The arguments of `detect` as three lists of one entry per image.
+
+    One image may be given alone; a single class name or description given as a plain string applies
+    to every image; lists must have one entry per image. Class names are checked and their whitespace
+    normalised; a missing or blank description is returned as "".
+    """
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("images is empty")
+    names = _per_image(class_names, len(items), "class_names")
+    descs = _per_image("" if descriptions is None else descriptions, len(items), "descriptions")
+    for desc in descs:
+        if desc is not None and not isinstance(desc, str):
+            raise ValueError(f"a description must be a string, got {type(desc).__name__}")
+    return items, [check_class_name(n) for n in names], [(d or "").strip() for d in descs]
+
+
+def _per_image(value: Any, count: int, name: str) -> list:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        return [value] * count
+    if len(value) != count:
+        entries = "1 entry" if len(value) == 1 else f"{len(value)} entries"
+        raise ValueError(f"{name} has {entries} for {count} images; give one per image "
+                         "(or a single string for all)")
+    return list(value)
+
+
+def check_finite_maps(maps: np.ndarray) -> None:
+    """Raise `FloatingPointError` when maps hold NaN or infinity: such a score must never be read as
+    "normal" (NaN >= threshold is False)."""
+    if not np.isfinite(maps).all():
+        raise FloatingPointError(NON_FINITE_MAP)
