@@ -301,8 +301,10 @@ def run_folder(out: Path, tool: str, description: Mapping[str, Any]) -> Path:
 
 def device_problem(text: str) -> str | None:
     """Why `text` cannot be this process's torch device (not a device name, or an accelerator this
-    machine does not have), or None when it can."""
-    import torch
+    machine does not have), or None when it can. "cpu" needs no torch (siad predict --onnx runs without it)."""
+    if text.strip() == "cpu":
+        return None
+    import torch  # deferred: the device names are torch's, and the ONNX runtime path never imports torch
 
     try:
         device = torch.device(text)
