@@ -298,7 +298,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
         examples = [[str(EXAMPLES_DIR / f), c] for f, c in EXAMPLES if (EXAMPLES_DIR / f).is_file()]
         if examples:
             gr.Examples(examples=examples, inputs=[image, class_name], cache_examples=False,
-                        label="SIAD-Synth examples (classes never seen in training)")
+                        label="Examples: SIAD-Synth classes and a real photograph, none seen in training")
         class_name.change(fill_description, inputs=class_name, outputs=description, api_name=False)
         class_name.change(references_for_class, inputs=[class_name, references, state], outputs=references,
                           api_name=False)
