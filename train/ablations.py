@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """The ablations of the paper's Table 3 for the mini model, on SIAD-Synth, with one command.
 
-    python train/ablations.py [--steps 300] [--seeds 0 1 2] [--out runs/ablations] [--variants full wo_si ...]
+    python train/ablations.py [--config train/configs/mini.yaml] [--steps 300] [--seeds 0 1 2] [--out runs/ablations]
+        [--variants full wo_si ...]
 
-Each variant trains `train/configs/mini.yaml` for the same number of steps with one switch changed,
+Each variant trains the recipe of `--config` (default `train/configs/mini.yaml`) for the same number of steps with one switch changed,
 once per seed (the seed of the weights, the data order and the pseudo-anomalies: train.seed and
 data.seed), then `python -m siad.evaluate` (the paper's protocol) measures each run on SIAD-Synth's
 unseen test classes (data/siad_synth/test). The table (mean over the seeds, with the spread as
@@ -37,8 +38,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def run_variant(name: str, steps: int, out: Path, test_root: Path, seed: int = 0) -> dict:
-    """Train (or resume) one variant with one seed and evaluate it; returns its report."""
+DEFAULT_CONFIG = REPO_ROOT / "train" / "configs" / "mini.yaml"
+
+
+def run_variant(name: str, steps: int, out: Path, test_root: Path, seed: int = 0,
+                config: Path = DEFAULT_CONFIG) -> dict:
+    """Train (or resume) one variant of the recipe `config` with one seed and evaluate it; returns its report."""
     import importlib.util
 
     from siad import evaluate
@@ -53,7 +58,7 @@ def run_variant(name: str, steps: int, out: Path, test_root: Path, seed: int = 0
                      f"train.lm_teacher_maps_steps={max(1, 2 * steps // 3)}",  # the curriculum ends within the run
                      f"train.seed={seed}", f"data.seed={seed}", f"output.dir={run_dir}", "output.log_with=null",
                      *VARIANTS[name][1]]
-        code = train_script.main(["--config", str(REPO_ROOT / "train" / "configs" / "mini.yaml"), *overrides,
+        code = train_script.main(["--config", str(config), *overrides,
                                   "--resume"])
         if code:
             raise SystemExit(f"training {name} failed ({code})")
@@ -69,6 +74,8 @@ def run_variant(name: str, steps: int, out: Path, test_root: Path, seed: int = 0
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="training steps of every variant")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="the recipe the variants change (default train/configs/mini.yaml; v2's: mini_v2.yaml)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "ablations")
     parser.add_argument("--test-root", type=Path, default=REPO_ROOT / "data" / "siad_synth" / "test")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         reports = []
         for seed in args.seeds:
-            reports.append(run_variant(name, args.steps, args.out, args.test_root, seed))
+            reports.append(run_variant(name, args.steps, args.out, args.test_root, seed, args.config))
             print(f"{name} seed {seed}: done", flush=True)
         rows.append((name, reports))
     table = summarise(rows, args.steps)
