@@ -6,14 +6,20 @@
 - `normalise_class_name`, `check_class_name`: class names as SIAD compares them.
 - `ZERO_SHOT`, `shot_mode`: what detection with k few-shot references is called.
 - `check_finite_maps`: a non-finite map is an error, never a score.
+- `Detector`: what evaluation, calibration, prediction and the app run; `SIADModel` and every baseline
+  (`siad.baseline`) implement it in full.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: this module imports no torch
+    from siad.config import SIADConfig
+    from siad.references import ReferenceBank
 
 ZERO_SHOT = "zero-shot"
 NON_FINITE_MAP = ("the model produced a non-finite anomaly map (NaN or infinity): its weights are corrupt (e.g. a "
@@ -97,3 +103,34 @@ def check_finite_maps(maps: np.ndarray) -> None:
     "normal" (NaN >= threshold is False)."""
     if not np.isfinite(maps).all():
         raise FloatingPointError(NON_FINITE_MAP)
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """A detector, as evaluation, calibration, prediction and the app use it. `SIADModel` and every
+    baseline (`siad.baseline`) implement all of it.
+
+    config: the SIADConfig that describes its input, maps and verdict (image size, normalisation,
+        resize mode, threshold, smoothing); name: what reports call it;
+    can_answer: whether it answers in words (an LLM runs, so self-improvement's pass 2 exists);
+    takes_references: whether it takes few-shot references (`build_references` then makes a bank;
+        without, `build_references` raises a ValueError saying so);
+    detect: one `DetectionResult` per image (maps, scores, answers or None, verdict, mode);
+    build_references: the bank of k normal images of a class, for `detect(..., references=bank)`.
+    """
+
+    config: "SIADConfig"
+    name: str
+
+    @property
+    def can_answer(self) -> bool: ...
+
+    @property
+    def takes_references(self) -> bool: ...
+
+    def detect(self, images: Any, class_names: Any, descriptions: Any = None, chat: bool = True,
+               self_improve: bool = True, batch_size: int = 8, progress: bool = False,
+               score_smoothing_sigma: float | None = None, references: Any = None) -> list[DetectionResult]: ...
+
+    def build_references(self, images: Sequence[Any], class_name: str, *, seed: int = 0,
+                         batch_size: int = 8) -> "ReferenceBank": ...
