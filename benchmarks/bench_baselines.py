@@ -82,6 +82,10 @@ class AnomalibPatchCore(_MapDetector):
         self._bank_key: Any = None
 
     @property
+    def takes_references(self) -> bool:
+        return True
+
+    @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 

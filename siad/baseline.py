@@ -30,23 +30,29 @@ Model specs (`load_detector(spec)`, the `--model` option of the command lines):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+from accelerate import init_empty_weights
 
 from siad.config import VISION_CONFIGS, MapConfig, SIADConfig
-from siad.detection import DetectionResult, detection_inputs
+from siad.detection import (ZERO_SHOT, DetectionResult, Detector, batch_results,  # noqa: F401 (Detector re-exported)
+                            detect_arguments, detect_in_batches)
 from siad.encoders import VisionBackbone, build_vision_backbone
 from siad.encoders.imagebind import ImageBindVision, load_official_checkpoint
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
-from siad.image import ImageInput, encoder_inputs, map_to_original, normalize
+from siad.hub import read_folder_config, resolve_model_folder
+from siad.image import ImageInput, encoder_inputs, normalize
 from siad.jsonfile import short_repr
+from siad.model import SIADModel
+from siad.model_folder import CONFIG_NAME, WEIGHTS_NAME, renamed_weight_keys
 from siad.modules import AnomalyMapHead, PromptEnsemble
-from siad.references import (ZERO_SHOT, ReferenceBank, bank_from_features, check_bank, model_fingerprint,
-                             normalise_class_name, reference_distances, reference_maps, self_reference_distances,
-                             self_reference_maps)
+from siad.references import (ReferenceBank, banks_for_images, build_reference_bank, model_fingerprint,
+                             reference_distances, reference_maps, self_reference_distances, self_reference_maps)
+from siad.weights import check_loaded_finite, load_safetensors, safetensors_shapes
 
 ZERO_SHOT_PREFIX = "zero-shot:"
 SELF_REFERENCE_PREFIX = "self-reference:"
@@ -55,21 +61,10 @@ ZERO_SHOT_LOGIT_SCALE = 100.0  # CLIP's: softmax(100 * cos)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@runtime_checkable
-class Detector(Protocol):
-    """What evaluation, calibration and prediction need: a SIADModel or a baseline."""
-
-    config: SIADConfig
-
-    def detect(self, images: Any, class_names: Any, descriptions: Any = None, chat: bool = True,
-               self_improve: bool = True, batch_size: int = 8, progress: bool = False,
-               score_smoothing_sigma: float | None = None, references: Any = None) -> list[DetectionResult]:
-        ...
-
-
-def has_llm(detector: Any) -> bool:
-    """Whether the detector can answer in words (and so run the self-improvement pass)."""
-    return not isinstance(detector, (ZeroShotBaseline, BackboneBaseline))
+def has_llm(detector: Detector) -> bool:
+    """Whether the detector answers in words: `detector.can_answer`. Kept only for engineer A's
+    siad.evaluate (issue 18) until the merge; new code reads `detector.can_answer`."""
+    return detector.can_answer
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -80,11 +75,23 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 class _MapDetector(nn.Module):
-    """What the baselines share: `detect` in batches, maps and scores as `SIADModel.detect` gives them.
-    A subclass implements `anomaly_maps(pixels, class_names, banks)` -> B x S x S maps."""
+    """What the baselines share: the `siad.detection.Detector` protocol with `detect` on the detect loop
+    of every detector (`siad.detection.detect_in_batches`), maps and scores as `SIADModel.detect` gives
+    them, no answers. A subclass implements `anomaly_maps(pixels, class_names, banks)` -> B x S x S maps;
+    one that takes references overrides `takes_references`, `build_references` and `reference_banks`."""
 
     config: SIADConfig
     name: str
+    method: str  # what the messages call the baseline: "zero-shot", "self-reference", "patchcore"
+
+    @property
+    def can_answer(self) -> bool:
+        """No LLM runs: no answers and no self-improvement pass."""
+        return False
+
+    @property
+    def takes_references(self) -> bool:
+        return False
 
     @property
     def device(self) -> torch.device:
@@ -98,10 +105,20 @@ class _MapDetector(nn.Module):
                      banks: Sequence[ReferenceBank | None]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def build_references(self, images: Sequence[ImageInput], class_name: str, *, seed: int = 0,
+                         batch_size: int = 8) -> ReferenceBank:
+        """A detector that takes no references: a ValueError saying so."""
+        raise self._no_references()
+
     def reference_banks(self, references: Any, class_names: Sequence[str]) -> list[ReferenceBank | None]:
+        """One bank per image; a detector that takes no references: None only."""
         if references is None:
             return [None] * len(class_names)
-        raise ValueError(f"{self.name} takes no references")
+        raise self._no_references()
+
+    def _no_references(self) -> ValueError:
+        return ValueError(f"the {self.method} baseline ({self.name}) takes no references "
+                          "(a SIAD model or patchcore:... does)")
 
     def prepare_images(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         resized, sizes = encoder_inputs(images, self.config)
@@ -115,21 +132,11 @@ class _MapDetector(nn.Module):
                references: Any = None) -> list[DetectionResult]:
         """Like `SIADModel.detect`: one `DetectionResult` per image; answers are None and pass 2 is
         pass 1 (no LLM). `descriptions`, `chat` and `self_improve` are accepted and ignored."""
-        if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
-            raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
-        items, names, _ = detection_inputs(images, class_names, descriptions)
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
+        items, names, _ = detect_arguments(images, class_names, descriptions, batch_size=batch_size,
+                                           score_smoothing_sigma=score_smoothing_sigma)
         banks = self.reference_banks(references, names)
-        starts: Any = range(0, len(items), batch_size)
-        if progress and len(items) > batch_size:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="detect", unit="batch")
-        results: list[DetectionResult] = []
-        for start in starts:
-            chunk = slice(start, start + batch_size)
-            results.extend(self._detect_batch(items[chunk], names[chunk], banks[chunk], score_smoothing_sigma))
-        return results
+        return detect_in_batches(len(items), batch_size, lambda chunk: self._detect_batch(
+            items[chunk], names[chunk], banks[chunk], score_smoothing_sigma), progress=progress)
 
     def _detect_batch(self, images: list, names: list[str], banks: Sequence[ReferenceBank | None],
                       sigma: float | None = None) -> list[DetectionResult]:
@@ -137,17 +144,8 @@ class _MapDetector(nn.Module):
         pixels, sizes = self.prepare_images(images)
         maps = AnomalyMapHead.smooth(self.anomaly_maps(pixels, names, banks),
                                      config.map.score_smoothing_sigma if sigma is None else sigma)
-        scores = AnomalyMapHead.score(maps)
-        results = []
-        for b, size in enumerate(sizes):
-            full = map_to_original(maps[b], size, config.vision.resize_mode, config.map.max_map_pixels)
-            score = float(scores[b])
-            mode = ZERO_SHOT if banks[b] is None else banks[b].mode
-            results.append(DetectionResult(anomaly_map=full, score=score, answer=None, initial_map=full,
-                                           initial_score=score, initial_answer=None,
-                                           is_anomalous=score >= config.map.threshold, class_name=names[b],
-                                           mode=mode))
-        return results
+        modes = [ZERO_SHOT if bank is None else bank.mode for bank in banks]
+        return batch_results(config, sizes, names, modes, maps, AnomalyMapHead.score(maps))
 
 
 class ZeroShotBaseline(_MapDetector):
@@ -157,6 +155,8 @@ class ZeroShotBaseline(_MapDetector):
     describes them (its image size, normalisation, resize mode and stages are used; its threshold and
     smoothing sigma apply to the scores, as for SIADModel); name: what the reports call it.
     """
+
+    method = "zero-shot"
 
     def __init__(self, vision: ImageBindVision, text: ImageBindTextEncoder, config: SIADConfig,
                  name: str = "zero-shot") -> None:
@@ -272,47 +272,28 @@ class BackboneBaseline(_MapDetector):
     def encode_images(self, pixels: torch.Tensor) -> Any:
         return self.vision_encoder(pixels)
 
-    @torch.no_grad()
+    @property
+    def takes_references(self) -> bool:
+        """patchcore: True (it compares images with references); self-reference: False."""
+        return self.method == "patchcore"
+
     def build_references(self, images: Sequence[ImageInput], class_name: str, *, seed: int = 0,
                          batch_size: int = 8) -> ReferenceBank:
-        """The bank of k normal images of one class (the backbone's stage features, as
-        `SIADModel.build_references` with "trunk" features)."""
-        if not isinstance(class_name, str) or not class_name.strip():
-            raise ValueError(f"the class name must be a non-empty string, got {class_name!r}")
-        items = list(images)
-        if not items:
-            raise ValueError("no reference images")
-        parts, grids = [], []
-        for start in range(0, len(items), batch_size):
-            pixels, _ = self.prepare_images(items[start:start + batch_size])
-            vision = self.vision_encoder(pixels)
-            parts.append(vision.stage_tokens)
-            grids = vision.grids
-        features = [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
-        return bank_from_features(features, grids, class_name=class_name, features="trunk",
-                                  stage_blocks=self.config.vision.stages,
-                                  fingerprint=model_fingerprint(self, "trunk"),
-                                  max_bank_patches=self.config.map.max_bank_patches, seed=seed)
+        """patchcore: the bank of k normal images of one class (the backbone's stage features: the bank
+        `SIADModel.build_references` makes with "trunk" features); self-reference: a ValueError."""
+        if not self.takes_references:
+            return super().build_references(images, class_name, seed=seed, batch_size=batch_size)
+        return build_reference_bank(self, images, class_name, features="trunk",
+                                    max_bank_patches=self.config.map.max_bank_patches, seed=seed,
+                                    batch_size=batch_size)
 
     def reference_banks(self, references: Any, class_names: Sequence[str]) -> list[ReferenceBank | None]:
-        """One bank per image: None (zero-shot), one bank for all, or a dict {class name: bank}."""
-        if self.method == "self-reference" or references is None:
+        """patchcore: one bank per image, from `references` as `SIADModel.detect` takes them
+        (`siad.references.banks_for_images`); self-reference: None only."""
+        if not self.takes_references:
             return super().reference_banks(references, class_names)
-        if isinstance(references, ReferenceBank):
-            table = {normalise_class_name(n): references for n in class_names}
-        elif isinstance(references, dict):
-            table = {normalise_class_name(k): v for k, v in references.items()}
-        else:
-            raise ValueError("references must be a ReferenceBank or a dict {class name: bank}")
-        fingerprint = model_fingerprint(self, "trunk")
-        banks = []
-        for name in class_names:
-            bank = table.get(normalise_class_name(name))
-            if bank is not None:
-                check_bank(bank, fingerprint, name)
-                bank = bank if bank.device == self.device else bank.to(self.device)
-            banks.append(bank)
-        return banks
+        return banks_for_images(references, class_names, fingerprint=lambda: model_fingerprint(self, "trunk"),
+                                device=self.device, build=self.build_references)
 
     @torch.no_grad()
     def anomaly_maps(self, pixels: torch.Tensor, class_names: Sequence[str],
@@ -343,10 +324,6 @@ def _baseline_config(config: SIADConfig) -> SIADConfig:
 
 
 def _imagebind_towers(config: SIADConfig, empty: bool = False) -> tuple[ImageBindVision, ImageBindTextEncoder]:
-    from accelerate import init_empty_weights
-
-    from contextlib import nullcontext
-
     with init_empty_weights(include_buffers=False) if empty else nullcontext():
         vision = build_vision_backbone(config, pretrained=False)
         text = ImageBindTextEncoder(config.text, config.embed_dim)
@@ -359,11 +336,6 @@ def _encoders_from_model_folder(model_id: str, dtype: torch.dtype, device: torch
     """The vision backbone (and, with text=True, the text trunk) stored in a SIAD model folder (or Hub
     id), read alone: only their tensors of model.safetensors (or the official ImageBind checkpoint the
     config names)."""
-    from accelerate import init_empty_weights
-
-    from siad.hub import CONFIG_NAME, WEIGHTS_NAME, load_safetensors, read_folder_config, resolve_model_folder
-    from siad.hub import check_loaded_finite, renamed_weight_keys, safetensors_shapes
-
     folder = resolve_model_folder(model_id)
     config, version = read_folder_config(folder / CONFIG_NAME)
     weights = folder / WEIGHTS_NAME
@@ -424,8 +396,6 @@ def _load_detector(text: str, dtype: torch.dtype, device: torch.device | str) ->
     for prefix in (SELF_REFERENCE_PREFIX, PATCHCORE_PREFIX):
         if text.startswith(prefix):
             return BackboneBaseline.from_spec(prefix[:-1], text[len(prefix):], dtype=dtype, device=device).eval()
-    from siad.model import SIADModel
-
     return SIADModel.from_pretrained(text, dtype=dtype, device=device).eval()
 
 

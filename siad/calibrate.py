@@ -312,7 +312,7 @@ def _reference_paths(args: argparse.Namespace, scored: list[Path]) -> list[Path]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from siad.baseline import has_llm, load_detector, parse_dtype
+    from siad.baseline import load_detector, parse_dtype
 
     chat = not args.no_chat
     if args.normal:
@@ -334,7 +334,7 @@ def _run(args: argparse.Namespace) -> int:
     references = _reference_paths(args, scored) if args.references is not None else []
     run = RunOptions(processes=start_processes(args.device), workers=args.workers)
     detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=run.processes.device)
-    chat = chat and has_llm(detector)
+    chat = chat and detector.can_answer
     if args.smooth_sigma is not None:
         detector.config = detector.config.replace(map=dict(score_smoothing_sigma=args.smooth_sigma))
     bank = None

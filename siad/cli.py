@@ -88,7 +88,7 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--class must not be empty")
     if args.out is not None and importlib.util.find_spec("matplotlib") is None:
         parser.exit(2, f"siad detect: --out (the overlay) needs {PLOTS_HINT}\n")
-    from siad.baseline import has_llm, load_detector, parse_dtype
+    from siad.baseline import load_detector, parse_dtype
     from siad.image import load_rgb
     from siad.predict import _UniqueNames
     from siad.runner import check_output_folder
@@ -102,12 +102,10 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.out is not None:
             check_output_folder(args.out)  # before the model runs
         detector = load_detector(args.model, dtype=parse_dtype(args.dtype), device=args.device)
-        if references and not hasattr(detector, "build_references"):
-            raise ValueError("--references needs a SIAD model: the zero-shot baseline takes no references")
         few_shot = {"references": detector.build_references(references, args.class_name)} if references else {}
     except (FileNotFoundError, ValueError, OSError) as error:
         parser.exit(2, f"siad detect: error: {error}\n")
-    chat = not args.no_chat and has_llm(detector)
+    chat = not args.no_chat and detector.can_answer
     names = _UniqueNames()
     failed = 0
     for path in args.images:

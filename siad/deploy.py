@@ -34,9 +34,9 @@ import numpy as np
 
 from siad import __version__
 from siad.config import SIADConfig
-from siad.detection import (DetectionResult, check_finite_maps, detection_inputs, normalise_class_name,
-                            shot_mode)
-from siad.image import ImageInput, PreparedImage, encoder_inputs, map_to_original
+from siad.detection import (DetectionResult, batch_results, check_finite_maps, detect_in_batches, detection_inputs,
+                            normalise_class_name, shot_mode)
+from siad.image import ImageInput, PreparedImage, encoder_inputs
 
 EXPORT_FORMAT = "siad-map-and-score"
 EXPORT_FORMAT_VERSION = 1
@@ -293,16 +293,10 @@ class ExportedDetector:
             if name != normalise_class_name(self.class_name):
                 raise ValueError(f"{self.path} was exported for class {self.class_name!r}, not {name!r}: export the "
                                  "model once per class (siad export --class NAME)")
-        results: list[DetectionResult] = []
-        mode, cap = self.config.vision.resize_mode, self.config.map.max_map_pixels
-        for start in range(0, len(items), batch_size):
-            pixels, sizes = encoder_inputs(items[start:start + batch_size], self.config)
+
+        def detect_batch(chunk: slice) -> list[DetectionResult]:
+            pixels, sizes = encoder_inputs(items[chunk], self.config)
             maps, scores = self.run(pixels)
-            for b, size in enumerate(sizes):
-                anomaly_map = map_to_original(maps[b], size, mode, cap)
-                score = float(scores[b])
-                results.append(DetectionResult(
-                    anomaly_map=anomaly_map, score=score, answer=None, initial_map=anomaly_map, initial_score=score,
-                    initial_answer=None, is_anomalous=score >= self.threshold, class_name=names[start + b],
-                    mode=self.mode))
-        return results
+            return batch_results(self.config, sizes, names[chunk], [self.mode] * len(sizes), maps, scores)
+
+        return detect_in_batches(len(items), batch_size, detect_batch)

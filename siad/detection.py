@@ -6,6 +6,10 @@
 - `normalise_class_name`, `check_class_name`: class names as SIAD compares them.
 - `ZERO_SHOT`, `shot_mode`: what detection with k few-shot references is called.
 - `check_finite_maps`: a non-finite map is an error, never a score.
+- The detect loop of every detector (`SIADModel`, the baselines, `siad.deploy.ExportedDetector`):
+  `detect_arguments` checks what `detect` was given, `detect_in_batches` runs one batch after another
+  (with an optional progress bar) and `batch_results` turns a batch's maps and scores into results at
+  each image's own size.
 - `Detector`: what evaluation, calibration, prediction and the app run; `SIADModel` and every baseline
   (`siad.baseline`) implement it in full.
 """
@@ -13,9 +17,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from siad.image import map_to_original
 
 if TYPE_CHECKING:  # pragma: no cover - typing only: this module imports no torch
     from siad.config import SIADConfig
@@ -103,6 +110,54 @@ def check_finite_maps(maps: np.ndarray) -> None:
     "normal" (NaN >= threshold is False)."""
     if not np.isfinite(maps).all():
         raise FloatingPointError(NON_FINITE_MAP)
+
+
+def detect_arguments(images: Any, class_names: Any, descriptions: Any, *, batch_size: int,
+                     score_smoothing_sigma: float | None) -> tuple[list, list[str], list[str]]:
+    """What every `detect` checks before any work, in this order: the smoothing sigma (None or >= 0), the
+    images, class names and descriptions (`detection_inputs`: one entry per image), the batch size."""
+    if score_smoothing_sigma is not None and not score_smoothing_sigma >= 0:
+        raise ValueError(f"score_smoothing_sigma must be >= 0, got {score_smoothing_sigma!r}")
+    items, names, descs = detection_inputs(images, class_names, descriptions)
+    if batch_size <= 0:
+        raise ValueError("batch_size must be positive")
+    return items, names, descs
+
+
+def detect_in_batches(count: int, batch_size: int, detect_batch: Callable[[slice], list[DetectionResult]], *,
+                      progress: bool = False) -> list[DetectionResult]:
+    """The detect loop: `detect_batch(chunk)` for the consecutive slices of `batch_size` of `count`
+    images, their results in order; progress=True shows a bar when there is more than one batch."""
+    starts: Iterable[int] = range(0, count, batch_size)
+    if progress and count > batch_size:
+        starts = tqdm(starts, desc="detect", unit="batch")
+    results: list[DetectionResult] = []
+    for start in starts:
+        results.extend(detect_batch(slice(start, start + batch_size)))
+    return results
+
+
+def batch_results(config: "SIADConfig", sizes: Sequence[tuple[int, int]], class_names: Sequence[str],
+                  modes: Sequence[str], maps: Any, scores: Any, *, initial: tuple[Any, Any] | None = None,
+                  answers: Sequence[str] | None = None, initial_answers: Sequence[str] | None = None,
+                  threshold: float | None = None) -> list[DetectionResult]:
+    """One `DetectionResult` per image of a batch: maps B x S x S (numpy or torch) and scores B of the final
+    pass, brought to each image's size (`siad.image.map_to_original`: config.vision.resize_mode,
+    config.map.max_map_pixels); initial: pass 1's maps and scores when a second pass ran (None: the result's
+    initial map is its map); the verdict compares the score with `threshold` (default config.map.threshold)."""
+    mode, cap = config.vision.resize_mode, config.map.max_map_pixels
+    limit = config.map.threshold if threshold is None else threshold
+    results = []
+    for b, size in enumerate(sizes):
+        first_map = map_to_original((maps if initial is None else initial[0])[b], size, mode, cap)
+        final_map = first_map if initial is None else map_to_original(maps[b], size, mode, cap)
+        score = float(scores[b])
+        results.append(DetectionResult(
+            anomaly_map=final_map, score=score, answer=None if answers is None else answers[b],
+            initial_map=first_map, initial_score=score if initial is None else float(initial[1][b]),
+            initial_answer=None if initial_answers is None else initial_answers[b],
+            is_anomalous=score >= limit, class_name=class_names[b], mode=modes[b]))
+    return results
 
 
 @runtime_checkable

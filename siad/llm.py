@@ -31,10 +31,11 @@ import torch
 import torch.nn as nn
 from transformers.generation import BaseStreamer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from siad.config import SIADConfig, check_llm_sizes
+from siad.config import LLM_SIZE_LIMITS, SIADConfig, check_llm_sizes
 from siad.jsonfile import short_repr
 from siad.prompts import (ABNORMAL_STATES, CLASS_DESCRIPTIONS, NORMAL_ANSWER, NORMAL_STATES, POSITION_WORDS,
                           QUESTION, TEMPLATES, answer_text)
+from siad.weights import check_loaded_finite
 
 STOP_STRING = "###"
 IGNORE_INDEX = -100
@@ -124,8 +125,6 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
                                             **NO_REMOTE_CODE)
     check_llm_sizes(llm_config_sizes(llm_config), f"{name} (its config.json)")
     model = AutoModelForCausalLM.from_pretrained(name, config=llm_config, **kwargs)
-    from siad.hub import check_loaded_finite
-
     check_loaded_finite(model, str(name))
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only, cache_dir=cache_dir,
                                               **NO_REMOTE_CODE)
@@ -135,8 +134,6 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
 def llm_config_sizes(llm_config: Any) -> dict[str, Any]:
     """The sizes of a transformers config that `siad.config.LLM_SIZE_LIMITS` bounds, by transformers'
     names (its attribute map resolves GPT-2's n_layer and the like); None where the config has none."""
-    from siad.config import LLM_SIZE_LIMITS
-
     return {name: getattr(llm_config, name, None) for name in LLM_SIZE_LIMITS}
 
 

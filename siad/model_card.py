@@ -18,15 +18,14 @@ import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from siad.config import ImageBindVisionConfig, SIADConfig, VisionConfig
-from siad.hub import ENCODER_PREFIXES
+from accelerate import init_empty_weights
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-if TYPE_CHECKING:  # pragma: no cover
-    from huggingface_hub import ModelCard
-
-    from siad.model import SIADModel
+from siad.config import LLAMA_7B_ARCHITECTURE, ImageBindVisionConfig, SIADConfig, VisionConfig
+from siad.network import ENCODER_PREFIXES, SIADNetwork
 
 TEMPLATE = "templates/model_card.md"
 LICENSE = "cc-by-nc-sa-4.0"
@@ -60,8 +59,6 @@ def template_text() -> str:
 def hub_base_model(config: SIADConfig) -> str | None:
     """The Hub id of the model's base LM, or None when it does not come from the Hub (built by SIAD
     and stored in llm/, or a local path)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     name = config.llm.name_or_path
     if name is None or name.startswith((".", "/", "~")) or "\\" in name or Path(name).expanduser().exists():
         return None
@@ -72,7 +69,7 @@ def hub_base_model(config: SIADConfig) -> str | None:
     return name
 
 
-def parameter_counts(model: "SIADModel") -> dict[str, int]:
+def parameter_counts(model: SIADNetwork) -> dict[str, int]:
     """Parameters of the parts of a model (also for an empty-weights model): the encoder and the SIAD
     modules (model.safetensors), the LoRA adapter and the base LM."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}
@@ -109,8 +106,6 @@ def render_model_card(config: SIADConfig, *, model_id: str | None = None, encode
     encoder_saved: whether model.safetensors holds the ImageBind trunks; parameters: the counts of
     `parameter_counts` (left out of the card when not given).
     """
-    from huggingface_hub import ModelCard, ModelCardData
-
     base = hub_base_model(config)
     name = model_id.rstrip("/").split("/")[-1] if model_id else "SIAD-LLM"
     data = ModelCardData(library_name="siad-llm", license=LICENSE, pipeline_tag="image-segmentation",
@@ -171,8 +166,6 @@ def write_card_results(folder: str | Path, results: Sequence[Mapping[str, Any]],
     A folder without README.md gets the rendered card of its config.json first. ValueError for
     results of another shape, before anything is written.
     """
-    from huggingface_hub import EvalResult, ModelCard
-
     folder = Path(folder)
     entries = [_checked_result(r, i) for i, r in enumerate(results)]
     if not entries:
@@ -241,8 +234,6 @@ def _checked_result(result: Any, index: int) -> dict[str, Any]:
 
 
 def _card_from_config(folder: Path) -> "ModelCard":
-    from huggingface_hub import ModelCard
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not a SIAD model folder: config.json is missing")
@@ -279,14 +270,9 @@ def main() -> None:
 
 def full_model_card() -> str:
     """The card of the paper's full model, with its parameter counts from an empty-weights build."""
-    from accelerate import init_empty_weights
-
-    from siad.config import LLAMA_7B_ARCHITECTURE
-    from siad.model import SIADModel
-
     config = SIADConfig.siad_llm()
     with init_empty_weights(include_buffers=False):
-        model = SIADModel(config.replace(llm=dict(name_or_path=None, architecture=LLAMA_7B_ARCHITECTURE)))
+        model = SIADNetwork(config.replace(llm=dict(name_or_path=None, architecture=LLAMA_7B_ARCHITECTURE)))
     return render_model_card(config, model_id="org/siad-llm", parameters=parameter_counts(model))
 
 

@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: no image files in {' '.join(args.inputs)}\n")
     if args.onnx is not None:
         return _predict_exported(parser, args, paths, missing)
-    from siad.baseline import ZERO_SHOT_PREFIX, has_llm, load_detector, parse_dtype
+    from siad.baseline import ZERO_SHOT_PREFIX, load_detector, parse_dtype
 
     references: list[Path] = []
     if args.references is not None:
@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if references else None)
     except (FileNotFoundError, ValueError, OSError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    chat = not args.no_chat and has_llm(detector)
+    chat = not args.no_chat and detector.can_answer
     run = RunOptions(processes=processes, workers=args.workers, folder=args.out, resume=args.resume)
     identity = {"model": file_identity(args.model), "references": [str(p) for p in references]}
     try:

@@ -73,7 +73,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -537,6 +537,62 @@ def check_bank(bank: ReferenceBank, model_fingerprint: str, class_name: str) -> 
     if name != bank.class_name:
         raise ValueError(f"the reference bank is for class {short_repr(bank.class_name)}, not {name!r}: "
                          "references serve only the class they show")
+
+
+def banks_for_images(references: Any, class_names: Sequence[str], *, fingerprint: Callable[[], str],
+                     device: torch.device, build: Callable[[Sequence[Any], str], ReferenceBank]
+                     ) -> list[ReferenceBank | None]:
+    """One bank (None: zero-shot) per image of `class_names` (normalised names), from what `detect` takes
+    as `references`:
+
+    - None, [] or {}: zero-shot for every image;
+    - a ReferenceBank: for every image (they must all be of its class);
+    - a list of images: normal references of the one class of the images (a bank is built from them
+      with `build(images, class_name)`; images of several classes need a dict);
+    - a dict {class name: bank or list of images}: each image gets its class's entry; an image whose
+      class has none (or an empty list) stays zero-shot.
+
+    A bank made by another model (`fingerprint()`: the model's, asked only when there are references),
+    with other features or for another class is a ValueError saying what differs (`check_bank`); banks
+    are moved to `device`."""
+    names = list(class_names)
+    if references is None:
+        return [None] * len(names)
+    table: dict[str, Any]
+    if isinstance(references, ReferenceBank):
+        table = {name: references for name in names}
+    elif isinstance(references, Mapping):
+        table = {}
+        for key, value in references.items():
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"references: a dict's keys must be class names, got {key!r}")
+            if normalise_class_name(key) in table:
+                raise ValueError(f"references: class {normalise_class_name(key)!r} is given twice")
+            table[normalise_class_name(key)] = value
+    elif isinstance(references, (list, tuple)):
+        classes = list(dict.fromkeys(names))
+        if references and len(classes) > 1:
+            raise ValueError(f"references: a list of images serves one class, and the images are of "
+                             f"{len(classes)} classes {classes}; give a dict {{class name: images or bank}}")
+        table = {classes[0]: references} if references else {}
+    else:
+        raise ValueError("references must be None, a ReferenceBank, a list of normal images of the class or "
+                         f"a dict {{class name: bank or images}}, got {type(references).__name__}")
+    wanted = fingerprint() if table else ""
+    banks: dict[str, ReferenceBank | None] = {}
+    for name in dict.fromkeys(names):
+        value = table.get(name)
+        if isinstance(value, ReferenceBank):
+            check_bank(value, wanted, name)
+            banks[name] = value if value.device == device else value.to(device)
+        elif isinstance(value, (list, tuple)):
+            banks[name] = build(value, name) if value else None
+        elif value is None:
+            banks[name] = None
+        else:
+            raise ValueError(f"references for class {name!r} must be a ReferenceBank or a list of images, "
+                             f"got {type(value).__name__}")
+    return [banks[name] for name in names]
 
 
 # ----------------------------------------------------------------------------------------- features

@@ -925,7 +925,7 @@ def save_trainable(named_parameters: Iterable[tuple[str, "torch.Tensor"]], path:
     never written: `TrainingError` names them."""
     from safetensors.torch import save_file
 
-    from siad.hub import non_finite
+    from siad.weights import non_finite
 
     state = {name: p.detach().contiguous().cpu() for name, p in named_parameters}
     bad = non_finite(state)

@@ -206,8 +206,8 @@ def test_normal_only_uses_each_class_and_the_false_alarm_rule(tmp_path, monkeypa
         return [0.1 * (i + 1) + (0.05 if names[0] == "b" else 0.0) for i in range(len(images))]
 
     monkeypatch.setattr(calibrate_module, "_score_all", fake_scores)
-    monkeypatch.setattr("siad.baseline.load_detector", lambda *a, **k: SimpleNamespace(config=SIADConfig.tiny()))
-    monkeypatch.setattr("siad.baseline.has_llm", lambda d: False)
+    monkeypatch.setattr("siad.baseline.load_detector",
+                        lambda *a, **k: SimpleNamespace(config=SIADConfig.tiny(), can_answer=False))
     code = calibrate_module.main(["--model", "zero-shot:tiny", "--dataset", "mvtec_format", "--root", str(tmp_path),
                                   "--normal-only", "--fpr", "0.2", "--dry-run"])
     assert code == 0 and seen == [("a", 5), ("b", 5)]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import siad
-import siad.model
+import siad.network
+import siad.prompts
 from siad import ReferenceBank
 from siad.references import fuse_stage_maps, reference_distances, reference_maps
 from tests.conftest import build_tiny
@@ -67,7 +68,7 @@ def test_a_bank_fuses_both_passes_with_the_reference_maps_computed_once(model, b
     """Pass 1 fuses M_k, pass 2 the refined text maps, with the same reference maps; PEM reads the fused
     maps; the score is the maximum of the fused final map."""
     fusions, searches, pem_inputs = [], [], []
-    fuse, search, map_tokens = siad.model.fuse_stage_maps, siad.model.reference_distances, model.map_tokens
+    fuse, search, map_tokens = siad.network.fuse_stage_maps, siad.network.reference_distances, model.map_tokens
 
     def spy_fuse(text, reference, weight, mode="linear"):
         assert mode == model.config.map.reference_fusion
@@ -83,8 +84,8 @@ def test_a_bank_fuses_both_passes_with_the_reference_maps_computed_once(model, b
         pem_inputs.append(stage_maps)
         return map_tokens(stage_maps)
 
-    monkeypatch.setattr(siad.model, "fuse_stage_maps", spy_fuse)
-    monkeypatch.setattr(siad.model, "reference_distances", spy_search)
+    monkeypatch.setattr(siad.network, "fuse_stage_maps", spy_fuse)
+    monkeypatch.setattr(siad.network, "reference_distances", spy_search)
     monkeypatch.setattr(model, "map_tokens", spy_tokens)
     image = _images(1, seed=2, shape=(224, 224, 3))
     result = model.detect(image, "gear", references=bank)[0]
@@ -178,6 +179,6 @@ def test_chat_with_references_costs_one_generation_after_detect(model, bank, mon
     assert spy.calls == 11
     # the grounding differs: the PEM tokens of the fused maps are not the zero-shot ones
     pixels, _ = model.prepare_images([image])
-    fused = model._follow_up_context(pixels, "gear", siad.model.describe("gear"), True, bank)
-    plain = model._follow_up_context(pixels, "gear", siad.model.describe("gear"), True, None)
+    fused = model._follow_up_context(pixels, "gear", siad.prompts.describe("gear"), True, bank)
+    plain = model._follow_up_context(pixels, "gear", siad.prompts.describe("gear"), True, None)
     assert not torch.equal(fused.map_tokens, plain.map_tokens)

@@ -136,7 +136,7 @@ def test_folder_with_a_7b_architecture_and_no_llm_is_refused_before_allocating(s
     def refuse(*args, **kwargs):
         raise AssertionError("a language model was built")
 
-    monkeypatch.setattr("siad.llm.load_language_model", refuse)
+    monkeypatch.setattr("siad.hub.load_language_model", refuse)
     monkeypatch.setattr("siad.model.SIADModel.__init__", refuse)
     with pytest.raises(FileNotFoundError, match="language model is missing"):
         SIADModel.from_pretrained(folder)

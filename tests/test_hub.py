@@ -213,6 +213,58 @@ def test_push_to_hub_defaults_upload_the_whole_model_with_its_card(monkeypatch):
     assert 'SIADModel.from_pretrained("org/siad-llm"' in files["README.md"].decode()  # the card names the repo
 
 
+def test_the_branch_is_branch_or_as_in_transformers_revision(tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    model = _tiny()
+    model.push_to_hub("org/siad-llm", revision="dev")
+    model.save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="org/siad-llm", revision="v2", create_pr=True)
+    model.push_to_hub("org/siad-llm", branch="dev", revision="dev")
+    model.push_to_hub("org/siad-llm")
+    assert [(u["revision"], u["create_pr"]) for u in hub.uploads] == [("dev", False), ("v2", True), ("dev", False),
+                                                                       (None, False)]
+    for call in (lambda: model.push_to_hub("org/siad-llm", branch="dev", revision="main"),
+                 lambda: model.save_pretrained(tmp_path / "n", push_to_hub=True, branch="dev", revision="main")):
+        with pytest.raises(ValueError, match="two branches"):
+            call()
+    assert len(hub.uploads) == 4 and not (tmp_path / "n").exists()  # refused before anything was saved
+
+
+def test_from_pretrained_asks_the_hub_for_the_revision_and_the_model_files_only(tmp_path, monkeypatch):
+    import siad.hub
+    from siad.hub import HUB_PATTERNS
+
+    _tiny().save_pretrained(tmp_path / "m")
+    asked = []
+
+    def snapshot(repo_id, **kwargs):
+        asked.append((repo_id, kwargs))
+        return str(tmp_path / "m")
+
+    monkeypatch.setattr(siad.hub, "snapshot_download", snapshot)
+    loaded = SIADModel.from_pretrained("org/siad-llm", revision="v1", token="hf_test", local_files_only=True)
+    ((repo, kwargs),) = asked
+    assert repo == "org/siad-llm" and loaded.name == "org/siad-llm"
+    assert (kwargs["revision"], kwargs["token"], kwargs["local_files_only"]) == ("v1", "hf_test", True)
+    assert kwargs["allow_patterns"] == list(HUB_PATTERNS)
+
+
+def test_siad_model_does_not_use_the_hub_mixin_and_keeps_one_config():
+    """The decision of SIADModel's docstring: save, load and push are SIAD's own (siad.hub)."""
+    from huggingface_hub import ModelHubMixin
+
+    model = _tiny()
+    assert not isinstance(model, ModelHubMixin) and not hasattr(model, "_hub_mixin_config")
+    assert "PyTorchModelHubMixin" in (SIADModel.__doc__ or "")
+
+
+def test_the_upload_docstring_names_every_file_pattern_it_uploads():
+    from siad.hub import HUB_PATTERNS, upload_model_folder
+
+    doc = " ".join((upload_model_folder.__doc__ or "").split())
+    assert all(pattern.rstrip("*") in doc for pattern in HUB_PATTERNS), HUB_PATTERNS
+    assert "generation_config.json" in HUB_PATTERNS
+
+
 def test_upload_model_folder_uploads_a_saved_folder_and_refuses_anything_else(tmp_path, monkeypatch):
     from siad.hub import upload_model_folder
 

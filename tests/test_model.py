@@ -245,12 +245,12 @@ def test_training_switches_for_models_without_pretrained_weights():
 
 
 def test_history_in_gradio_message_parts():
-    from siad.model import _history_turns
+    from siad.conversation import history_turns
 
     history = [{"role": "user", "content": [{"type": "text", "text": "Is there any anomaly?"}]},
                {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
                {"role": "user", "content": "Sure?"}]
-    assert _history_turns(history) == [("Is there any anomaly?", "No."), ("Sure?", "")]
+    assert history_turns(history) == [("Is there any anomaly?", "No."), ("Sure?", "")]
 
 
 def test_bfloat16_maps_match_float32_maps():

@@ -1,4 +1,4 @@
-"""Reading safetensors files (siad.hub): hostile headers are refused by name before anything is
+"""Reading safetensors files (siad.weights): hostile headers are refused by name before anything is
 allocated, shapes are checked against the model, and no file handle is left open."""
 
 import json
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from siad import SIADConfig, SIADModel
-from siad.hub import load_safetensors, safetensors_shapes
+from siad.weights import load_safetensors, safetensors_shapes
 
 
 def _raw(path: Path, header: object, data: bytes = b"") -> Path:
@@ -109,7 +109,9 @@ def test_shapes_are_checked_against_the_model_before_any_tensor_is_read(tmp_path
             reads.append(name)
             return self._handle.get_tensor(name)
 
-    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    import siad.weights
+
+    monkeypatch.setattr(siad.weights, "safe_open", Counting)
     with pytest.raises(ValueError, match=r"tensor b has shape \[8, 8\], the model expects \[4, 4\]"):
         load_safetensors(path, expected={"a": (3, 4), "b": (4, 4)})
     with pytest.raises(ValueError, match="tensor b is not a weight of this model"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import siad.model
+import siad.network
 from siad import SIADConfig
 from siad.references import fuse_stage_maps, self_reference_distances, self_reference_maps
 from tests.conftest import build_tiny
@@ -119,13 +119,13 @@ def test_detect_weighs_banked_and_unbanked_images_by_their_own_weights(monkeypat
     assert all(not np.allclose(a.anomaly_map, b.anomaly_map) for a, b in zip(off, on))
     assert all(r.mode == "zero-shot" and 0.0 <= r.score <= 1.0 for r in on)
     weights = []
-    fuse = siad.model.fuse_stage_maps
+    fuse = siad.network.fuse_stage_maps
 
     def spy(text, reference, weight, mode="linear"):
         weights.append(torch.as_tensor(weight).tolist())
         return fuse(text, reference, weight, mode)
 
-    monkeypatch.setattr(siad.model, "fuse_stage_maps", spy)
+    monkeypatch.setattr(siad.network, "fuse_stage_maps", spy)
     bank = selfref.build_references(_images(2, seed=5), "gear")
     mixed = selfref.detect(images + images[:1], ["gear", "wood", "gear"], chat=False, references={"gear": bank})
     assert weights == [pytest.approx([selfref.config.map.few_shot_weight, 0.6, selfref.config.map.few_shot_weight])]
@@ -168,13 +168,13 @@ def test_with_a_bank_the_reference_map_is_the_mean_of_the_bank_and_self_referenc
     images = _images(2, seed=6)
     bank = model.build_references(_images(2, seed=7), "gear")
     captured = []
-    fuse = siad.model.fuse_stage_maps
+    fuse = siad.network.fuse_stage_maps
 
     def spy(text, reference, weight, mode="linear"):
         captured.append(reference.clone())
         return fuse(text, reference, weight, mode)
 
-    monkeypatch.setattr(siad.model, "fuse_stage_maps", spy)
+    monkeypatch.setattr(siad.network, "fuse_stage_maps", spy)
     model.detect(images, "gear", chat=False, references=bank)
     pixels, _ = model.prepare_images(images)
     with torch.no_grad():

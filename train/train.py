@@ -153,8 +153,8 @@ def build_model(settings: T.RunSettings, config: Any, accelerator: Any) -> Any:
     else:
         from siad.hub import load_model_folder
 
-        model = load_model_folder(T.model_folder(settings), config=config, dtype=dtype, device=accelerator.device,
-                                  llm_quantization=settings.train.llm_quantization)
+        model = load_model_folder(SIADModel, T.model_folder(settings), config=config, dtype=dtype,
+                                  device=accelerator.device, llm_quantization=settings.train.llm_quantization)
     if dtype != torch.float32 and not is_deepspeed(accelerator):
         for _, param in model.trainable_parameters():
             param.data = param.data.float()
