@@ -15,14 +15,14 @@ _EXPORTS = {
     "SIADConfig": "siad.config",
     "SIADModel": "siad.model",
     "DetectionResult": "siad.detection",
-    "ReferenceBank": "siad.references",
+    "ReferenceBank": "siad.reference_bank",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from siad.config import SIADConfig
     from siad.detection import DetectionResult
     from siad.model import SIADModel
-    from siad.references import ReferenceBank
+    from siad.reference_bank import ReferenceBank
 
 __all__ = ["SIADConfig", "SIADModel", "DetectionResult", "ReferenceBank", "__version__"]
 

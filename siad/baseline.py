@@ -7,7 +7,7 @@
   frozen ensemble text features e_normal / e_abnormal of the class (`PromptEnsemble`, appendix D):
   softmax(100 * cos) -> stage maps, mean over stages, bilinear upsampling; all by `AnomalyMapHead`.
 - `BackboneBaseline` on any vision backbone (`siad.encoders`), from its stage features alone:
-  `self-reference:` the zero-shot self-reference maps (`siad.references.self_reference_maps`, the
+  `self-reference:` the zero-shot self-reference maps (`siad.reference_maps.self_reference_maps`, the
   image compared with its own patches outside each patch's neighbourhood), and `patchcore:` the
   nearest-neighbour distance of every patch to a bank of k normal references of the class (PatchCore:
   3 x 3-aggregated features, greedy coreset, `siad.references`); each stage's map scaled as SIAD's are,
@@ -50,8 +50,9 @@ from siad.jsonfile import short_repr
 from siad.model import SIADModel
 from siad.model_folder import CONFIG_NAME, WEIGHTS_NAME, renamed_weight_keys
 from siad.modules import AnomalyMapHead, PromptEnsemble
-from siad.references import (ReferenceBank, banks_for_images, build_reference_bank, model_fingerprint,
-                             reference_distances, reference_maps, self_reference_distances, self_reference_maps)
+from siad.reference_bank import ReferenceBank
+from siad.reference_maps import reference_distances, reference_maps, self_reference_distances, self_reference_maps
+from siad.references import banks_for_images, build_reference_bank, model_fingerprint
 from siad.weights import check_loaded_finite, load_safetensors, safetensors_shapes
 
 ZERO_SHOT_PREFIX = "zero-shot:"

@@ -146,7 +146,7 @@ SMALL_LLAMA_ARCHITECTURE: dict[str, Any] = {
 
 # The patch features a few-shot reference bank can hold (siad.references).
 FEW_SHOT_FEATURES: tuple[str, ...] = ("trunk", "visual")
-# How the text stage maps are fused with the reference maps (siad.references.fuse_stage_maps).
+# How the text stage maps are fused with the reference maps (siad.reference_maps.fuse_stage_maps).
 FUSION_MODES: tuple[str, ...] = ("linear", "geometric")
 
 # EfficientNet-Lite: the variants (backbone names) and their seven block groups (stages).
@@ -491,11 +491,11 @@ class MapConfig(_Part):
         few_shot_weight: w in fused_k = (1 - w) * M_k + w * R_k, before PEM, in [0, 1].
         reference_fusion: how the text maps and the reference maps (a bank's or the self-reference's)
             are fused: "linear" (above) or "geometric" (fused_k = M_k^(1 - w) * R_k^w: high only where
-            both are; `siad.references.fuse_stage_maps`).
+            both are; `siad.reference_maps.fuse_stage_maps`).
         few_shot_features: "trunk" (the backbone's stage features) or "visual" (S_emd_k).
         max_bank_patches: the greedy coreset's bound on a bank's rows per stage (None: no bound).
     Self-reference (beyond the paper; zero-shot): an image without references is its own reference
-    (`siad.references.self_reference_maps`):
+    (`siad.reference_maps.self_reference_maps`):
         self_reference_weight: w in fused_k = (1 - w) * M_k + w * R_self_k (or the geometric fusion); 0
             (the paper's model) is off.
         self_reference_radius: a patch is compared with the image's patches outside its

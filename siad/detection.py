@@ -26,7 +26,7 @@ from siad.image import map_to_original
 
 if TYPE_CHECKING:  # pragma: no cover - typing only: this module imports no torch
     from siad.config import SIADConfig
-    from siad.references import ReferenceBank
+    from siad.reference_bank import ReferenceBank
 
 ZERO_SHOT = "zero-shot"
 NON_FINITE_MAP = ("the model produced a non-finite anomaly map (NaN or infinity): its weights are corrupt (e.g. a "

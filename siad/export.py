@@ -184,7 +184,7 @@ def _to_onnx(module: MapAndScoreGraph, program: torch.export.ExportedProgram, ex
         places = "; ".join(locate_operator(module, example, operator)) or "a decomposition of the graph"
         raise UnsupportedOperatorError(
             f"operator {operator} has no ONNX translation, so this model cannot be exported: it is called in {places}. "
-            "Replace it with operators ONNX has (as siad.references.lower_median does for torch.median), or use a "
+            "Replace it with operators ONNX has (as siad.reference_maps.lower_median does for torch.median), or use a "
             "backbone that exports") from error
     assert onnx_program is not None
     import onnx_ir as ir
@@ -208,7 +208,7 @@ def unsupported_operator(error: BaseException) -> str | None:
 
 def locate_operator(module: nn.Module, example: torch.Tensor, operator: str) -> list[str]:
     """Where `operator` ("aten.median.dim") is called when `module` runs on `example`, each place once:
-    "module 'model.vision_encoder.blocks.2' (timm's ...), at siad/references.py:620 in lower_median". The
+    "module 'model.vision_encoder.blocks.2' (timm's ...), at siad/reference_maps.py:180 in lower_median". The
     module is the innermost `nn.Module` whose method is on the Python stack at the call (a function's
     caller counts: a function called by SIADModel's methods comes from 'model'), the line the innermost
     frame outside torch."""
@@ -245,7 +245,7 @@ def _call_site(frame: Any, names: dict[int, str]) -> str:
 
 
 def _short_path(file: str) -> str:
-    """A source file as "siad/references.py" or "timm/layers/...py" (the package onwards)."""
+    """A source file as "siad/reference_maps.py" or "timm/layers/...py" (the package onwards)."""
     parts = Path(file).parts
     for anchor in ("siad", "site-packages"):
         if anchor in parts:

@@ -41,7 +41,8 @@ from siad.llm import longest_token_bytes
 from siad.modules import parameter_version
 from siad.network import SIADNetwork, SIADOutput, teacher_stage_maps  # noqa: F401 (re-exported)
 from siad.prompts import QUESTION
-from siad.references import ReferenceBank, banks_for_images, build_reference_bank, model_fingerprint
+from siad.reference_bank import ReferenceBank
+from siad.references import banks_for_images, build_reference_bank, model_fingerprint
 
 # What `detect` and `chat` take as few-shot references: None (zero-shot), one bank, a list of normal
 # images of the class, or a dict from class name to a bank or a list of images.

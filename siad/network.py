@@ -43,8 +43,9 @@ from siad.modules import (Adapter, AnomalyMapHead, PatchEnhancementModule, Stage
                           StagePromptLearner, StageProjection, check_stage_phrases_fit, parameter_version)
 from siad.profiling import StageTimer
 from siad.prompts import QUESTION, STATE_SUFFIXES, describe
-from siad.references import (DEFAULT_CHUNK_ELEMENTS, ReferenceBank, fuse_stage_maps, reference_distances,
-                             reference_maps, self_reference_distances, self_reference_maps)
+from siad.reference_bank import ReferenceBank
+from siad.reference_maps import (DEFAULT_CHUNK_ELEMENTS, fuse_stage_maps, reference_distances, reference_maps,
+                                 self_reference_distances, self_reference_maps)
 
 # The state-dict prefixes of the encoders (the vision backbone and the text trunk): what a model folder may
 # leave out (`save_encoder=False`) and what the model card counts as the encoder.
@@ -368,7 +369,7 @@ class SIADNetwork(nn.Module):
         return _ReferenceMaps(maps=maps, weights=weights)
 
     def _self_reference_maps(self, vision: VisionFeatures) -> torch.Tensor | None:
-        """Every image's self-reference maps B x K x S x S (`siad.references.self_reference_maps`, without
+        """Every image's self-reference maps B x K x S x S (`siad.reference_maps.self_reference_maps`, without
         gradient); None when the self-reference is off (config.map.self_reference_weight = 0)."""
         if self.config.map.self_reference_weight == 0.0:
             return None
@@ -382,11 +383,11 @@ class SIADNetwork(nn.Module):
                        chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, float] | None:
         """The reference maps of the images that share `bank` (all of the batch, or those of `index`) and
         their fusion weight:
-        - a bank: R_k of the bank (`siad.references.reference_maps`; from the stage tokens for "trunk"
+        - a bank: R_k of the bank (`siad.reference_maps.reference_maps`; from the stage tokens for "trunk"
           banks, the adapted features K x (B x N x D) for "visual" ones), weight config.map.few_shot_weight;
           with self-reference maps, the mean of R_k and those;
         - no bank: the self-reference maps, weight config.map.self_reference_weight (None when they are None).
-        chunk_elements: of the bank search (`siad.references.nearest_distances`; None: unchunked)."""
+        chunk_elements: of the bank search (`siad.reference_maps.nearest_distances`; None: unchunked)."""
         if index is not None and self_maps is not None:
             self_maps = self_maps[index]
         if bank is None:
@@ -400,7 +401,7 @@ class SIADNetwork(nn.Module):
 
     def _fuse(self, one: MapPass, maps: torch.Tensor, weight: float | torch.Tensor) -> MapPass:
         """The pass with its stage maps fused with reference maps B x K x S x S
-        (`siad.references.fuse_stage_maps`, one weight, or one per image) and its final map recombined; an
+        (`siad.reference_maps.fuse_stage_maps`, one weight, or one per image) and its final map recombined; an
         image of weight 0 keeps its maps exactly. The logits stay the text's (what the training loss reads)."""
         fused = fuse_stage_maps(one.stage_maps, maps, weight, self.config.map.reference_fusion)
         return MapPass(logits=one.logits, stage_maps=fused, anomaly_map=self.map_head.combine(fused))

@@ -298,7 +298,7 @@ def test_locate_operator_names_a_function_by_the_module_that_calls_it(built_fold
     module = MapAndScoreGraph(model, CLASS)
     example = torch.zeros(1, 224, 224, 3, dtype=torch.uint8)
     places = locate_operator(module, example, "aten.topk.default")  # lower_median's, in the self-reference
-    assert places and "module 'model' (siad.model.SIADModel)" in places[0] and "siad/references.py" in places[0]
+    assert places and "module 'model' (siad.model.SIADModel)" in places[0] and "siad/reference_maps.py" in places[0]
     assert "lower_median" in places[0]
 
 
