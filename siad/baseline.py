@@ -39,6 +39,7 @@ import torch.nn as nn
 from accelerate import init_empty_weights
 
 from siad.config import VISION_CONFIGS, MapConfig, SIADConfig
+from siad.config_format import renamed_weight_keys
 from siad.detection import (ZERO_SHOT, DetectionResult, Detector, batch_results,  # noqa: F401 (Detector re-exported)
                             detect_arguments, detect_in_batches)
 from siad.encoders import VisionBackbone, build_vision_backbone
@@ -48,7 +49,7 @@ from siad.hub import read_folder_config, resolve_model_folder
 from siad.image import ImageInput, encoder_inputs, normalize
 from siad.jsonfile import short_repr
 from siad.model import SIADModel
-from siad.model_folder import CONFIG_NAME, WEIGHTS_NAME, renamed_weight_keys
+from siad.model_folder import CONFIG_NAME, WEIGHTS_NAME
 from siad.modules import AnomalyMapHead, PromptEnsemble
 from siad.reference_bank import ReferenceBank
 from siad.reference_maps import reference_distances, reference_maps, self_reference_distances, self_reference_maps

@@ -37,7 +37,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.generation import GenerationConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from siad.config import SIADConfig, saved_format_version
+from siad.config import SIADConfig
+from siad.config_format import renamed_weight_keys, saved_format_version
 from siad.encoders import load_official_checkpoint
 from siad.encoders.text import ImageBindTokenizer
 from siad.jsonfile import read_json, short_repr
@@ -45,7 +46,7 @@ from siad.llm import NO_REMOTE_CODE, check_generation_config, load_language_mode
 from siad.model_card import parameter_counts, render_model_card
 from siad.model_folder import (ADAPTER_DIR, CARD_NAME, CONFIG_NAME, GENERATION_NAME, HUB_PATTERNS,  # noqa: F401
                                LLM_DIR, REQUIRED_FILES, WEIGHTS_NAME, check_adapter_config, check_adapter_header,
-                               check_bundled_llm, check_declared_sizes, check_llm_header, renamed_weight_keys)
+                               check_bundled_llm, check_declared_sizes, check_llm_header)
 from siad.modules import check_stage_phrases_fit
 from siad.network import ENCODER_PREFIXES
 from siad.weights import (check_keys, check_loaded_finite, load_safetensors, refuse_non_finite,  # noqa: F401

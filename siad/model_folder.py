@@ -18,7 +18,6 @@ folder has.
 - `check_llm_header`: a bundled LM's config against its weights' header (a probe skeleton, nothing allocated).
 - `check_adapter_config`, `check_adapter_header`: the LoRA adapter against the config.
 - `check_bundled_llm`: a folder whose config names no external LM carries its own, whole.
-- `renamed_weight_keys`: how a folder's weights are named by the config format it was written in.
 """
 
 from __future__ import annotations
@@ -146,29 +145,6 @@ def check_llm_header(llm_config: Any, shapes: Mapping[str, tuple[int, ...]], con
                              f"under {prefix}")
 
 
-# Config format 4 split the ImageBind `encoder` (vision and text trunks in one module) into
-# `vision_encoder` and `text_encoder`: the stored name prefix -> the current one.
-_FORMAT_3_WEIGHT_PREFIXES = {f"encoder.{group}.{modality}.": f"{modality}_encoder.{group}.{modality}."
-                             for group in ("modality_preprocessors", "modality_trunks", "modality_heads",
-                                           "modality_postprocessors") for modality in ("vision", "text")}
-
-
-def renamed_weight_keys(names: Iterable[str], format_version: int) -> dict[str, str]:
-    """stored name -> the model's name of every weight in a model folder's model.safetensors, by the
-    config format the folder was written in (before format 4 the encoders were `encoder.*`)."""
-    out = {}
-    for name in names:
-        new = name
-        if format_version < 4:
-            for old, current in _FORMAT_3_WEIGHT_PREFIXES.items():
-                if name.startswith(old):
-                    new = current + name[len(old):]
-                    break
-        out[name] = new
-    return out
-
-
-
 def check_adapter_config(path: Path, config: SIADConfig) -> None:
     """The adapter's adapter_config.json (a bounded JSON object) has the config's LoRA rank, alpha and targets."""
     if not path.is_file():
@@ -206,7 +182,3 @@ def check_bundled_llm(folder: Path, llm_dir: Path) -> None:
         missing.append("tokenizer.json")
     if missing:
         raise FileNotFoundError(f"{llm_dir} is not a complete language-model folder: {missing} missing")
-
-
-# The JSON files of a bundled LM folder that transformers parses with Python's json, and their size bounds
-# (a tokenizer config may hold a long chat template and many added tokens). tokenizer.json is parsed by

@@ -354,7 +354,7 @@ def test_a_folder_saved_by_a_newer_siad_loads_with_a_warning_and_an_older_one_is
 
 def _flat_config(saved: dict) -> dict:
     """A saved config (format 4: in parts) as the flat dict of the formats before it, without a version."""
-    from siad.config import _FORMAT_3_FIELDS
+    from siad.config_format import _FORMAT_3_FIELDS
 
     flat = {}
     for old_name, (part, name) in _FORMAT_3_FIELDS.items():
