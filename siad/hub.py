@@ -2,8 +2,8 @@
 `SIADModel.save_pretrained`, `from_pretrained` and `push_to_hub` run (why SIADModel does not use
 huggingface_hub's `PyTorchModelHubMixin` for them: `siad.model.SIADModel`'s docstring).
 
-The folder's layout and the checks of what it declares: `siad.model_folder`; reading weight files:
-`siad.weights`.
+The folder's layout: `siad.model_folder`; the checks of what it declares: `siad.folder_checks`; reading
+weight files: `siad.weights`.
 
 - `save_model_folder`: the folder (config.json, model.safetensors, generation_config.json, llm_adapter/,
   llm/ when the LM was built by SIAD, README.md).
@@ -41,12 +41,13 @@ from siad.config import SIADConfig
 from siad.config_format import renamed_weight_keys, saved_format_version
 from siad.encoders import load_official_checkpoint
 from siad.encoders.text import ImageBindTokenizer
+from siad.folder_checks import (check_adapter_config, check_adapter_header, check_bundled_llm, check_declared_sizes,
+                                check_llm_header)
 from siad.jsonfile import read_json, short_repr
 from siad.llm import NO_REMOTE_CODE, check_generation_config, load_language_model
 from siad.model_card import parameter_counts, render_model_card
 from siad.model_folder import (ADAPTER_DIR, CARD_NAME, CONFIG_NAME, GENERATION_NAME, HUB_PATTERNS,  # noqa: F401
-                               LLM_DIR, REQUIRED_FILES, WEIGHTS_NAME, check_adapter_config, check_adapter_header,
-                               check_bundled_llm, check_declared_sizes, check_llm_header)
+                               LLM_DIR, REQUIRED_FILES, WEIGHTS_NAME)
 from siad.modules import check_stage_phrases_fit
 from siad.network import ENCODER_PREFIXES
 from siad.weights import (check_keys, check_loaded_finite, load_safetensors, refuse_non_finite,  # noqa: F401
