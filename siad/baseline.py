@@ -45,11 +45,10 @@ from siad.detection import (ZERO_SHOT, DetectionResult, Detector, batch_results,
 from siad.encoders import VisionBackbone, build_vision_backbone
 from siad.encoders.imagebind import ImageBindVision, load_official_checkpoint
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
-from siad.hub import read_folder_config, resolve_model_folder
 from siad.image import ImageInput, encoder_inputs, normalize
 from siad.jsonfile import short_repr
 from siad.model import SIADModel
-from siad.model_folder import CONFIG_NAME, WEIGHTS_NAME
+from siad.model_folder import CONFIG_NAME, WEIGHTS_NAME, read_folder_config, resolve_model_folder
 from siad.modules import AnomalyMapHead, PromptEnsemble
 from siad.reference_bank import ReferenceBank
 from siad.reference_maps import reference_distances, reference_maps, self_reference_distances, self_reference_maps

@@ -10,7 +10,7 @@ weight files: `siad.weights`.
 - `upload_model_folder`: a saved folder, uploaded as it is; `push_model`: saved once into a temporary
   folder and uploaded; `upload_branch`: the branch, named `branch` (huggingface_hub) or `revision`
   (transformers).
-- `resolve_model_folder`: a local folder or the snapshot of a Hub repo (downloaded, or from the cache).
+- `resolve_model_folder` (`siad.model_folder`): a local folder or the snapshot of a Hub repo.
 - `load_model_folder`: the model, built by the class given, from a folder.
 - `save_generation_config`, `read_generation_config`, `load_generation_config`: the folder's
   generation_config.json.
@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from accelerate import init_empty_weights
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.generation import GenerationConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from siad.config import SIADConfig
-from siad.config_format import renamed_weight_keys, saved_format_version
+from siad.config_format import renamed_weight_keys
 from siad.encoders import load_official_checkpoint
 from siad.encoders.text import ImageBindTokenizer
 from siad.folder_checks import (check_adapter_config, check_adapter_header, check_bundled_llm, check_declared_sizes,
@@ -47,7 +47,8 @@ from siad.jsonfile import read_json, short_repr
 from siad.llm import NO_REMOTE_CODE, check_generation_config, load_language_model
 from siad.model_card import parameter_counts, render_model_card
 from siad.model_folder import (ADAPTER_DIR, CARD_NAME, CONFIG_NAME, GENERATION_NAME, HUB_PATTERNS,  # noqa: F401
-                               LLM_DIR, REQUIRED_FILES, WEIGHTS_NAME)
+                               LLM_DIR, REQUIRED_FILES, WEIGHTS_NAME, read_folder_config,
+                               resolve_model_folder)
 from siad.modules import check_stage_phrases_fit
 from siad.network import ENCODER_PREFIXES
 from siad.weights import (check_keys, check_loaded_finite, load_safetensors, refuse_non_finite,  # noqa: F401
@@ -169,39 +170,6 @@ def push_model(model: "SIADModel", repo_id: str, *, save_encoder: bool = True, c
 
 
 # ---------------------------------------------------------------------- loading
-# ---------------------------------------------------------------------- loading
-def resolve_model_folder(model_id: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
-                         force_download: bool = False, local_files_only: bool = False,
-                         token: str | bool | None = None) -> Path:
-    """A local folder, or the snapshot of a Hub repo (downloaded, or from the cache when offline)."""
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{path} is not a SIAD model folder: {CONFIG_NAME} is missing")
-        return path
-    text = str(model_id)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(f"no SIAD model folder at '{model_id}' (and it is not a Hub id 'org/name')")
-    try:
-        folder = snapshot_download(str(model_id), revision=revision, cache_dir=cache_dir, force_download=force_download,
-                                   local_files_only=local_files_only, token=token, allow_patterns=list(HUB_PATTERNS))
-    except Exception as error:  # offline without a cache, unknown repo, no network, ...
-        raise OSError(f"'{model_id}' is neither a local folder nor a SIAD model that can be fetched from the Hub or "
-                      f"found in its cache ({type(error).__name__}: {error}). Give a local folder, or download the "
-                      f"model first with `hf download {model_id}`.") from error
-    return Path(folder)
-
-
-
-def read_folder_config(path: Path) -> tuple[SIADConfig, int]:
-    """A model folder's config.json (older formats upgraded; size and nesting bounded,
-    `siad.jsonfile.read_json`) and the format it was written in (which decides how its weights are
-    named, `renamed_weight_keys`)."""
-    data = read_json(path)
-    version = saved_format_version(data, str(path)) if isinstance(data, dict) else 0
-    return SIADConfig.from_saved_dict(data, str(path)), version
-
-
 
 def load_model_folder(model_class: type[Model], folder: Path, *, config: SIADConfig | None = None,
                       dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",

@@ -230,7 +230,7 @@ def test_the_branch_is_branch_or_as_in_transformers_revision(tmp_path, monkeypat
 
 
 def test_from_pretrained_asks_the_hub_for_the_revision_and_the_model_files_only(tmp_path, monkeypatch):
-    import siad.hub
+    import siad.model_folder
     from siad.hub import HUB_PATTERNS
 
     _tiny().save_pretrained(tmp_path / "m")
@@ -240,7 +240,7 @@ def test_from_pretrained_asks_the_hub_for_the_revision_and_the_model_files_only(
         asked.append((repo_id, kwargs))
         return str(tmp_path / "m")
 
-    monkeypatch.setattr(siad.hub, "snapshot_download", snapshot)
+    monkeypatch.setattr(siad.model_folder, "snapshot_download", snapshot)
     loaded = SIADModel.from_pretrained("org/siad-llm", revision="v1", token="hf_test", local_files_only=True)
     ((repo, kwargs),) = asked
     assert repo == "org/siad-llm" and loaded.name == "org/siad-llm"

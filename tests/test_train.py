@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -489,14 +490,14 @@ def test_partial_folders_go_before_the_write_probe_and_a_full_disk_is_named(tmp_
     partial.mkdir(parents=True)
     (partial / T.WEIGHTS_FILE).write_bytes(b"x" * 1000)
     (out / ".tmp-final").mkdir()
-    real_probe = T.tempfile.NamedTemporaryFile
+    real_probe = tempfile.NamedTemporaryFile
 
     def probe(*args, **kwargs):
         if partial.exists() or (out / ".tmp-final").exists():
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_probe(*args, **kwargs)
 
-    monkeypatch.setattr(T.tempfile, "NamedTemporaryFile", probe)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", probe)
     with pytest.raises(T.SettingsError, match=r"output\.dir: the disk holding .* is full"):
         T.check_output(settings, resume=True, clean=False)  # --check leaves them
     assert T.check_output(settings, resume=True) == out
@@ -505,8 +506,10 @@ def test_partial_folders_go_before_the_write_probe_and_a_full_disk_is_named(tmp_
 
 def test_commit_folder_fsyncs_every_file_and_folder_before_the_rename(tmp_path, monkeypatch):
     synced: list[Path] = []
-    real = T._fsync_path
-    monkeypatch.setattr(T, "_fsync_path", lambda path: (synced.append(Path(path)), real(path)))
+    import siad.checkpoints
+
+    real = siad.checkpoints._fsync_path
+    monkeypatch.setattr(siad.checkpoints, "_fsync_path", lambda path: (synced.append(Path(path)), real(path)))
     tmp = tmp_path / ".tmp-step-000001"
     (tmp / "deepspeed").mkdir(parents=True)
     for name in ("a.safetensors", "state.json", "deepspeed/shard.pt"):
