@@ -43,8 +43,9 @@ from siad.encoders import load_official_checkpoint
 from siad.encoders.text import ImageBindTokenizer
 from siad.folder_checks import (check_adapter_config, check_adapter_header, check_bundled_llm, check_declared_sizes,
                                 check_llm_header)
+from siad.generation import check_generation_config
 from siad.jsonfile import read_json, short_repr
-from siad.llm import NO_REMOTE_CODE, check_generation_config, load_language_model
+from siad.llm import NO_REMOTE_CODE, load_language_model
 from siad.model_card import parameter_counts, render_model_card
 from siad.model_folder import (ADAPTER_DIR, CARD_NAME, CONFIG_NAME, GENERATION_NAME, HUB_PATTERNS,  # noqa: F401
                                LLM_DIR, REQUIRED_FILES, WEIGHTS_NAME, read_folder_config,
@@ -314,7 +315,7 @@ def save_generation_config(model: "SIADNetwork", folder: str | Path) -> Path:
 
 def read_generation_config(folder: str | Path) -> GenerationConfig | None:
     """A model folder's `generation_config.json` (None when there is none), its size and nesting bounded
-    (`siad.jsonfile.read_json`) and its options within the bounds of `siad.llm.check_generation_config`;
+    (`siad.jsonfile.read_json`) and its options within the bounds of `siad.generation.check_generation_config`;
     anything else is a ValueError naming the file (and the option)."""
     path = Path(folder) / GENERATION_NAME
     if not path.is_file():

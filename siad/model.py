@@ -36,8 +36,9 @@ from siad.detection import (ZERO_SHOT, DetectionResult, batch_results, check_cla
                             detect_arguments, detect_in_batches)
 from siad.hub import load_generation_config, read_generation_config, save_generation_config  # noqa: F401 (re-exported)
 from siad.image import ImageInput
-from siad.llm import AnswerStreamer, LLMInputs, PromptBuilder, TextLimits, conversation_header, conversation_segments
-from siad.llm import longest_token_bytes
+from siad.generation import AnswerStreamer
+from siad.llm_prompt import (LLMInputs, PromptBuilder, TextLimits, conversation_header, conversation_segments,
+                             longest_token_bytes)
 from siad.modules import parameter_version
 from siad.network import SIADNetwork, SIADOutput, teacher_stage_maps  # noqa: F401 (re-exported)
 from siad.prompts import QUESTION
