@@ -28,27 +28,34 @@ kernels then give the same numbers).
   host memory); the tool merges them exactly (image scores in order, `siad.metrics.PixelState.merge`
   for the pixel metrics, CSV rows in order).
 
+The stores of finished batches are `siad.run_store`, the command-line options the tools share
+`siad.run_options` (their names are re-exported here).
+
 Nothing here runs at import time; torch, Accelerate and torch.distributed are imported when used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from siad.config import SIADConfig
-    from siad.image import PreparedImage
+from siad.config import SIADConfig
+from siad.image import PreparedImage, load_rgb, prepare_image
+from siad.run_options import (add_run_arguments, check_output_folder, device_argument,  # noqa: F401 (re-exported)
+                              device_problem)
+from siad.run_store import (RESUME_FOLDER, BatchStore, DiskStore, MemoryStore, atomic_write,  # noqa: F401 (re-exported)
+                            file_identity, from_json_array, json_array, run_folder)
 
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
@@ -56,7 +63,6 @@ Result = TypeVar("Result")
 # How long a process waits in a collective for the others: shards end at different times (a slow class,
 # a reference bank), and rank 0 merges class by class while the others wait to send.
 COLLECTIVE_TIMEOUT = timedelta(hours=12)
-RESUME_FOLDER = ".siad-resume"  # under the output folder: one sub-folder per run, removed when it ends
 _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
@@ -106,7 +112,7 @@ def start_processes(device: str = "cpu") -> Processes:
     world = launched_world_size()
     if world <= 1:
         return Processes(device=device)
-    from accelerate import PartialState
+    from accelerate import PartialState  # deferred: torch (siad predict --onnx runs the runner without it)
 
     state = PartialState(cpu=device == "cpu", timeout=COLLECTIVE_TIMEOUT)
     if state.num_processes != world:
@@ -116,7 +122,7 @@ def start_processes(device: str = "cpu") -> Processes:
     resolved = str(state.device) if device == "cuda" else device
     group = None
     if state.backend != "gloo":
-        import torch.distributed as dist
+        import torch.distributed as dist  # deferred: torch (siad predict --onnx runs the runner without it)
 
         group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
     return Processes(rank=state.process_index, world=state.num_processes, device=resolved,
@@ -139,7 +145,7 @@ def in_turns(processes: Processes, action: Callable[[], Result]) -> Result:
 def barrier(processes: Processes) -> None:
     """Wait until every process gets here (nothing with one process)."""
     if processes.world > 1:
-        import torch.distributed as dist
+        import torch.distributed as dist  # deferred: torch (siad predict --onnx runs the runner without it)
 
         dist.barrier(group=processes.group)
 
@@ -199,174 +205,6 @@ def shard(batches: Sequence[Batch], processes: Processes) -> list[Batch]:
     return list(batches[start:stop])
 
 
-# ------------------------------------------------------------------------------------ stores
-class BatchStore(Protocol[Payload]):
-    """Where a run keeps each finished batch's result, by batch index."""
-
-    def has(self, index: int) -> bool: ...
-
-    def save(self, index: int, payload: Payload) -> None: ...
-
-    def load(self, index: int) -> Payload: ...
-
-    def discard(self) -> None: ...
-
-
-class MemoryStore(Generic[Payload]):
-    """Results in memory (API calls; nothing to resume)."""
-
-    def __init__(self) -> None:
-        self._results: dict[int, Payload] = {}
-
-    def has(self, index: int) -> bool:
-        return index in self._results
-
-    def save(self, index: int, payload: Payload) -> None:
-        self._results[index] = payload
-
-    def load(self, index: int) -> Payload:
-        return self._results[index]
-
-    def discard(self) -> None:
-        self._results.clear()
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
-    """Write a file through `write(binary handle)` into a temporary file beside `path`, then rename it
-    over `path`: a reader (or a resumed run) sees the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with temporary.open("wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def json_array(value: Any) -> np.ndarray:
-    """A JSON-able value as a uint8 array (to store beside arrays in an .npz file)."""
-    return np.frombuffer(json.dumps(value).encode("utf-8"), dtype=np.uint8)
-
-
-def from_json_array(array: np.ndarray) -> Any:
-    return json.loads(bytes(np.asarray(array, dtype=np.uint8)).decode("utf-8"))
-
-
-class DiskStore(Generic[Payload]):
-    """Results as `<folder>/batch-<index>.npz` files (arrays only, read with allow_pickle=False), each
-    written atomically; `encode` / `decode` turn a result into named arrays and back."""
-
-    def __init__(self, folder: Path, encode: Callable[[Payload], dict[str, np.ndarray]],
-                 decode: Callable[[Mapping[str, np.ndarray]], Payload]) -> None:
-        self.folder = folder
-        self._encode = encode
-        self._decode = decode
-
-    def path(self, index: int) -> Path:
-        return self.folder / f"batch-{index:06d}.npz"
-
-    def has(self, index: int) -> bool:
-        return self.path(index).is_file()
-
-    def save(self, index: int, payload: Payload) -> None:
-        arrays = self._encode(payload)
-        atomic_write(self.path(index), lambda handle: np.savez(handle, **arrays))
-
-    def load(self, index: int) -> Payload:
-        with np.load(self.path(index), allow_pickle=False) as archive:
-            return self._decode({name: archive[name] for name in archive.files})
-
-    def discard(self) -> None:
-        """Remove this run's folder (and the resume folder above it when nothing else is left there)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        try:
-            self.folder.parent.rmdir()
-        except OSError:
-            pass
-
-
-def run_folder(out: Path, tool: str, description: Mapping[str, Any]) -> Path:
-    """The folder of one run's batch files: `<out>/.siad-resume/<tool>-<hash of description>`. The
-    description holds everything the results depend on (model, images, settings, batch size), so a
-    rerun with other settings never picks up results that are not its own."""
-    import hashlib
-
-    text = json.dumps(description, sort_keys=True, default=str)
-    return out / RESUME_FOLDER / f"{tool}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
-
-
-def device_problem(text: str) -> str | None:
-    """Why `text` cannot be this process's torch device (not a device name, or an accelerator this
-    machine does not have), or None when it can. "cpu" needs no torch (siad predict --onnx runs without it)."""
-    if text.strip() == "cpu":
-        return None
-    import torch  # deferred: the device names are torch's, and the ONNX runtime path never imports torch
-
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError) as error:
-        return f"{text!r} is not a torch device ({error})"
-    if device.type == "cpu":
-        return None
-    if device.type == "meta":
-        return "the meta device holds no data; give cpu or an accelerator"
-    if device.type == "mps":
-        available, count = torch.backends.mps.is_available(), 1
-    else:
-        backend = getattr(torch, device.type, None)
-        if backend is None or not hasattr(backend, "is_available"):
-            return f"{text!r}: this torch cannot run on {device.type} devices"
-        available = bool(backend.is_available())
-        count = int(backend.device_count()) if available and hasattr(backend, "device_count") else 0
-    if not available:
-        return f"{text!r}: this machine has no {device.type} device torch can use; give --device cpu"
-    if device.index is not None and device.index >= count:
-        return f"{text!r}: this machine has {count} {device.type} device(s) (indices 0..{count - 1})"
-    return None
-
-
-def device_argument(text: str) -> str:
-    """The argparse type of --device: the name, when `device_problem` finds nothing (else argparse's
-    error, exit status 2, before anything runs)."""
-    import argparse
-
-    problem = device_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def check_output_folder(folder: Path, option: str = "--out") -> Path:
-    """Create `folder` (and its parents) and write and remove a file in it, before any model runs: an
-    output that cannot be written is a ValueError naming the option, not a traceback after the work."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".siad-write-test-"):
-            pass
-    except OSError as error:
-        raise ValueError(f"{option} {folder} cannot be written: {error.strerror or error}") from error
-    return folder
-
-
-def add_run_arguments(parser: Any, resume: str | None = None) -> None:
-    """The options every tool that runs a model over images shares (evaluate, predict, calibrate):
-    --device (checked as it is parsed: `device_argument`), --dtype, --workers and, when `resume` says
-    what a resumed run skips, --resume."""
-    parser.add_argument("--device", default="cpu", type=device_argument, help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--workers", type=int, default=2,
-                        help="DataLoader worker processes that read and resize the images while the model runs "
-                             "(default 2; 0: in the main process)")
-    if resume is not None:
-        parser.add_argument("--resume", action="store_true", help=resume)
-
-
 @dataclass(frozen=True)
 class RunOptions:
     """How a tool runs its batches: `processes` (`start_processes`), DataLoader `workers` (0: images
@@ -386,20 +224,6 @@ class RunOptions:
         if self.folder is None:
             return MemoryStore()
         return DiskStore(run_folder(self.folder, tool, description), encode, decode)
-
-
-def file_identity(spec: str) -> Any:
-    """What a run's results depend on in a model given by `spec`: for a local folder, the size and
-    modification time of each file in it (a retrained model in the same folder is another model; its
-    card, README.md, is left out: `--card` rewrites it); for a file (an exported graph), its size and
-    modification time; else `spec` itself (a Hub id, zero-shot:...)."""
-    folder = Path(spec).expanduser()
-    if folder.is_file():
-        return [(folder.name, folder.stat().st_size, folder.stat().st_mtime_ns)]
-    if not folder.is_dir():
-        return spec
-    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in folder.rglob("*") if p.is_file() and p.name != "README.md")
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -429,8 +253,6 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> BatchItem:
-        from siad.image import load_rgb, prepare_image
-
         path = self.paths[index]
         try:
             if not self.for_overlays:
@@ -459,7 +281,7 @@ def batch_loader(dataset: ImageFiles, batches: Sequence[Batch], workers: int,
         return ([dataset[i] for i in indices] for indices in index_lists)
     if threads:
         return _threaded_batches(dataset, index_lists, workers)
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader  # deferred: torch (siad predict --onnx runs the runner without it)
 
     loader = DataLoader(dataset, batch_sampler=index_lists, collate_fn=_as_list, num_workers=workers,
                         prefetch_factor=2)
@@ -468,9 +290,6 @@ def batch_loader(dataset: ImageFiles, batches: Sequence[Batch], workers: int,
 
 def _threaded_batches(dataset: ImageFiles, index_lists: list[list[int]], workers: int) -> Iterator[list[BatchItem]]:
     """`batch_loader` with threads: up to two batches per thread loading ahead, in order."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     ahead = 2 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="siad-load") as pool:
         pending: deque = deque()
@@ -520,8 +339,6 @@ def run_shard(batches: Sequence[Batch], paths: Sequence[str | os.PathLike],
 
     An exception in a batch is logged (rank, batch, files) and stops the shard: the returned report's
     `failure` holds the message; give it to `check_failures`. KeyboardInterrupt and the like propagate."""
-    from tqdm.auto import tqdm
-
     mine = shard(batches, processes)
     done = [b for b in mine if resume and store.has(b.index)]
     done_indices = {b.index for b in done}
@@ -587,7 +404,7 @@ def check_failures(failure: str | None, processes: Processes) -> None:
     all the messages (with one process: raise its own)."""
     failures = [failure]
     if processes.world > 1:
-        import torch.distributed as dist
+        import torch.distributed as dist  # deferred: torch (siad predict --onnx runs the runner without it)
 
         gathered: list[str | None] = [None] * processes.world
         dist.all_gather_object(gathered, failure, group=processes.group)
@@ -612,13 +429,13 @@ def collect(batches: Sequence[Batch], total: int, load: Callable[[Batch], Payloa
 
 
 def _send(payload: Any, processes: Processes) -> None:
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: torch (siad predict --onnx runs the runner without it)
 
     dist.send_object_list([payload], dst=0, group=processes.group)
 
 
 def _receive(source: int, processes: Processes) -> Any:
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: torch (siad predict --onnx runs the runner without it)
 
     box: list[Any] = [None]
     dist.recv_object_list(box, src=source, group=processes.group)
