@@ -17,7 +17,8 @@ from scipy import ndimage
 from siad.data import synth
 from siad.data.meta import read_meta
 from siad.data.readers import load_dataset
-from siad.data.synth import family_parts, family_sets, family_textures, heldout, parts, textures
+from siad.data.synth import (family_objects, family_parts, family_sets, family_textures, heldout, part_drawing, parts,
+                             textures)
 from siad.data.synth.families import PART, TEXTURE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,8 @@ def test_no_family_uses_a_test_class_generator() -> None:
     forbidden = {textures._fibrous, textures._wood, textures._perforated, parts._connector, parts._capsule,
                  parts._gear, parts._bracket}
     assert not forbidden & {f.draw for f in ALL.values()}
-    sources = "\n".join(inspect.getsource(m) for m in (family_textures, family_parts, heldout))
+    sources = "\n".join(inspect.getsource(m) for m in (family_textures, family_parts, family_objects, part_drawing,
+                                                              heldout))
     for name in ("_fibrous", "_wood", "_perforated", "_connector", "_capsule", "_gear", "_bracket", "gravel.png",
                  "_photo_texture", "make_texture", "make_object"):
         assert name not in sources, name

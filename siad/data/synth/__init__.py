@@ -31,8 +31,10 @@ set of the held-out families in the layout of the test split above (see `family_
 The package, by what it draws: `common` (random generators, noise, colour, drawing helpers),
 `textures`, `parts`, `defects`, `medical`, `writing` (the split, the plan of a set, meta.json,
 synth.json, README) and `cli` (the command line); for the families, `appearance` (colour, materials,
-lighting, backdrops, the camera finish), `family_textures`, `family_parts`, `heldout` (the held-out
-generators), `families` (the registries) and `family_sets` (writing their sets).
+lighting, backdrops, the camera finish), `texture_drawing` and `part_drawing` (the helpers of the
+texture and part families), `family_textures` (stochastic surfaces), `family_patterns` (regular
+patterns), `family_parts` (machine parts), `family_objects` (printed and everyday objects), `heldout`
+(the held-out generators), `families` (the registries) and `family_sets` (writing their sets).
 """
 
 from siad.data.synth.cli import main

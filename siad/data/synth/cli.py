@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from siad.data.synth import family_sets as sets
 from siad.data.synth.common import SynthError
+from siad.data.synth.realphoto import generate_realphoto
 from siad.data.synth.writing import DEFAULTS, SMALL, generate
 
 DESCRIPTION = "SIAD-Synth: MVTec-format anomaly-detection data made here, with no download."
@@ -65,8 +67,6 @@ def _write(parser: argparse.ArgumentParser, args: argparse.Namespace, write: Cal
 
 
 def _family_main(command: str, arguments: list[str]) -> int:
-    from siad.data.synth import family_sets as sets
-
     prog = f"python -m siad.data.synth {command}"
     if command == "families":
         parser = argparse.ArgumentParser(prog=prog, description=(
@@ -95,8 +95,6 @@ def _family_main(command: str, arguments: list[str]) -> int:
             settings["per_family"] = args.per_family
         write = sets.generate_families
     else:
-        from siad.data.synth.realphoto import generate_realphoto
-
         settings = dict(sets.HELDOUT_SMALL if args.small else sets.HELDOUT_DEFAULTS)
         write = {"heldout": sets.generate_heldout, "validation": sets.generate_validation,
                  "realphoto": generate_realphoto}[command]

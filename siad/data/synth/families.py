@@ -28,7 +28,9 @@ from typing import Callable, Mapping, Union
 
 import numpy as np
 
+from siad.data.synth import family_objects as objects
 from siad.data.synth import family_parts as parts
+from siad.data.synth import family_patterns as patterns
 from siad.data.synth import family_textures as textures
 from siad.data.synth import heldout
 from siad.data.synth.appearance import finish
@@ -62,7 +64,7 @@ def _registry(entries: list[tuple[str, str, Callable, str]]) -> Mapping[str, Fam
 
 
 T, P = TEXTURE, PART
-t, p, h = textures, parts, heldout
+t, pat, p, o, h = textures, patterns, parts, objects, heldout
 
 TRAIN_FAMILIES: Mapping[str, Family] = _registry([
     # stochastic surfaces
@@ -84,24 +86,24 @@ TRAIN_FAMILIES: Mapping[str, Family] = _registry([
     ("stucco_plaster", T, t.stucco_plaster, "ridged fractal relief"),
     ("recycled_paper", T, t.recycled_paper, "low-contrast paper with coloured flecks"),
     # regular patterns
-    ("striped_fabric", T, t.striped_fabric, "a repeated sequence of stripes, woven"),
-    ("tartan_plaid", T, t.tartan_plaid, "crossing stripe setts in a twill"),
-    ("ceramic_tiles", T, t.ceramic_tiles, "square tiles (checks, mosaic or plain) with grout and bevels"),
-    ("brick_pavement", T, t.brick_pavement, "running or stacked bond bricks with mortar"),
-    ("hexagon_tiles", T, t.hexagon_tiles, "a hexagonal tiling with grout"),
-    ("herringbone_tiles", T, t.herringbone_tiles, "planks in a herringbone"),
-    ("polka_dots", T, t.polka_dots, "dots on a square or hexagonal lattice"),
-    ("knit_fabric", T, t.knit_fabric, "rows of V-shaped knit stitches"),
-    ("twill_weave", T, t.twill_weave, "a denim-like twill of warp and weft"),
-    ("basket_weave", T, t.basket_weave, "blocks of strands alternating direction"),
-    ("diamond_mesh", T, t.diamond_mesh, "chain-link wire mesh over a blurred ground"),
-    ("corrugated_sheet", T, t.corrugated_sheet, "sinusoidal or trapezoidal corrugation, lit"),
-    ("corduroy_fabric", T, t.corduroy_fabric, "fine ribs with pile"),
-    ("wave_print", T, t.wave_print, "wavy or zigzag stripes"),
-    ("turned_metal_face", T, t.turned_metal_face, "fine concentric grooves with a radial sheen"),
-    ("fish_scales", T, t.fish_scales, "overlapping scales in offset rows"),
-    ("tread_plate", T, t.tread_plate, "raised bars alternating orientation"),
-    ("circuit_board", T, t.circuit_board, "traces, pads and footprints on solder mask"),
+    ("striped_fabric", T, pat.striped_fabric, "a repeated sequence of stripes, woven"),
+    ("tartan_plaid", T, pat.tartan_plaid, "crossing stripe setts in a twill"),
+    ("ceramic_tiles", T, pat.ceramic_tiles, "square tiles (checks, mosaic or plain) with grout and bevels"),
+    ("brick_pavement", T, pat.brick_pavement, "running or stacked bond bricks with mortar"),
+    ("hexagon_tiles", T, pat.hexagon_tiles, "a hexagonal tiling with grout"),
+    ("herringbone_tiles", T, pat.herringbone_tiles, "planks in a herringbone"),
+    ("polka_dots", T, pat.polka_dots, "dots on a square or hexagonal lattice"),
+    ("knit_fabric", T, pat.knit_fabric, "rows of V-shaped knit stitches"),
+    ("twill_weave", T, pat.twill_weave, "a denim-like twill of warp and weft"),
+    ("basket_weave", T, pat.basket_weave, "blocks of strands alternating direction"),
+    ("diamond_mesh", T, pat.diamond_mesh, "chain-link wire mesh over a blurred ground"),
+    ("corrugated_sheet", T, pat.corrugated_sheet, "sinusoidal or trapezoidal corrugation, lit"),
+    ("corduroy_fabric", T, pat.corduroy_fabric, "fine ribs with pile"),
+    ("wave_print", T, pat.wave_print, "wavy or zigzag stripes"),
+    ("turned_metal_face", T, pat.turned_metal_face, "fine concentric grooves with a radial sheen"),
+    ("fish_scales", T, pat.fish_scales, "overlapping scales in offset rows"),
+    ("tread_plate", T, pat.tread_plate, "raised bars alternating orientation"),
+    ("circuit_board", T, pat.circuit_board, "traces, pads and footprints on solder mask"),
     # parts
     ("polygon_nut", P, p.polygon_nut, "a 4- to 8-sided nut with a bore"),
     ("o_ring", P, p.o_ring, "a rubber torus"),
@@ -111,19 +113,19 @@ TRAIN_FAMILIES: Mapping[str, Family] = _registry([
     ("hex_bolt", P, p.hex_bolt, "a hexagon-head bolt from the side, partly threaded"),
     ("coil_spring", P, p.coil_spring, "a helical spring from the side"),
     ("star_knob", P, p.star_knob, "a lobed knob with a metal insert"),
-    ("printed_label", P, p.printed_label, "a paper label with text, barcode and logo"),
-    ("resistor", P, p.resistor, "a banded resistor with leads"),
-    ("keycap", P, p.keycap, "a keyboard key with a legend"),
-    ("coin", P, p.coin, "a coin with a rim, a number and dots"),
-    ("door_key", P, p.door_key, "a key: bow, blade and random bitting"),
-    ("paper_clip", P, p.paper_clip, "a wire paper clip"),
-    ("blister_pack", P, p.blister_pack, "a foil blister of tablets in a grid"),
+    ("printed_label", P, o.printed_label, "a paper label with text, barcode and logo"),
+    ("resistor", P, o.resistor, "a banded resistor with leads"),
+    ("keycap", P, o.keycap, "a keyboard key with a legend"),
+    ("coin", P, o.coin, "a coin with a rim, a number and dots"),
+    ("door_key", P, o.door_key, "a key: bow, blade and random bitting"),
+    ("paper_clip", P, o.paper_clip, "a wire paper clip"),
+    ("blister_pack", P, o.blister_pack, "a foil blister of tablets in a grid"),
     ("ball_bearing", P, p.ball_bearing, "races and balls, or a sealed bearing"),
     ("wing_nut", P, p.wing_nut, "a boss with two wings"),
     ("extrusion_profile", P, p.extrusion_profile, "a T-slot aluminium profile cut face"),
-    ("cable_cross_section", P, p.cable_cross_section, "a sheathed cable cut: insulated stranded cores"),
-    ("dice_cube", P, p.dice_cube, "a die showing one face"),
-    ("nameplate", P, p.nameplate, "a metal plate with engraved text and screws"),
+    ("cable_cross_section", P, o.cable_cross_section, "a sheathed cable cut: insulated stranded cores"),
+    ("dice_cube", P, o.dice_cube, "a die showing one face"),
+    ("nameplate", P, o.nameplate, "a metal plate with engraved text and screws"),
     ("rivet_strip", P, p.rivet_strip, "a strip with one or two rows of rivets"),
     ("parts_tray", P, p.parts_tray, "a regular layout of identical small parts"),
 ])

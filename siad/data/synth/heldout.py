@@ -4,7 +4,7 @@ They differ in kind from the training families, not only in parameters: band-pas
 labyrinths, Truchet tilings, guilloche line work, meander (Greek key) bitmaps, puffed quilting, rosette
 spots and refracting water drops for textures; pipe tees, padlocks, thread spools, circlips, lathe-turned
 spindles, SIM cards and utility blades for parts. They share only the toolkit (colour, lighting, the
-camera finish, the part staging of `family_parts`) with the training families.
+camera finish, the part staging of `part_drawing`) with the training families.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from siad.data.synth.appearance import (any_colour, coords, hsv, jittered_points, light_direction, material,
                                         mix, palette, relief, smoothstep, two_tone, voronoi)
 from siad.data.synth.common import ObjectScene, _fbm, _grid, _noise, _tint
-from siad.data.synth.family_parts import (circle, code, metal, poly, pose, print_text, rounded_rect, shade,
+from siad.data.synth.part_drawing import (circle, code, metal, poly, pose, print_text, rounded_rect, shade,
                                           stage, surface, wire)
 from siad.data.synth.parts import _bevel_height
 
