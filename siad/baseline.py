@@ -40,8 +40,9 @@ from accelerate import init_empty_weights
 
 from siad.config import VISION_CONFIGS, MapConfig, SIADConfig
 from siad.config_format import renamed_weight_keys
-from siad.detection import (ZERO_SHOT, DetectionResult, Detector, batch_results,  # noqa: F401 (Detector re-exported)
-                            detect_arguments, detect_in_batches)
+from siad.detection import (PATCHCORE_PREFIX, SELF_REFERENCE_PREFIX, ZERO_SHOT,  # noqa: F401 (re-exported)
+                            ZERO_SHOT_PREFIX, DetectionResult, Detector, batch_results, detect_arguments,
+                            detect_in_batches)
 from siad.encoders import VisionBackbone, build_vision_backbone
 from siad.encoders.imagebind import ImageBindVision, load_official_checkpoint
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
@@ -55,9 +56,6 @@ from siad.reference_maps import reference_distances, reference_maps, self_refere
 from siad.references import banks_for_images, build_reference_bank, model_fingerprint
 from siad.weights import check_loaded_finite, load_safetensors, safetensors_shapes
 
-ZERO_SHOT_PREFIX = "zero-shot:"
-SELF_REFERENCE_PREFIX = "self-reference:"
-PATCHCORE_PREFIX = "patchcore:"
 ZERO_SHOT_LOGIT_SCALE = 100.0  # CLIP's: softmax(100 * cos)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

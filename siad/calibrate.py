@@ -47,14 +47,22 @@ say nothing about unseen images); the zero-shot baseline takes no references.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from siad.config import SIADConfig
+from siad.config_format import saved_format_version
+from siad.data import group_by_class, load_dataset
+from siad.detection import ZERO_SHOT_PREFIX
+from siad.model_folder import CONFIG_NAME
+from siad.predict import collect_images
 from siad.runner import (Batch, BatchItem, MemoryStore, Processes, RunFailed, RunOptions, add_run_arguments,
                           check_failures, check_output_folder, collect, plan_batches, run_shard, start_processes)
 
@@ -114,8 +122,6 @@ def _is_local_folder(spec: str) -> bool:
 def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
     """Fail early (before any image is scored) when the threshold could not be stored (no folder, or one
     that cannot be written)."""
-    from siad.baseline import ZERO_SHOT_PREFIX
-
     if dry_run:
         return
     if spec.startswith(ZERO_SHOT_PREFIX):
@@ -132,14 +138,8 @@ def check_destination(spec: str, out: Path | None, dry_run: bool) -> None:
 def write_threshold(folder: str | Path, threshold: float, smoothing_sigma: float | None = None) -> Path:
     """Set `threshold` (and, if given, `score_smoothing_sigma`) in a model folder's config.json,
     keeping every other field and the file's own config format (a folder of an older format names its
-    weights as that format did, `siad.hub.renamed_weight_keys`, so its config must stay of that format);
+    weights as that format did, `siad.config_format.renamed_weight_keys`, so its config must stay of that format);
     the file is replaced atomically. Returns its path."""
-    import json
-    import warnings
-
-    from siad.config import SIADConfig, saved_format_version
-    from siad.hub import CONFIG_NAME
-
     path = Path(folder).expanduser() / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} is not a SIAD model folder: {CONFIG_NAME} is missing")
@@ -241,8 +241,6 @@ def _score_by_class(detector: Any, samples: list, chat: bool, batch_size: int, p
                     references: Any = None, run: RunOptions | None = None) -> tuple[list[int], list[float]]:
     """(labels, scores) of dataset samples, each class's images scored with its own class name
     (and the few-shot bank `references`, when given: then there is one class)."""
-    from siad.data import group_by_class
-
     labels: list[int] = []
     scores: list[float] = []
     for name, group in group_by_class(samples).items():
@@ -270,8 +268,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smooth_sigma is not None and args.smooth_sigma < 0:
         parser.error("--smooth-sigma must be >= 0")
     if args.references is not None:
-        from siad.baseline import ZERO_SHOT_PREFIX
-
         if args.model.startswith(ZERO_SHOT_PREFIX):
             parser.error("--references needs a SIAD model: the zero-shot baseline takes no references")
         if not normal_mode and len(set(args.classes or [])) != 1:
@@ -297,8 +293,6 @@ def _fpr_threshold(scores: list[float], fpr: float) -> float:
 
 def _reference_paths(args: argparse.Namespace, scored: list[Path]) -> list[Path]:
     """The --references image files; none may be one of the images being scored."""
-    from siad.predict import collect_images
-
     references, missing = collect_images(args.references)
     if missing:
         raise FileNotFoundError(f"references not found: {', '.join(str(p) for p in missing)}")
@@ -312,12 +306,10 @@ def _reference_paths(args: argparse.Namespace, scored: list[Path]) -> list[Path]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from siad.baseline import load_detector, parse_dtype
+    from siad.baseline import load_detector, parse_dtype  # deferred: siad.baseline imports torch (argument errors and --help need none)
 
     chat = not args.no_chat
     if args.normal:
-        from siad.predict import collect_images
-
         paths, missing = collect_images(args.normal)
         if missing:
             raise FileNotFoundError(f"not found: {', '.join(str(p) for p in missing)}")
@@ -325,8 +317,6 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("no image files among --normal")
         scored = list(paths)
     else:
-        from siad.data import load_dataset
-
         samples = load_dataset(args.dataset, args.root, args.split, classes=args.classes)
         if not samples:
             raise ValueError(f"no images in the {args.split} split of {args.root}")

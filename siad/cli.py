@@ -26,6 +26,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image
+
+from siad.image import load_rgb
+from siad.predict import UniqueNames, collect_images
+from siad.run_options import check_output_folder, device_argument
+from siad.visualize import overlay
+
 # subcommand -> (module whose main() it runs, one-line help)
 DELEGATED: dict[str, tuple[str, str]] = {
     "predict": ("siad.predict", "overlays and predictions.csv for many images (python -m siad.predict)"),
@@ -38,8 +45,6 @@ PLOTS_HINT = 'matplotlib: pip install "siad-llm[plots]"'
 
 
 def _parser() -> argparse.ArgumentParser:
-    from siad.runner import device_argument
-
     parser = argparse.ArgumentParser(
         prog="siad", description="SIAD-LLM: explainable zero-shot anomaly detection (maps, scores, answers).",
         epilog="Example:\n  siad detect --model checkpoints/siad-mini --class gear part.png --out runs/overlays",
@@ -88,12 +93,7 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--class must not be empty")
     if args.out is not None and importlib.util.find_spec("matplotlib") is None:
         parser.exit(2, f"siad detect: --out (the overlay) needs {PLOTS_HINT}\n")
-    from siad.baseline import load_detector, parse_dtype
-    from siad.image import load_rgb
-    from siad.predict import _UniqueNames
-    from siad.runner import check_output_folder
-
-    from siad.predict import collect_images
+    from siad.baseline import load_detector, parse_dtype  # deferred: torch (siad predict --onnx, --help need none)
 
     references, absent = collect_images(args.references or [])
     if absent or (args.references is not None and not references):
@@ -106,7 +106,7 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         parser.exit(2, f"siad detect: error: {error}\n")
     chat = not args.no_chat and detector.can_answer
-    names = _UniqueNames()
+    names = UniqueNames()
     failed = 0
     for path in args.images:
         try:
@@ -125,10 +125,6 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if result.initial_answer != result.answer:
                 print(f"  first answer: {result.initial_answer}")
         if args.out is not None:
-            from PIL import Image
-
-            from siad.visualize import overlay
-
             args.out.mkdir(parents=True, exist_ok=True)
             target = args.out / names(path.stem)
             Image.fromarray(overlay(rgb, result.anomaly_map)).save(target)

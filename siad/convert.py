@@ -25,9 +25,15 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
+from safetensors.torch import save_file
 
 from siad.config import LLAMA_7B_ARCHITECTURE, SIADConfig
-from siad.encoders import filter_official_state_dict, safe_torch_load
+from siad.encoders import build_vision_backbone, filter_official_state_dict, safe_torch_load
+from siad.encoders.text import ImageBindTextEncoder
+from siad.model import SIADModel
+from siad.model_card import render_model_card
+from siad.weights import load_safetensors
 
 _LORA_KEY = re.compile(r"^(?:llama_model\.)?(base_model\.model\.model\.layers\.\d+\.self_attn\.(\w+_proj)\.lora_([AB]))"
                        r"(?:\.default)?\.weight$")
@@ -46,18 +52,11 @@ def _tensor_dict(obj: object, path: Path, expected: str) -> dict[str, torch.Tens
 def read_imagebind(path: str | Path, config: SIADConfig) -> dict[str, torch.Tensor]:
     """The vision and text entries of an ImageBind checkpoint (.pth, or a converted .safetensors),
     checked key for key and shape for shape against the encoder of `config`."""
-    from accelerate import init_empty_weights
-
-    from siad.encoders import build_vision_backbone
-    from siad.encoders.text import ImageBindTextEncoder
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ImageBind checkpoint not found: {path}")
     expected_kind = "an ImageBind checkpoint (imagebind_huge.pth)"
     if path.suffix == ".safetensors":
-        from siad.hub import load_safetensors
-
         state = load_safetensors(path)
     else:
         state = _tensor_dict(safe_torch_load(path, expected_kind), path, expected_kind)
@@ -80,8 +79,6 @@ def read_imagebind(path: str | Path, config: SIADConfig) -> dict[str, torch.Tens
 
 
 def convert_imagebind(path: str | Path, out: str | Path, config: SIADConfig) -> Path:
-    from safetensors.torch import save_file
-
     state = read_imagebind(path, config)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +115,7 @@ def read_pandagpt(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 def _write_adapter(folder: Path, lora: dict[str, torch.Tensor], targets: list[str], config: SIADConfig,
                    base_model: str) -> None:
-    from peft import LoraConfig
-    from safetensors.torch import save_file
+    from peft import LoraConfig  # deferred: peft takes seconds to import
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in lora.items()}, str(folder / "adapter_model.safetensors"),
@@ -129,8 +125,6 @@ def _write_adapter(folder: Path, lora: dict[str, torch.Tensor], targets: list[st
 
 
 def convert_pandagpt(path: str | Path, out: str | Path, base_model: str = "lmsys/vicuna-7b-v1.5") -> Path:
-    from safetensors.torch import save_file
-
     projection, lora, targets = read_pandagpt(path)
     rank = next(v.shape[0] for k, v in lora.items() if ".lora_A." in k)
     config = SIADConfig.siad_llm(llm=dict(lora_r=rank, lora_target_modules=tuple(targets)))
@@ -146,12 +140,6 @@ def convert_pandagpt(path: str | Path, out: str | Path, base_model: str = "lmsys
 def init_model_folder(imagebind: str | Path, pandagpt: str | Path, llm: str, out: str | Path,
                       preset: str = "siad_llm", seed: int = 0) -> Path:
     """Write a SIAD model folder for the paper's initialisation without loading the LLM."""
-    from accelerate import init_empty_weights
-    from safetensors.torch import save_file
-
-    from siad.model import SIADModel
-    from siad.model_card import render_model_card
-
     projection, lora, targets = read_pandagpt(pandagpt)
     rank = next(v.shape[0] for k, v in lora.items() if ".lora_A." in k)
     hidden, embed = projection["weight"].shape

@@ -139,7 +139,7 @@ class _OnnxRuntimeGraph:
 
     def __init__(self, path: Path, threads: int | None, providers: Sequence[str] | None) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # deferred: the optional extra [export] (or onnxruntime alone)
         except ImportError as error:
             raise ImportError(f"running {path} needs onnxruntime: {ONNX_INSTALL_HINT}") from error
         options = ort.SessionOptions()
@@ -168,7 +168,7 @@ class _OpenVINOGraph:
 
     def __init__(self, path: Path, threads: int | None) -> None:
         try:
-            import openvino as ov
+            import openvino as ov  # deferred: the optional extra [openvino]
         except ImportError as error:
             raise ImportError(f"running {path} needs OpenVINO: {OPENVINO_INSTALL_HINT}") from error
         core = ov.Core()

@@ -5,6 +5,7 @@
 - `detection_inputs`: the arguments of `detect` as one entry per image (class names checked).
 - `normalise_class_name`, `check_class_name`: class names as SIAD compares them.
 - `ZERO_SHOT`, `shot_mode`: what detection with k few-shot references is called.
+- `ZERO_SHOT_PREFIX`, `SELF_REFERENCE_PREFIX`, `PATCHCORE_PREFIX`: the model specs of the baselines.
 - `check_finite_maps`: a non-finite map is an error, never a score.
 - The detect loop of every detector (`SIADModel`, the baselines, `siad.deploy.ExportedDetector`):
   `detect_arguments` checks what `detect` was given, `detect_in_batches` runs one batch after another
@@ -29,6 +30,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only: this module imports no torc
     from siad.reference_bank import ReferenceBank
 
 ZERO_SHOT = "zero-shot"
+# The model specs of the command lines (`siad.baseline.load_detector`) that name an untrained baseline
+# rather than a SIAD model folder or Hub id: the prefix, then the encoder's source.
+ZERO_SHOT_PREFIX = "zero-shot:"
+SELF_REFERENCE_PREFIX = "self-reference:"
+PATCHCORE_PREFIX = "patchcore:"
 NON_FINITE_MAP = ("the model produced a non-finite anomaly map (NaN or infinity): its weights are corrupt (e.g. a "
                   "training run that diverged); no score can be given")
 

@@ -47,11 +47,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from siad.deploy import INPUT_NAME, OUTPUT_NAMES, ExportedDetector, ExportInfo
 from siad.detection import check_class_name
 from siad.model import SIADModel
-from siad.references import ReferenceBank, bank_paths, check_bank, model_fingerprint
+from siad.predict import collect_images
+from siad.reference_bank import ReferenceBank, bank_paths
+from siad.references import check_bank, model_fingerprint
 
 EXPORT_INSTALL_HINT = 'pip install "siad-llm[export]" (onnx, onnxscript, onnxruntime)'
 # The export's own check refuses a graph whose maps or scores differ from the model's by more than this
@@ -187,7 +190,7 @@ def _to_onnx(module: MapAndScoreGraph, program: torch.export.ExportedProgram, ex
             "Replace it with operators ONNX has (as siad.reference_maps.lower_median does for torch.median), or use a "
             "backbone that exports") from error
     assert onnx_program is not None
-    import onnx_ir as ir
+    import onnx_ir as ir  # deferred: the optional extra [export]
 
     graph = onnx_program.model.graph
     for value in (*graph.inputs, *graph.outputs):  # the symbolic batch size torch.export named "s.." -> "batch"
@@ -212,8 +215,6 @@ def locate_operator(module: nn.Module, example: torch.Tensor, operator: str) -> 
     module is the innermost `nn.Module` whose method is on the Python stack at the call (a function's
     caller counts: a function called by SIADModel's methods comes from 'model'), the line the innermost
     frame outside torch."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     names = {id(m): name or "(root)" for name, m in module.named_modules()}
     places: dict[str, None] = {}
 
@@ -261,7 +262,7 @@ def _first_lines(text: str, count: int) -> str:
 def _write_openvino(path: Path, metadata: dict[str, str]) -> Path:
     """The ONNX graph as OpenVINO IR beside it (float32 weights), the metadata in rt_info["siad"]."""
     try:
-        import openvino as ov
+        import openvino as ov  # deferred: the optional extra [openvino]
     except ImportError as error:
         raise ImportError("--openvino needs OpenVINO: pip install openvino") from error
     model = ov.convert_model(str(path))
@@ -295,8 +296,6 @@ def _check_parity(module: MapAndScoreGraph, path: Path, example: torch.Tensor) -
 def load_references(model: SIADModel, paths: Sequence[str], class_name: str) -> ReferenceBank:
     """`--references`: one saved bank (its .safetensors or .json, or the name both share) or normal images
     of the class (files and/or folders), made into a bank by the model. ValueError when nothing is found."""
-    from siad.predict import collect_images
-
     if len(paths) == 1:
         candidate = Path(paths[0])
         base = candidate.with_suffix("") if candidate.suffix in (".safetensors", ".json") else candidate

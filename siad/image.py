@@ -286,7 +286,7 @@ def center_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, 
 def normalize(batch: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """B x S x S x 3 uint8 (numpy or tensor) or B x 3 x S x S uint8 (tensor) -> B x 3 x S x S float32,
     normalised: (x / 255 - mean) / std. Traceable: `siad.export` puts it into the exported graph."""
-    import torch
+    import torch  # deferred: siad.image imports no torch (siad.deploy runs without it)
 
     tensor = torch.as_tensor(batch)
     if tensor.ndim != 4:

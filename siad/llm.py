@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
+                          PreTrainedTokenizerFast)
 
 from siad.config import LLM_SIZE_LIMITS, SIADConfig, check_llm_sizes
 from siad.generation import (MAX_BEAMS, MAX_NO_REPEAT_NGRAM, MAX_STOP_STRING_CHARS,  # noqa: F401 (re-exported)
@@ -55,9 +58,6 @@ def tokenizer_corpus() -> list[str]:
 def build_siad_tokenizer(vocab_size: int, corpus: list[str] | None = None) -> Any:
     """SIAD's own byte-level BPE tokenizer (any text encodes; no unknown tokens), trained on
     `corpus` (default: `tokenizer_corpus()`), with LLaMA's special tokens <unk> <s> </s> and <pad>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + len(specials):
@@ -83,8 +83,6 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
     the LLM is built from `config.llm.architecture` with random weights and SIAD's own tokenizer.
     quantization: None, "8bit" or "4bit" (bitsandbytes, GPU only).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     name = str(source) if source is not None else config.llm.name_or_path
     if name is None:
         architecture = dict(config.llm.architecture or {})
@@ -98,8 +96,6 @@ def load_language_model(config: SIADConfig, dtype: torch.dtype = torch.float32,
     kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir,
                                   use_safetensors=True, **NO_REMOTE_CODE)
     if quantization is not None:
-        from transformers import BitsAndBytesConfig
-
         if quantization not in ("8bit", "4bit"):
             raise ValueError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}")
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -130,7 +126,7 @@ def _is_meta(model: nn.Module) -> bool:
 
 def add_lora(model: nn.Module, config: SIADConfig) -> nn.Module:
     """Wrap the base LM with the LoRA adapter of the config (the base is frozen by peft)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # deferred: peft takes seconds to import
 
     lora = LoraConfig(r=config.llm.lora_r, lora_alpha=config.llm.lora_alpha, lora_dropout=config.llm.lora_dropout,
                       target_modules=list(config.llm.lora_target_modules), bias="none", task_type="CAUSAL_LM")

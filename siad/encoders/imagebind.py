@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from siad.config import ImageBindVisionConfig
 from siad.encoders.base import VisionBackbone, VisionFeatures
+from siad.weights import safe_torch_load  # noqa: F401 (re-exported: its old home)
 
 IMAGEBIND_INSTALL_HINT = "pip install --no-deps imagebind-unofficial==0.1.1"
 KEPT_MODALITIES = ("vision", "text")
@@ -122,19 +123,6 @@ def filter_official_state_dict(state_dict: dict[str, torch.Tensor],
     """The entries of an official ImageBind state dict for `modalities` (the others dropped)."""
     prefixes = tuple(f"{group}.{m}." for group in MODULE_GROUPS for m in modalities)
     return {k: v for k, v in state_dict.items() if k.startswith(prefixes)}
-
-
-def safe_torch_load(path: Path, expected: str) -> object:
-    """`torch.load(weights_only=True)`, memory-mapped when the file allows it; any failure becomes
-    a ValueError naming the file and what was expected."""
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # not a zip-format file: mmap is impossible, read it whole
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, zip errors, unsafe content, ...
-        raise ValueError(f"{path} cannot be read as {expected} with torch.load(weights_only=True): "
-                         f"{str(error).splitlines()[0]}") from error
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

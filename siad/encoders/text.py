@@ -25,6 +25,8 @@ class ImageBindTokenizer:
 
     def __init__(self, context_length: int = 77) -> None:
         import_imagebind_model()
+        # deferred: imagebind's package is registered by import_imagebind_model() first (its own __init__
+        # needs dependencies that do not install)
         from imagebind.models.multimodal_preprocessors import SimpleTokenizer
 
         self._bpe = SimpleTokenizer(str(imagebind_bpe_path()), context_length=context_length)
