@@ -41,7 +41,7 @@ NON_FINITE_MAP = ("the model produced a non-finite anomaly map (NaN or infinity)
 
 @dataclass
 class DetectionResult:
-    """The result of `SIADModel.detect` (or `siad.deploy.OnnxDetector.detect`) for one image.
+    """The result of `SIADModel.detect` (or `siad.deploy.ExportedDetector.detect`) for one image.
 
     anomaly_map: H x W float32 in [0, 1] at the original image's size (the refined map M' when
         self-improvement ran, else M); beyond `config.map.max_map_pixels` pixels (4.2 MP by default) at

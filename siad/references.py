@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from siad.config import MapConfig
-from siad.detection import ZERO_SHOT, normalise_class_name, shot_mode  # noqa: F401 (re-exported)
+from siad.detection import ZERO_SHOT, check_class_name, normalise_class_name, shot_mode  # noqa: F401 (re-exported)
 from siad.jsonfile import short_repr
 from siad.reference_bank import (BANK_FORMAT, BANK_VERSION, FEATURE_KINDS, MAX_NORMAL_SCALE,  # noqa: F401 (re-exported)
                                  MIN_NORMAL_SCALE, ReferenceBank, bank_paths)
@@ -348,8 +348,7 @@ def build_reference_bank(model: Any, images: Sequence[Any], class_name: str, *, 
     """The bank of a class from k normal images (paths, PIL images or arrays, as `detect` takes),
     through the model's own preprocessing and encoder (`prepare_images`, `encode_images`, and
     `visual_features` for "visual"). The bank lies on the model's device, in `dtype`."""
-    if not isinstance(class_name, str) or not class_name.strip():
-        raise ValueError(f"the class name must be a non-empty string, got {class_name!r}")
+    check_class_name(class_name)
     items = list(images)
     if not items:
         raise ValueError("no reference images")

@@ -16,13 +16,17 @@ rerun only trains and evaluates what is missing (the training itself resumes too
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from siad import evaluate  # noqa: E402
 
 # Table 3 of the paper: (a) text prompts, (b) enhancement modules and adapter.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -44,10 +48,6 @@ DEFAULT_CONFIG = REPO_ROOT / "train" / "configs" / "mini.yaml"
 def run_variant(name: str, steps: int, out: Path, test_root: Path, seed: int = 0,
                 config: Path = DEFAULT_CONFIG) -> dict:
     """Train (or resume) one variant of the recipe `config` with one seed and evaluate it; returns its report."""
-    import importlib.util
-
-    from siad import evaluate
-
     run_dir = out / name / f"seed{seed}"
     final = run_dir / "final"
     if not (final / "config.json").is_file():
@@ -103,8 +103,6 @@ def summarise(rows: list[tuple[str, list[dict]]], steps: int) -> str:
     """A markdown table of the mean over the test classes (%), averaged over each variant's seeds (with
     +- the standard deviation over the seeds when there are several): image and pixel AUROC and answer
     accuracy, for pass 1 and pass 2 ("-" where a variant has no second pass)."""
-    import statistics
-
     seeds = max(len(reports) for _, reports in rows)
     lines = [f"| variant ({steps} steps, {seeds} seed{'s' if seeds > 1 else ''}) | I-AUROC (S) | P-AUROC (M) | acc. (R) "
              f"| I-AUROC (S') | P-AUROC (M') | acc. (R') |", "|---|---|---|---|---|---|---|"]

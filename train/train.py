@@ -15,6 +15,8 @@ cross-entropy). See train/README.md for the settings, the output folder and resu
 from __future__ import annotations
 
 import argparse
+import shutil
+import signal
 import sys
 import time
 import warnings
@@ -25,7 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # a clone used without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
+from tqdm.auto import tqdm  # noqa: E402
+
 from siad import training as T  # noqa: E402
+from siad.answers import pem_position_edges  # noqa: E402
 
 StepHook = Callable[[int], None]
 
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None, on_step: StepHook | None = None) -> int:
 
 def check_only(settings: T.RunSettings) -> None:
     """--check: every check of a run, nothing built; every training image is decoded as training will."""
-    import yaml
+    import yaml  # deferred: PyYAML is the optional extra [train]
 
     config = T.model_config(settings)
     T.check_environment(settings)
@@ -113,8 +118,9 @@ def find_checkpoint(out: Path, resume: bool, resume_from: Path | None,
 def make_accelerator(settings: T.RunSettings, config: Any, out: Path) -> Any:
     """The Accelerator (mixed precision, gradient accumulation, trackers); DeepSpeed settings that
     Accelerate cannot infer without a prepared data loader are filled in here."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, is_tensorboard_available
+    from accelerate import Accelerator  # deferred: train.py --check runs without torch
+    from accelerate.utils import (DistributedDataParallelKwargs, DistributedType,  # deferred: as above
+                                  is_tensorboard_available)
 
     log_with = settings.output.log_with
     if log_with == "tensorboard" and not is_tensorboard_available():
@@ -133,7 +139,7 @@ def make_accelerator(settings: T.RunSettings, config: Any, out: Path) -> Any:
 
 
 def is_deepspeed(accelerator: Any) -> bool:
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType  # deferred: train.py --check runs without torch
 
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
@@ -142,16 +148,16 @@ def build_model(settings: T.RunSettings, config: Any, accelerator: Any) -> Any:
     """The model on the accelerator's device: a preset built from `train.seed`, or a saved folder.
     With a 16-bit model.dtype the trainable parameters are kept in float32 (DeepSpeed keeps its own
     float32 master copy instead)."""
-    import torch
+    import torch  # deferred: train.py --check runs without torch
 
-    from siad.model import SIADModel
+    from siad.model import SIADModel  # deferred: train.py --check runs without torch
 
     dtype = getattr(torch, settings.model.dtype)
     torch.manual_seed(settings.train.seed)
     if settings.model.from_pretrained is None:
         model = SIADModel(config, dtype=dtype, device=accelerator.device)
     else:
-        from siad.hub import load_model_folder
+        from siad.hub import load_model_folder  # deferred: train.py --check runs without torch
 
         model = load_model_folder(SIADModel, T.model_folder(settings), config=config, dtype=dtype,
                                   device=accelerator.device, llm_quantization=settings.train.llm_quantization)
@@ -159,7 +165,7 @@ def build_model(settings: T.RunSettings, config: Any, accelerator: Any) -> Any:
         for _, param in model.trainable_parameters():
             param.data = param.data.float()
     if settings.train.grad_checkpointing:
-        from siad.llm import enable_activation_checkpointing
+        from siad.llm import enable_activation_checkpointing  # deferred: train.py --check runs without torch
 
         enable_activation_checkpointing(model.llm.get_base_model())
     return model.train()
@@ -167,7 +173,7 @@ def build_model(settings: T.RunSettings, config: Any, accelerator: Any) -> Any:
 
 def make_optimizer(settings: T.RunSettings, model: Any, total_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters and its learning-rate schedule (stepped per optimizer step)."""
-    import torch
+    import torch  # deferred: train.py --check runs without torch
 
     t = settings.train
     optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=t.lr, betas=tuple(t.betas),
@@ -180,7 +186,7 @@ def make_optimizer(settings: T.RunSettings, model: Any, total_steps: int) -> tup
 def check_finite_loss(accelerator: Any, output: Any, step: int) -> None:
     """Stop the run (on every process) when a loss is NaN or infinite, before it reaches the weights.
     Nothing from this step on is saved; the last checkpoint stays the newest."""
-    import torch
+    import torch  # deferred: train.py --check runs without torch
 
     bad = torch.tensor(0.0 if bool(torch.isfinite(output.loss.detach()).all()) else 1.0, device=accelerator.device)
     if float(accelerator.reduce(bad, reduction="sum")) > 0:
@@ -225,7 +231,7 @@ def load_checkpoint_state(accelerator: Any, model: Any, optimizer: Any, schedule
                           checkpoint: Path) -> dict[str, Any]:
     """Restore optimizer, scheduler, grad scaler (the weights are loaded before `prepare`); return the
     RNG states to restore right before the first step."""
-    import torch
+    import torch  # deferred: train.py --check runs without torch
 
     rank = accelerator.process_index
     if is_deepspeed(accelerator):  # `model` is the DeepSpeed engine: optimizer partitions and fp32 master weights
@@ -261,14 +267,12 @@ def save_final(accelerator: Any, model: Any, out: Path, push_to_hub: str | None)
         tmp = out / f"{T.TMP_PREFIX}{T.FINAL_DIR}"
         with T.writing_folder(tmp, "the final model"):
             if tmp.exists():
-                import shutil
-
                 shutil.rmtree(tmp)
             unwrapped.save_pretrained(tmp, repo_id=push_to_hub)
             T.commit_folder(tmp, final)
         accelerator.print(f"saved the model to {final}")
         if push_to_hub:
-            from siad.hub import upload_model_folder
+            from siad.hub import upload_model_folder  # deferred: train.py --check runs without torch
 
             url = upload_model_folder(final, push_to_hub)  # the folder just saved: one save, one upload
             accelerator.print(f"pushed the model to {url or push_to_hub}")
@@ -292,16 +296,13 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
     checkpoint = find_checkpoint(out, resume, resume_from, report=accelerator.print)
     state = check_resumable(checkpoint, settings, accelerator.num_processes) if checkpoint else None
 
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    import torch  # deferred: train.py --check runs without torch
+    from torch.utils.data import DataLoader  # deferred: train.py --check runs without torch
 
-    from siad.data.dataset import PseudoAnomalyDataset, collate_pairs
+    from siad.data.dataset import PseudoAnomalyDataset, collate_pairs  # deferred: train.py --check runs without torch
 
     t, d = settings.train, settings.data
     named = d.name.lower() not in ("mvtec_format", "meta")
-    from siad.answers import pem_position_edges
-
     dataset = PseudoAnomalyDataset(samples, config.vision.image_size, config.vision.resize_mode, d.seed,
                                    dataset_name=d.name.lower() if named else None,
                                    max_input_side=config.vision.max_input_side, max_input_pixels=config.vision.max_input_pixels,
@@ -402,8 +403,6 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
                 if stop_agreed(accelerator, stop):  # SIGTERM: this step's checkpoint, then a clean exit
                     if not saved:
                         save_checkpoint(accelerator, model, optimizer, scheduler, settings, out, position)
-                    import signal
-
                     number = stop.signal_number or signal.SIGTERM
                     raise T.TrainingStopped(
                         f"stopped by {signal.Signals(number).name} after step {step} of {total_steps}: its checkpoint "
@@ -421,7 +420,7 @@ def run(settings: T.RunSettings, resume: bool = False, resume_from: Path | None 
 def stop_agreed(accelerator: Any, stop: T.StopRequest) -> bool:
     """Whether any process received a stop signal (every process agrees, so that all stop after the
     same step and save one checkpoint together)."""
-    import torch
+    import torch  # deferred: train.py --check runs without torch
 
     asked = torch.tensor(0.0 if stop.signal_number is None else float(stop.signal_number), device=accelerator.device)
     if accelerator.num_processes > 1:
