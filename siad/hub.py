@@ -63,7 +63,7 @@ Model = TypeVar("Model", bound="SIADModel")
 
 
 # ---------------------------------------------------------------------- saving
-def save_model_folder(model: "SIADModel", save_directory: str | Path, *, save_encoder: bool = True,
+def save_model_folder(model: "SIADNetwork", save_directory: str | Path, *, save_encoder: bool = True,
                       card: str | None = None, dtype: torch.dtype | None = None, model_id: str | None = None) -> Path:
     """Write the folder of `siad.model_folder`'s docstring. dtype: cast floating weights (e.g. bf16);
     card: the README.md text (default: `render_model_card` for this model; model_id: the Hub id its
@@ -122,19 +122,17 @@ def _strip_base_layer(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {k.replace(".base_layer.", "."): v for k, v in state.items()}
 
 
-
 # ---------------------------------------------------------------------- uploading
-
 def upload_model_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
                         branch: str | None = None, create_pr: bool = False,
                         commit_message: str | None = None) -> str:
     """Upload a saved model folder to the Hub exactly as it is, in one commit; returns the commit URL.
 
     The repo is created if needed. Only the files of a model folder (`HUB_PATTERNS`: config.json,
-    model.safetensors, generation_config.json, llm_adapter/, llm/, README.md) are uploaded, and files of those patterns that
-    the folder no longer has are deleted from the repo in the same commit (e.g. an llm/ left by an
-    earlier upload, which would otherwise be loaded instead of the LM the config names). Nothing is
-    saved again: the dtype, card and encoder are those of the folder.
+    model.safetensors, generation_config.json, llm_adapter/, llm/, README.md) are uploaded, and files of
+    those patterns that the folder no longer has are deleted from the repo in the same commit (e.g. an
+    llm/ left by an earlier upload, which would otherwise be loaded instead of the LM the config names).
+    Nothing is saved again: the dtype, card and encoder are those of the folder.
     """
     folder = Path(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
@@ -148,7 +146,6 @@ def upload_model_folder(folder: str | Path, repo_id: str, *, token: str | None =
                              allow_patterns=list(HUB_PATTERNS), delete_patterns=list(HUB_PATTERNS))
 
 
-
 def upload_branch(branch: str | None, revision: str | None) -> str | None:
     """The branch an upload goes to: huggingface_hub names it `branch`, transformers' `push_to_hub`
     `revision`; either may be given (both only when they agree). None: the repo's main branch."""
@@ -158,7 +155,7 @@ def upload_branch(branch: str | None, revision: str | None) -> str | None:
     return branch if branch is not None else revision
 
 
-def push_model(model: "SIADModel", repo_id: str, *, save_encoder: bool = True, card: str | None = None,
+def push_model(model: "SIADNetwork", repo_id: str, *, save_encoder: bool = True, card: str | None = None,
                dtype: torch.dtype | None = None, token: str | None = None, private: bool | None = None,
                branch: str | None = None, create_pr: bool = False, commit_message: str | None = None) -> str:
     """Save the model once into a temporary folder (`save_model_folder`, its card naming `repo_id`) and
@@ -171,7 +168,6 @@ def push_model(model: "SIADModel", repo_id: str, *, save_encoder: bool = True, c
 
 
 # ---------------------------------------------------------------------- loading
-
 def load_model_folder(model_class: type[Model], folder: Path, *, config: SIADConfig | None = None,
                       dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                       cache_dir: str | Path | None = None, local_files_only: bool = False,

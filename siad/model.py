@@ -34,9 +34,9 @@ from siad.conversation import (Conversation, FollowUpContext, PassCache, check_d
                                follow_up_context, history_turns, prompt_description)
 from siad.detection import (ZERO_SHOT, DetectionResult, batch_results, check_class_name,  # noqa: F401 (re-exported)
                             detect_arguments, detect_in_batches)
+from siad.generation import AnswerStreamer
 from siad.hub import load_generation_config, read_generation_config, save_generation_config  # noqa: F401 (re-exported)
 from siad.image import ImageInput
-from siad.generation import AnswerStreamer
 from siad.llm_prompt import (LLMInputs, PromptBuilder, TextLimits, conversation_header, conversation_segments,
                              longest_token_bytes)
 from siad.modules import parameter_version
@@ -69,7 +69,7 @@ class SIADModel(SIADNetwork):
     gave nothing but a second copy of the config). Implementing its `_save_pretrained` / `_from_pretrained`
     instead was weighed and refused, because the mixin's public methods would then run around them:
     - its `from_pretrained` parses config.json with an unbounded `json.load` before SIAD's bounded,
-      format-upgrading reader (`siad.hub.read_folder_config`) can refuse or upgrade it, and passes every
+      format-upgrading reader (`siad.model_folder.read_folder_config`) can refuse or upgrade it, and passes every
       config key that names an `__init__` argument to the constructor (SIADConfig's `llm` section would
       arrive as the `llm=` model);
     - its `save_pretrained` calls `_save_pretrained(save_directory)` alone: the save options (`dtype`,

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from siad.config import SIADConfig
 from siad.encoders import VisionFeatures, build_vision_backbone
 from siad.encoders.text import ImageBindTextEncoder, ImageBindTokenizer
-from siad.image import ImageInput, PreparedImage, encoder_inputs, normalize
 from siad.generation import build_generation_config, generate, generation_settings
+from siad.image import ImageInput, PreparedImage, encoder_inputs, normalize
 from siad.llm import add_lora, load_language_model
 from siad.llm_prompt import LLMInputs, PromptBuilder, conversation_segments
 from siad.losses import dice_loss, focal_loss

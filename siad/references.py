@@ -48,8 +48,8 @@ from siad.detection import ZERO_SHOT, check_class_name, normalise_class_name, sh
 from siad.jsonfile import short_repr
 from siad.reference_bank import (BANK_FORMAT, BANK_VERSION, FEATURE_KINDS, MAX_NORMAL_SCALE,  # noqa: F401 (re-exported)
                                  MIN_NORMAL_SCALE, ReferenceBank, bank_paths)
-from siad.reference_maps import (DEFAULT_CHUNK_ELEMENTS, DEFAULT_FEW_SHOT_WEIGHT, FUSION_FLOOR,  # noqa: F401 (re-exported)
-                                 aggregate_patches, fuse_stage_maps, lower_median, nearest_distances,
+from siad.reference_maps import (DEFAULT_CHUNK_ELEMENTS, DEFAULT_FEW_SHOT_WEIGHT,  # noqa: F401 (re-exported)
+                                 FUSION_FLOOR, aggregate_patches, fuse_stage_maps, lower_median, nearest_distances,
                                  reference_distances, reference_maps, self_reference_distances, self_reference_maps)
 
 # The few-shot settings live in SIADConfig.map (few_shot_features, few_shot_weight, max_bank_patches);
