@@ -426,7 +426,7 @@ def validate_settings(settings: RunSettings) -> None:
         except (TypeError, ValueError) as error:
             raise SettingsError(f"model: {error}") from error
     _string("data.name", d.name, optional=False)
-    from siad.data.readers import DATASET_NAMES, SPLITS
+    from siad.data import DATASET_NAMES, SPLITS
 
     _choice("data.name", d.name.lower(), DATASET_NAMES)
     _string("data.root", d.root, optional=False)
@@ -609,11 +609,9 @@ def check_environment(settings: RunSettings) -> None:
 
 def _class_folders(name: str, root: Path) -> list[str]:
     """Class folders of an MVTec-like root (those holding `train/`), to find classes without images."""
-    if name.lower() not in ("mvtec", "mpdd", "dtd", "btad", "mvtec_format") or not root.is_dir():
-        return []
-    if name.lower() == "mvtec_format" and (root / "train").is_dir():
-        return [root.name]
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / "train").is_dir())
+    from siad.data import class_folders
+
+    return class_folders(name, root)
 
 
 def load_training_samples(settings: RunSettings) -> list["Sample"]:
