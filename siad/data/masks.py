@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from siad.data.sample import PathLike, Sample
+from siad.image import center_crop_geometry, upright_size
 
 
 class MaskSizeWarning(UserWarning):
@@ -56,8 +57,6 @@ def mask_size_mismatch(mask_path: PathLike, image_path: PathLike) -> str | None:
     """None when the mask has its image's size (both upright, read from the file headers), else a
     sentence naming both files and sizes. Evaluation resizes a mask to the map's size; a mask of
     another size than its image is then stretched (or shrunk) to it."""
-    from siad.image import upright_size  # siad.image imports torch: only when masks are checked
-
     mask_size, image_size = upright_size(mask_path), upright_size(image_path)
     if mask_size == image_size:
         return None
@@ -95,8 +94,6 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int], mode: str = "squa
         raise ValueError(f"resize mode must be 'squash' or 'center_crop', got {mode!r}")
     if not isinstance(size, int):
         raise ValueError(f"center_crop needs a square size (an int), got {size!r}")
-    from siad.image import center_crop_geometry  # the encoder's own geometry (siad.image imports torch)
-
     new_w, new_h, left, top = center_crop_geometry(image.width, image.height, size)
     image = image.resize((new_w, new_h), Image.Resampling.NEAREST)
     return np.asarray(image.crop((left, top, left + size, top + size))) > 0

@@ -76,7 +76,7 @@ def tile_sdd(root: PathLike, cache_dir: PathLike, progress: bool | None = None) 
     sources are unchanged (a manifest in `cache_dir` records them). Returns the `SDD` folder.
     `progress`: a tqdm bar (None: only on a terminal).
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # deferred: only raw KolektorSDD is tiled, and the registry imports this module
 
     root, cache = Path(root), Path(cache_dir)
     pairs = _sdd_raw_pairs(root)
