@@ -1,7 +1,8 @@
 """The text of SIAD-LLM as data: class descriptions, the prompt ensemble, the question, the answers.
 
 - `CLASS_DESCRIPTIONS`: the paper's tables 8-16 (appendix F), keyed by dataset and by the class
-  name as the dataset spells it; `describe()` falls back to `GENERIC_DESCRIPTION`.
+  name as the dataset spells it, read from the dataset registry (`siad.data.registry`: each dataset's
+  module holds its table); `describe()` falls back to `GENERIC_DESCRIPTION`.
 - The compositional prompt ensemble of appendix D (7 normal states, 5 abnormal states,
   2 templates): `ensemble_sentences()`.
 - The question and the answer templates of DESIGN 3.9 (`answer_text()`); the answer for a mask is
@@ -10,83 +11,11 @@
 
 from __future__ import annotations
 
-GENERIC_DESCRIPTION = (
-    "This is a photo of a {name} for anomaly detection, which should be without any damage, flaw, "
-    "defect, scratch, hole or broken part."
-)
-
-_WITHOUT = "without any damage, flaw, defect, scratch, hole or broken part."
-
-
-def _plain(subject: str) -> str:
-    return f"This is a photo of {subject} for anomaly detection, which should be {_WITHOUT}"
-
-
-# Tables 8-16 of the paper, class names as the datasets spell them.
-CLASS_DESCRIPTIONS: dict[str, dict[str, str]] = {
-    "mvtec": {
-        "bottle": "This is a photo of a bottle for anomaly detection, which should be round, " + _WITHOUT,
-        "cable": "This is a photo of three cables for anomaly detection, cables cannot be missed or "
-                 "swapped, which should be " + _WITHOUT,
-        "capsule": "This is a photo of a capsule for anomaly detection, which should be black and orange, "
-                   "with print '500', " + _WITHOUT,
-        "carpet": _plain("carpet"),
-        "grid": _plain("grid"),
-        "hazelnut": _plain("a hazelnut"),
-        "leather": "This is a photo of leather for anomaly detection, which should be brown and " + _WITHOUT,
-        "metal_nut": "This is a photo of a metal nut for anomaly detection, which should be without any "
-                     "damage, flaw, defect, scratch, hole or broken part, and shouldn't be fliped.",
-        "pill": "This is a photo of a pill for anomaly detection, which should be white, with print 'FF' "
-                "and red patterns, " + _WITHOUT,
-        "screw": "This is a photo of a screw for anomaly detection, which tail should be sharp, and " + _WITHOUT,
-        "tile": _plain("tile"),
-        "toothbrush": _plain("a toothbrush"),
-        "transistor": _plain("a transistor"),
-        "wood": "This is a photo of wood for anomaly detection, which should be brown with patterns, " + _WITHOUT,
-        "zipper": _plain("a zipper"),
-    },
-    "visa": {
-        "candle": "This is a photo of 4 candles for anomaly detection, every candle should be round, " + _WITHOUT,
-        "capsules": "This is a photo of many small capsules for anomaly detection, every capsule is green, "
-                    "should be " + _WITHOUT,
-        "cashew": _plain("a cashew"),
-        "chewinggum": "This is a photo of a chewinggom for anomaly detection, which should be white, " + _WITHOUT,
-        "fryum": "This is a photo of a fryum for anomaly detection on green background, which should be "
-                 + _WITHOUT,
-        "macaroni1": _plain("4 macaronis"),
-        "macaroni2": _plain("4 macaronis"),
-        "pcb1": _plain("pcb"),
-        "pcb2": _plain("pcb"),
-        "pcb3": _plain("pcb"),
-        "pcb4": _plain("pcb"),
-        "pipe_fryum": _plain("a pipe fryum"),
-    },
-    "mpdd": {
-        "bracket_black": "This is a photo of a bracket_black for anomaly detection, which should be black and "
-                         + _WITHOUT,
-        "bracket_brown": "This is a photo of a bracket_brown for anomaly detection, which should be brown and "
-                         + _WITHOUT,
-        "bracket_white": "This is a photo of a bracket_white for anomaly detection, which should be white and "
-                         + _WITHOUT,
-        "connector": _plain("a connector"),
-        "metal_plate": "This is a photo of a metal_plate for anomaly detection, which should be without any "
-                       "damage, rust, flaw, defect, scratch, hole or broken part.",
-        "tubes": _plain("a tubes"),
-    },
-    "dtd": {
-        name: _plain(f"a {name}")
-        for name in ("Woven_001", "Woven_127", "Stratified_154", "Blotchy_099", "Woven_068", "Woven_125",
-                     "Marbled_078", "Perforated_037", "Mesh_114", "Fibrous_183", "Matted_069", "Woven_104")
-    },
-    "btad": {
-        name: f"This is a photo of a {name} for anomaly detection, which should be round, " + _WITHOUT
-        for name in ("01", "02", "03")
-    },
-    "sdd": {"SDD": _plain("a electrical_commutators")},
-    "br35h": {"brain": "This is a photo of a brain for medical anomaly detection, which should be " + _WITHOUT},
-    "brainmri": {"brain": "This is a photo of a brain for medical anomaly detection, which should be " + _WITHOUT},
-    "headct": {"brain": "This is a photo of a brain for medical anomaly detection, which should be " + _WITHOUT},
-}
+# CLASS_DESCRIPTIONS: the paper's tables 8-16 (appendix F), {dataset: {class: description}}, class names as
+# the datasets spell them; each dataset's module of `siad.data.datasets` holds its table, and this read-only
+# view follows the registry (datasets registered later included).
+from siad.data.descriptions import GENERIC_DESCRIPTION as GENERIC_DESCRIPTION
+from siad.data.registry import CLASS_DESCRIPTIONS as CLASS_DESCRIPTIONS
 
 # Appendix D, figure 5: state-level and template-level prompts ([o] is the object's name).
 NORMAL_STATES: tuple[str, ...] = (
@@ -114,7 +43,7 @@ NORMAL_ANSWER = "No, there is no anomaly in the image."
 
 
 def known_classes() -> list[str]:
-    """Every class name of the nine datasets (as the datasets spell them), sorted, without repeats."""
+    """Every class name the registered datasets describe (as the datasets spell them), sorted, without repeats."""
     return sorted({name for table in CLASS_DESCRIPTIONS.values() for name in table})
 
 

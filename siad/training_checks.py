@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 from siad.checkpoints import FINAL_DIR, free_space, is_disk_full, list_checkpoints, remove_partial_folders
 from siad.config import SIADConfig
-from siad.data.readers import Sample, load_dataset
+from siad.data.readers import load_dataset
+from siad.data.registry import class_folders
+from siad.data.sample import Sample
 from siad.image import load_rgb
 from siad.model_folder import CONFIG_NAME, resolve_model_folder
 from siad.training_settings import RunSettings, SettingsError
@@ -72,12 +74,9 @@ def check_environment(settings: RunSettings) -> None:
 
 
 def _class_folders(name: str, root: Path) -> list[str]:
-    """Class folders of an MVTec-like root (those holding `train/`), to find classes without images."""
-    if name.lower() not in ("mvtec", "mpdd", "dtd", "btad", "mvtec_format") or not root.is_dir():
-        return []
-    if name.lower() == "mvtec_format" and (root / "train").is_dir():
-        return [root.name]
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / "train").is_dir())
+    """Class folders of a dataset root (those holding `train/`), to find classes without images: the
+    dataset registry's (`siad.data.registry.class_folders`)."""
+    return class_folders(name, root)
 
 
 def load_training_samples(settings: RunSettings) -> list[Sample]:

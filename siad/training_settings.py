@@ -16,7 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from siad.config import SIADConfig
 from siad.data.pseudo import KINDS, default_weights
-from siad.data.readers import DATASET_NAMES, SPLITS
+from siad.data.registry import dataset_names
+from siad.data.sample import SPLITS
 
 SECTIONS: tuple[str, ...] = ("model", "data", "train", "output")
 PRESETS: tuple[str, ...] = ("tiny", "mini", "mini_v2", "siad_llm")
@@ -324,7 +325,7 @@ def validate_settings(settings: RunSettings) -> None:
         except (TypeError, ValueError) as error:
             raise SettingsError(f"model: {error}") from error
     _string("data.name", d.name, optional=False)
-    _choice("data.name", d.name.lower(), DATASET_NAMES)
+    _choice("data.name", d.name.lower(), dataset_names())
     _string("data.root", d.root, optional=False)
     _choice("data.split", d.split, SPLITS)
     if d.classes is not None:

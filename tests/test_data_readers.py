@@ -443,7 +443,7 @@ def test_a_mask_of_another_size_than_its_image_is_reported_by_name(tmp_path: Pat
     """Such a mask used to be stretched to the map without a word."""
     import warnings
 
-    from siad.data.readers import MaskSizeWarning
+    from siad.data.masks import MaskSizeWarning
 
     root = build_mvtec(tmp_path / "mvtec")
     with warnings.catch_warnings():
@@ -470,7 +470,7 @@ def test_mask_sizes_compare_upright_images(tmp_path: Path) -> None:
     """An image with an EXIF rotation is compared (and mapped) upright; so is a mask with one."""
     import warnings
 
-    from siad.data.readers import MaskSizeWarning, check_mask_sizes
+    from siad.data.masks import MaskSizeWarning, check_mask_sizes
 
     exif = Image.Exif()
     exif[0x0112] = 6  # shown turned by 90 degrees
@@ -495,7 +495,7 @@ def test_mask_sizes_compare_upright_images(tmp_path: Path) -> None:
 
 
 def test_many_mismatched_masks_give_one_warning(tmp_path: Path) -> None:
-    from siad.data.readers import MaskSizeWarning, check_mask_sizes
+    from siad.data.masks import MaskSizeWarning, check_mask_sizes
 
     samples = [Sample(save_image(tmp_path / f"{i:02d}.png"), save_mask(tmp_path / f"{i:02d}_mask.png", size=(6, 8)),
                       "c", "d", 1) for i in range(13)]

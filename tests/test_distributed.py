@@ -182,21 +182,23 @@ def test_an_interrupted_evaluation_resumes_and_gives_the_same_report(setup, tmp_
     clean = tmp_path / "clean"
     assert ev.main([*arguments, "--out", str(clean)]) == 0
     calls: list[int] = []
-    original = ev._evaluate_batch
+    from siad.evaluation import protocols  # evaluate_samples runs each batch with protocols.evaluate_batch
+
+    original = protocols.evaluate_batch
 
     def interrupted(*args, **kwargs):
         calls.append(len(args[1]))
         if len(calls) == 4:
             raise KeyboardInterrupt  # killed during the 4th batch
         return original(*args, **kwargs)
-    monkeypatch.setattr(ev, "_evaluate_batch", interrupted)
+    monkeypatch.setattr(protocols, "evaluate_batch", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         ev.main([*arguments, "--out", str(out)])
     kept = sorted(p.name for p in (out / runner.RESUME_FOLDER).glob("*/batch-*.npz"))
     assert kept == ["batch-000000.npz", "batch-000001.npz", "batch-000002.npz"]
     calls.clear()
-    monkeypatch.setattr(ev, "_evaluate_batch", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
+    monkeypatch.setattr(protocols, "evaluate_batch", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
     assert ev.main([*arguments, "--out", str(out), "--resume"]) == 0
     assert len(calls) == 9 - 3  # 3 classes of 5 images in batches of 2: 9 batches, 3 were done
     assert "resuming, 3 of 9 batches" in capsys.readouterr().err

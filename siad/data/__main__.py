@@ -3,7 +3,8 @@
 `prepare` reads the train and test splits of the dataset at ROOT (in its distributed layout) and
 writes `ROOT/meta.json` (the zero-shot repositories' schema), then prints the number of normal and
 anomalous images per class and split. Raw KolektorSDD ("sdd") is tiled into `--cache-dir`, which
-must lie inside ROOT (meta.json paths are relative to ROOT; default `ROOT/sdd_tiles`).
+must lie inside ROOT (meta.json paths are relative to ROOT; default `ROOT/<the dataset's cache_folder>`,
+`ROOT/sdd_tiles` for SDD).
 Exit status: 0 on success, 1 when the data cannot be read or ROOT is not writable, 2 on bad usage.
 """
 
@@ -17,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from siad.data.meta import META_FILENAME, write_meta
-from siad.data.readers import DATASET_NAMES, SPLITS, Sample, load_dataset
+from siad.data.readers import load_dataset
+from siad.data.registry import dataset_spec, dataset_specs
+from siad.data.sample import SPLITS, Sample
 
 
 def _check_writable(root: Path) -> None:
@@ -48,13 +51,14 @@ def _counts_table(splits: dict[str, list[Sample]]) -> str:
 
 def prepare(name: str, root: Path, cache_dir: Path | None = None) -> Path:
     """Write ROOT/meta.json for dataset `name`; returns its path (prints the counts)."""
-    if name == "meta":
-        raise ValueError("'meta' is already a meta.json folder; prepare reads a dataset in its own layout")
+    spec = dataset_spec(name)
+    if spec.index_file:
+        raise ValueError(f"'{name}' is already a meta.json folder; prepare reads a dataset in its own layout")
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder")
     _check_writable(root)
-    if cache_dir is None and name == "sdd":
-        cache_dir = root / "sdd_tiles"
+    if cache_dir is None and spec.cache_folder is not None:
+        cache_dir = root / spec.cache_folder
     if cache_dir is not None:
         base, cache = os.path.abspath(root), os.path.abspath(cache_dir)
         if os.path.commonpath([base, cache]) != base:
@@ -73,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m siad.data", description="SIAD-LLM dataset tools")
     commands = parser.add_subparsers(dest="command", required=True)
     prep = commands.add_parser("prepare", help="write ROOT/meta.json for a dataset folder")
-    prep.add_argument("name", choices=[n for n in DATASET_NAMES if n != "meta"], help="dataset name")
+    prep.add_argument("name", choices=[s.name for s in dataset_specs() if not s.index_file], help="dataset name")
     prep.add_argument("root", type=Path, help="the dataset folder, as distributed")
     prep.add_argument("--cache-dir", type=Path, default=None,
                       help="where raw KolektorSDD tiles go (inside ROOT; default ROOT/sdd_tiles)")

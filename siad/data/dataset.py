@@ -33,9 +33,9 @@ import torch
 from torch.utils.data import Dataset
 
 from siad.answers import check_edges, region_positions
-from siad.config import SIADConfig, VisionConfig
+from siad.config import VisionConfig
 from siad.data.pseudo import CUTPASTE, choose_kind, generate, mixture, uses_source
-from siad.data.readers import Sample
+from siad.data.sample import Sample
 from siad.image import load_rgb, resize_for_encoder
 from siad.prompts import NORMAL_ANSWER, answer_text, describe
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from siad.data.readers import NORMAL_DEFECT, PathLike, Sample, path_inside_root, within
+from siad.data.sample import NORMAL_DEFECT, PathLike, Sample, path_inside_root, within
 from siad.jsonfile import MAX_INDEX_BYTES, read_json
 
 META_FILENAME = "meta.json"
