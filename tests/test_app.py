@@ -242,7 +242,7 @@ def test_readable_errors(running_app, tmp_path):
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     with pytest.raises(Exception, match="not an image file") as caught:
         _detect(client, corrupt)
-    assert "Traceback" not in str(caught.value) and "/tmp/gradio" not in str(caught.value)
+    assert "Traceback" not in str(caught.value) and app.gradio_cache_folder() not in str(caught.value)
     for name in ("", "   "):
         with pytest.raises(Exception, match="Type the class"):
             _detect(client, EXAMPLES / "gear_good.png", name)
@@ -352,6 +352,43 @@ def test_result_pictures_are_served_from_gradios_cache(running_app):
     assert Path(heat).suffix == ".png"  # our lossless file, not Gradio's webp re-encoding
     served = list((Path(app.gradio_cache_folder()) / "siad-pictures").glob("*/picture.png"))
     assert served and all(p.stat().st_size > 0 for p in served)
+
+
+def test_without_gradio_the_app_names_its_extra():
+    """`python app.py` in the library's own install (no Gradio): a message naming the [app] extra, no
+    traceback, and nothing loaded first."""
+    import sys
+
+    code = ("import runpy, sys\n"
+            "sys.modules['gradio'] = None  # import gradio fails, find_spec('gradio') is None\n"
+            "sys.argv = ['app.py']\n"
+            "runpy.run_path('app.py', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SPACES_ZERO_GPU", "SPACE_ID")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=app.HERE, capture_output=True, text=True, timeout=120,
+                          env={**env, "PYTHONPATH": str(app.HERE)})
+    assert done.returncode == 1, done.stderr
+    assert 'pip install "siad-llm[app]"' in done.stderr and "requirements.txt" in done.stderr
+    assert "gradio" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_class_names_are_normalised_in_one_place(fresh_tiny_model, monkeypatch):
+    """The class box, the description it fills in and the references kept per class all read a class name
+    through `siad.detection.normalise_class_name`: changing that one function changes all of them."""
+    from siad.detection import normalise_class_name
+    from siad.prompts import describe
+
+    assert app.normalise_class_name is normalise_class_name
+    demo = app.build_demo(app.LoadedModel(model=fresh_tiny_model, source="tiny"))
+    fill_description = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "fill_description")
+    assert fill_description(" metal \t nut\n") == describe("metal nut") != describe("metal \t nut")
+    seen = []
+    monkeypatch.setattr(app, "normalise_class_name", lambda name: seen.append(name) or name.strip().upper())
+    assert fill_description(" screw ") == describe("SCREW")
+    gear = str(EXAMPLES / "gear_good.png")
+    session = {"references": {"GEAR": {"key": app.files_key([gear]), "files": [gear], "bank": None}}}
+    assert app.references_for_class(" gear", None, session) == [gear]
+    assert seen == [" screw ", " gear"]
+    demo.close()
 
 
 def test_a_model_that_cannot_load_stops_the_start(tmp_path):
@@ -653,7 +690,10 @@ def test_zero_gpu_start_imports_spaces_first_and_loads_onto_cuda(monkeypatch, tm
     monkeypatch.setattr(torch.cuda, "is_available", lambda: events.append(("cuda?", "spaces" in sys.modules)) or False)
     folder = tmp_path / "tiny"
     torch.manual_seed(0)
-    SIADModel(SIADConfig.tiny()).save_pretrained(folder)
+    model = SIADModel(SIADConfig.tiny())
+    tokens = model.config.llm.max_new_tokens + 24  # the folder's generation_config.json differs from its SIADConfig
+    model.generation_config.max_new_tokens = tokens
+    model.save_pretrained(folder)
     loaded_with = []
     real_load = app.load_model
 
@@ -667,7 +707,8 @@ def test_zero_gpu_start_imports_spaces_first_and_loads_onto_cuda(monkeypatch, tm
     assert events[0] == ("import spaces", None)
     assert all(seen for kind, seen in events if kind == "cuda?")
     assert loaded_with == [("cuda", "bfloat16")]
-    tokens = SIADConfig.tiny().llm.max_new_tokens
+    # the reserved seconds follow the generation config that answers use, not SIADConfig.llm.max_new_tokens
+    assert app.gpu_seconds(tokens, 2) != app.gpu_seconds(SIADConfig.tiny().llm.max_new_tokens, 2)
     assert [e for e in events if e[0] == "gpu"] == [("gpu", app.gpu_seconds(tokens, 2)), ("gpu", app.gpu_seconds(tokens, 1))]
 
 
