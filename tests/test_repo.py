@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,19 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert ci_lines[-1] == test_commands[0]
     app_commands = [b for b in _bash_blocks(readme) if b.endswith("python app.py")]
     assert len(app_commands) == 1 and "imagebind-unofficial==0.1.1" in app_commands[0]
+
+
+def test_the_inner_loop_leaves_out_the_slow_tier_and_ci_runs_everything():
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    commands = [line.split("  #")[0].strip() for block in _bash_blocks(readme) for line in block.splitlines()]
+    assert 'python -m pytest -m "not slow"' in commands  # the README's developer note
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert any(marker.startswith("slow:") for marker in options["markers"])
+    assert "--strict-markers" in options["addopts"].split()  # a misspelt marker is an error, never a silent no-op
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci.endswith("&& python -m pytest -q")  # CI selects nothing: every tier runs
 
 
 def test_space_front_matter():
@@ -56,6 +70,7 @@ def test_model_card_parses_offline():
     assert "{{" not in card.content
 
 
+@pytest.mark.slow
 def test_quickstart_example_runs():
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], capture_output=True, text=True,
                          timeout=600, cwd=ROOT)

@@ -37,6 +37,7 @@ def test_the_jet_table_is_opencvs_jet_in_rgb_and_close_to_matplotlibs():
     assert np.abs(table.astype(int) - matplotlib_jet).max() <= 34  # the figures' jet, as the overlays had it
 
 
+@pytest.mark.slow
 def test_overlays_need_no_matplotlib(tmp_path):
     """`siad detect --out` and `siad predict` write their overlays with matplotlib unimportable (the base
     install); only `siad evaluate`'s figures ask for the [plots] extra."""
