@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from siad.detection import normalise_class_name  # numpy only: nothing touches torch or CUDA before `spaces`
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "checkpoints" / "siad-mini"
 EXAMPLES_DIR = HERE / "examples" / "images"
@@ -44,6 +46,16 @@ EXAMPLES = [("gear_missing.png", "gear"), ("gear_good.png", "gear"), ("capsule_s
             ("gravel_hole.png", "gravel"), ("bracket_contamination.png", "bracket"),
             ("brick_wall_crack.png", "brick_wall"), ("brick_wall_good.png", "brick_wall")]
 IMAGEBIND_PIN = "imagebind-unofficial==0.1.1"
+APP_MODULES = ("gradio", "matplotlib")  # the [app] extra beyond the library (matplotlib: the colour bar)
+
+
+def ensure_app_extra() -> None:
+    """Stop with the command to run, not a traceback, when the app's own packages are missing (the
+    library installs without them: `pip install .`)."""
+    missing = [name for name in APP_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"The app needs {' and '.join(missing)}, which the library leaves out: "
+                         'pip install "siad-llm[app]" (or pip install -r requirements.txt)')
 
 
 def ensure_imagebind() -> None:
@@ -137,7 +149,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
     from siad.visualize import colorize, fit_map, overlay_with_scale
 
     model = loaded.model
-    tokens = model.config.llm.max_new_tokens
+    tokens = int(model.generation_config.max_new_tokens)  # what generation uses (a folder's file may change it)
     if model.generation_config.max_time is None:  # a per-request bound, unless the model's folder sets one
         model.generation_config.max_time = limits.generation_seconds
     pictures = Path(gradio_cache_folder()) / "siad-pictures"
@@ -168,7 +180,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
     def check(image: str | None, class_name: str | None) -> str:
         if image is None:
             raise gr.Error("Upload an image first.")
-        name = " ".join(text(class_name, "class name", limits.max_class_name_chars).split())
+        name = normalise_class_name(text(class_name, "class name", limits.max_class_name_chars))
         if not name:
             raise gr.Error("Type the class of the part (e.g. 'screw' or 'bottle').")
         return name
@@ -262,7 +274,7 @@ def build_demo(loaded: LoadedModel, limits: AppLimits = AppLimits()) -> Any:
             yield history, "", session
 
     def fill_description(class_name: str | None) -> str:
-        name = " ".join((class_name or "").split())
+        name = normalise_class_name(class_name or "")
         return describe(name) if name else ""
 
     with gr.Blocks(title="SIAD-LLM", delete_cache=(limits.cache_sweep_every_s, limits.cache_max_age_s)) as demo:
@@ -412,7 +424,7 @@ def references_for_class(class_name: str | None, files: list[str] | None, sessio
     kept for another class, else `gr.skip()` (left as it is: e.g. references just uploaded for it)."""
     import gradio as gr
 
-    name = " ".join((class_name or "").split())
+    name = normalise_class_name(class_name or "")
     kept = (session or {}).get("references") or {}
     entry = kept.get(name)
     if entry is not None and all(Path(p).is_file() for p in entry["files"]):
@@ -528,6 +540,7 @@ def start(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace, AppLi
     zero_gpu = on_zero_gpu()
     if zero_gpu:
         import spaces  # noqa: F401  (must come before torch touches CUDA)
+    ensure_app_extra()
     ensure_imagebind()
     args = parse_args(argv, zero_gpu=zero_gpu)
     if os.environ.get("SPACE_ID"):

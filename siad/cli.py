@@ -13,8 +13,8 @@ with --out it also writes `<out>/<stem>_overlay.png`, the map over the image. `-
 images of the class (files and/or folders) make one few-shot bank for every image (as `siad predict`). predict, evaluate,
 calibrate and export take exactly the options of their `python -m` forms (`siad predict --help`).
 
-Overlays and evaluation figures need matplotlib (`pip install "siad-llm[plots]"`); the command
-says so before any model is loaded.
+Overlays need only the base install (OpenCV's jet); the figures of `siad evaluate` need matplotlib
+(`pip install "siad-llm[plots]"`, or `--no-plots`), which the command says before any model is loaded.
 """
 
 from __future__ import annotations
@@ -75,10 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in DELEGATED:
         command, rest = args[0], args[1:]
-        needs_plots = command == "predict" or (command == "evaluate" and "--no-plots" not in rest)
+        needs_plots = command == "evaluate" and "--no-plots" not in rest
         if needs_plots and not {"-h", "--help"} & set(rest) and importlib.util.find_spec("matplotlib") is None:
-            print(f"siad {command}: the overlays and figures need {PLOTS_HINT}"
-                  f"{' (or pass --no-plots)' if command == 'evaluate' else ''}", file=sys.stderr)
+            print(f"siad {command}: the figures need {PLOTS_HINT} (or pass --no-plots)", file=sys.stderr)
             return 2
         return importlib.import_module(DELEGATED[command][0]).main(rest)
     parser = _parser()
@@ -91,8 +90,6 @@ def detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     a model that does not load exit with status 2."""
     if not args.class_name.strip():
         parser.error("--class must not be empty")
-    if args.out is not None and importlib.util.find_spec("matplotlib") is None:
-        parser.exit(2, f"siad detect: --out (the overlay) needs {PLOTS_HINT}\n")
     from siad.baseline import load_detector, parse_dtype  # deferred: torch (siad predict --onnx, --help need none)
 
     references, absent = collect_images(args.references or [])

@@ -1,8 +1,10 @@
 """Pictures of anomaly maps and evaluation results: the one place for the jet overlay and the plots.
 
-- `overlay(image, anomaly_map, alpha=0.5)`: the map in matplotlib's "jet" colour map blended over
-  the image (what `python -m siad.predict` writes and what the app shows).
-- `colorize(anomaly_map)`: the map alone in "jet", as an RGB uint8 picture.
+- `jet_table()`: the "jet" colour map (OpenCV's `COLORMAP_JET`) as a 256 x 3 RGB lookup table: the one
+  place of the overlay's colours, for the overlays, the maps and the app's colour bar.
+- `overlay(image, anomaly_map, alpha=0.5)`: the map in jet blended over the image (what `siad detect
+  --out` and `siad predict` write and what the app shows); numpy and OpenCV only, no matplotlib.
+- `colorize(anomaly_map)`: the map alone in jet, as an RGB uint8 picture.
 - `fit_map(anomaly_map, height, width)`: a map at a picture's size (area averaging when shrinking).
 - `overlay_with_scale(image, anomaly_map, title=...)`: the overlay with a colour bar and a title,
   as an RGB uint8 picture (the app's main view).
@@ -11,7 +13,8 @@
   (ROC curves of a class, the grid of the paper's Fig. 4, score histograms), written as PNG.
 
 Maps are read on an absolute scale: 0 is blue, 1 is red, whatever the image (no per-image
-stretching), so that colours can be compared between images. The figures are drawn with
+stretching), so that colours can be compared between images. Only the figures need matplotlib
+(`pip install "siad-llm[plots]"`): `overlay_with_scale` and the plots, drawn with
 `matplotlib.figure.Figure` and the Agg canvas: no pyplot, no global state, no display needed.
 Every title, label and legend entry built from user text (class names, captions, curve names) is
 drawn literally (`parse_math=False`): a `$` in a class name is a dollar sign, never mathtext.
@@ -19,6 +22,7 @@ drawn literally (`parse_math=False`): a `$` in a class name is a dollar sign, ne
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -28,16 +32,21 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.legend import Legend
 
-__all__ = ["fit_map", "overlay", "colorize", "overlay_with_scale", "roc_curve", "RocCurve", "QualitativeRow", "plot_roc", "plot_qualitative",
-           "plot_histograms"]
+__all__ = ["jet_table", "fit_map", "overlay", "colorize", "overlay_with_scale", "roc_curve", "RocCurve", "QualitativeRow",
+           "plot_roc", "plot_qualitative", "plot_histograms"]
 
 
-def _jet_table() -> np.ndarray:
-    """matplotlib's "jet" colour map as a 256 x 3 uint8 lookup table."""
-    from matplotlib import colormaps
+@functools.cache
+def jet_table() -> np.ndarray:
+    """The "jet" colour map as a read-only 256 x 3 uint8 RGB lookup table: OpenCV's `COLORMAP_JET`
+    (MATLAB's jet: dark blue, blue, cyan, yellow, red, dark red; within 34 levels of matplotlib's
+    "jet" in every entry), so that overlays need no matplotlib."""
+    import cv2
 
-    rgba = colormaps["jet"](np.arange(256))  # integers index the map's own 256 entries
-    return np.round(rgba[:, :3] * 255.0).astype(np.uint8)
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), cv2.COLORMAP_JET)[0]
+    table = np.ascontiguousarray(bgr[:, ::-1])
+    table.flags.writeable = False
+    return table
 
 
 def fit_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -60,7 +69,7 @@ def colorize(anomaly_map: np.ndarray) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ValueError("the anomaly map holds NaN or infinite values")
     index = np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return _jet_table()[index]
+    return jet_table()[index]
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -89,10 +98,9 @@ def overlay_with_scale(image: np.ndarray, anomaly_map: np.ndarray, alpha: float 
     """`overlay(image, anomaly_map, alpha)` drawn with a jet colour bar (0 to 1) and an optional
     title, as an RGB uint8 picture (for the app). The picture's longer side is at most about
     `max_side_px` pixels plus the colour bar; the image keeps its aspect ratio."""
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import ListedColormap, Normalize
 
     blended = overlay(image, anomaly_map, alpha)
     height, width = blended.shape[:2]
@@ -105,7 +113,8 @@ def overlay_with_scale(image: np.ndarray, anomaly_map: np.ndarray, alpha: float 
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10, parse_math=False)
-    fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colormaps["jet"]), ax=ax, fraction=0.05, pad=0.02,
+    jet = ListedColormap(jet_table() / 255.0, name="jet")  # the bar in the overlay's own colours
+    fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=jet), ax=ax, fraction=0.05, pad=0.02,
                  label="anomaly score")
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()

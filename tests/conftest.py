@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +15,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if "GRADIO_TEMP_DIR" not in os.environ:
+    # This session's own Gradio cache: the app's tests age theirs out (AppLimits.cache_max_age_s), which must
+    # never delete the uploads and pictures of another test session running at the same time on this machine.
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="siad-tests-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 
 def build_tiny(seed: int = 0, **overrides):

@@ -20,6 +20,8 @@ from siad import SIADConfig, SIADModel
 EXAMPLES = app.EXAMPLES_DIR
 
 
+# The tests on a live server (this fixture, strict_app, concurrent_app) are marked slow: the inner loop
+# (python -m pytest -m "not slow") keeps the app's functions, CI runs them all.
 @pytest.fixture(scope="module")
 def running_app(tmp_path_factory):
     """The app on a free local port, started from an empty working directory."""
@@ -59,6 +61,7 @@ def _check_result(out):
     return summary
 
 
+@pytest.mark.slow
 def test_detect_anomalous_and_normal_examples(running_app):
     client = running_app["client"]
     _check_result(_detect(client, EXAMPLES / "gear_missing.png"))
@@ -66,6 +69,7 @@ def test_detect_anomalous_and_normal_examples(running_app):
     assert Image.open(_detect(client, EXAMPLES / "capsule_stain.png", "capsule")[4]).size == (256, 256)
 
 
+@pytest.mark.slow
 def test_follow_up_chat_turn(running_app):
     from gradio_client import Client
 
@@ -80,6 +84,7 @@ def test_follow_up_chat_turn(running_app):
         fresh.predict("Where?", api_name="/chat")
 
 
+@pytest.mark.slow
 def test_follow_up_answers_stream_into_the_chat(running_app):
     """The follow-up event yields the growing answer; the last output is the whole turn."""
     from gradio_client import Client
@@ -109,6 +114,7 @@ def _references(*names):
     return [handle_file(str(EXAMPLES / name)) for name in names]
 
 
+@pytest.mark.slow
 def test_api_detect_with_and_without_references(running_app):
     """The old three-argument call still works (zero-shot); with references the map and score change
     and the summary says k-shot."""
@@ -134,6 +140,7 @@ def test_api_detect_with_and_without_references(running_app):
     client.close()
 
 
+@pytest.mark.slow
 def test_a_bank_is_built_once_per_class_and_follow_ups_use_it(running_app, monkeypatch):
     from gradio_client import Client, handle_file
 
@@ -174,6 +181,7 @@ def test_a_bank_is_built_once_per_class_and_follow_ups_use_it(running_app, monke
     other.close()
 
 
+@pytest.mark.slow
 def test_references_outside_the_upload_cache_are_refused(running_app, tmp_path):
     """The references input takes only files inside Gradio's upload cache (`guarded_uploads`, the image's
     rule); a server path sent by a client gets no result, and an unreadable reference is named by its
@@ -235,6 +243,7 @@ def test_references_follow_the_class(tmp_path):
     assert app.files_key([str(copy)]) == app.files_key([gear])  # by content, not by name
 
 
+@pytest.mark.slow
 def test_readable_errors(running_app, tmp_path):
 
     client = running_app["client"]
@@ -242,7 +251,7 @@ def test_readable_errors(running_app, tmp_path):
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     with pytest.raises(Exception, match="not an image file") as caught:
         _detect(client, corrupt)
-    assert "Traceback" not in str(caught.value) and "/tmp/gradio" not in str(caught.value)
+    assert "Traceback" not in str(caught.value) and app.gradio_cache_folder() not in str(caught.value)
     for name in ("", "   "):
         with pytest.raises(Exception, match="Type the class"):
             _detect(client, EXAMPLES / "gear_good.png", name)
@@ -257,6 +266,7 @@ def _raw_detect(client, payload):
     return str(caught.value)
 
 
+@pytest.mark.slow
 def test_server_files_outside_the_upload_cache_are_refused_with_one_message(running_app, tmp_path):
     """A client naming a server path ({"path": ...} without Gradio's meta field) gets no result for it,
     and cannot tell from the message whether the file exists or what it is."""
@@ -281,6 +291,7 @@ def test_server_files_outside_the_upload_cache_are_refused_with_one_message(runn
     assert app.UPLOAD_REFUSED in message and str(tmp_path) not in message
 
 
+@pytest.mark.slow
 def test_uploads_and_inline_images_are_still_accepted(running_app):
     import base64
 
@@ -291,6 +302,7 @@ def test_uploads_and_inline_images_are_still_accepted(running_app):
                                   "meta": {"_type": "gradio.FileData"}}, "gear", "", api_name="/detect"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rgba", "gray", "sixteen_bit", "huge"])
 def test_awkward_uploads_work(running_app, tmp_path, kind):
     rng = np.random.default_rng(0)
@@ -306,6 +318,7 @@ def test_awkward_uploads_work(running_app, tmp_path, kind):
     _check_result(_detect(running_app["client"], path, "my part"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".gif", ".tif"])
 def test_only_the_first_frame_is_used_and_the_result_says_so(running_app, tmp_path, suffix):
     """An animated GIF or a multi-page TIFF: the warning reaches the user in the summary (issue 20), not
@@ -321,6 +334,7 @@ def test_only_the_first_frame_is_used_and_the_result_says_so(running_app, tmp_pa
     assert "frames" not in _check_result(_detect(running_app["client"], single))
 
 
+@pytest.mark.slow
 def test_model_line_and_nothing_in_the_working_directory(running_app):
     import json
     import urllib.request
@@ -347,11 +361,49 @@ def test_result_pictures_are_written_once_by_content(tmp_path):
     assert other != first and sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["picture.png"] * 2
 
 
+@pytest.mark.slow
 def test_result_pictures_are_served_from_gradios_cache(running_app):
     heat, *_ = _detect(running_app["client"], EXAMPLES / "gear_missing.png")
     assert Path(heat).suffix == ".png"  # our lossless file, not Gradio's webp re-encoding
     served = list((Path(app.gradio_cache_folder()) / "siad-pictures").glob("*/picture.png"))
     assert served and all(p.stat().st_size > 0 for p in served)
+
+
+def test_without_gradio_the_app_names_its_extra():
+    """`python app.py` in the library's own install (no Gradio): a message naming the [app] extra, no
+    traceback, and nothing loaded first."""
+    import sys
+
+    code = ("import runpy, sys\n"
+            "sys.modules['gradio'] = None  # import gradio fails, find_spec('gradio') is None\n"
+            "sys.argv = ['app.py']\n"
+            "runpy.run_path('app.py', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SPACES_ZERO_GPU", "SPACE_ID")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=app.HERE, capture_output=True, text=True, timeout=120,
+                          env={**env, "PYTHONPATH": str(app.HERE)})
+    assert done.returncode == 1, done.stderr
+    assert 'pip install "siad-llm[app]"' in done.stderr and "requirements.txt" in done.stderr
+    assert "gradio" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_class_names_are_normalised_in_one_place(fresh_tiny_model, monkeypatch):
+    """The class box, the description it fills in and the references kept per class all read a class name
+    through `siad.detection.normalise_class_name`: changing that one function changes all of them."""
+    from siad.detection import normalise_class_name
+    from siad.prompts import describe
+
+    assert app.normalise_class_name is normalise_class_name
+    demo = app.build_demo(app.LoadedModel(model=fresh_tiny_model, source="tiny"))
+    fill_description = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "fill_description")
+    assert fill_description(" metal \t nut\n") == describe("metal nut") != describe("metal \t nut")
+    seen = []
+    monkeypatch.setattr(app, "normalise_class_name", lambda name: seen.append(name) or name.strip().upper())
+    assert fill_description(" screw ") == describe("SCREW")
+    gear = str(EXAMPLES / "gear_good.png")
+    session = {"references": {"GEAR": {"key": app.files_key([gear]), "files": [gear], "bank": None}}}
+    assert app.references_for_class(" gear", None, session) == [gear]
+    assert seen == [" screw ", " gear"]
+    demo.close()
 
 
 def test_a_model_that_cannot_load_stops_the_start(tmp_path):
@@ -404,6 +456,7 @@ def _sixteen_clients(url: str) -> None:
     assert sorted(results) == list(range(16)) and all(len(v) == 3 for v in results.values())
 
 
+@pytest.mark.slow
 def test_sixteen_clients_at_once_without_leaking(running_app):
     """Three rounds of 16 concurrent clients: all answered; after the first round (which fills the
     server's caches, worker threads and connection pools: about 90 MB here, once) the next 96
@@ -431,6 +484,7 @@ def concurrent_app(tmp_path_factory):
         demo.close()
 
 
+@pytest.mark.slow
 def test_concurrent_follow_ups_of_one_session_keep_every_turn(concurrent_app):
     """Four follow-ups of one session sent at once (issue 20: 3 of 4 turns were lost): the session's
     turns run one after the other, and the conversation holds all of them."""
@@ -474,6 +528,7 @@ def _chromium() -> str:
     pytest.skip("headless Chromium is not installed and cannot be installed here (needs Debian's apt as root)")
 
 
+@pytest.mark.slow
 def test_real_browser_detects_and_screenshots(running_app, tmp_path):
     import importlib.util
 
@@ -486,6 +541,7 @@ def test_real_browser_detects_and_screenshots(running_app, tmp_path):
     assert Image.open(out).size[0] >= 1000
 
 
+@pytest.mark.slow
 def test_real_browser_example_click_still_detects(running_app):
     """The examples' files are served from Gradio's cache, so the upload guard accepts them."""
     import importlib.util
@@ -514,6 +570,7 @@ def test_real_browser_example_click_still_detects(running_app):
             browser.close()
 
 
+@pytest.mark.slow
 def test_real_browser_references_upload_and_follow_the_class(running_app):
     """In the page: references uploaded with the image give a k-shot result; choosing another class
     clears them, choosing the class again shows them."""
@@ -582,6 +639,7 @@ def _small_png(path: Path, value: int = 77) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_uploads_over_the_size_limit_are_refused_by_the_server(strict_app, tmp_path):
     """Posted straight to the upload route (a client's own size check is not a guard): refused."""
     import httpx
@@ -596,6 +654,7 @@ def test_uploads_over_the_size_limit_are_refused_by_the_server(strict_app, tmp_p
     assert "score" in summary
 
 
+@pytest.mark.slow
 def test_texts_over_their_limits_are_refused(strict_app, tmp_path):
     client, image = strict_app["client"], _small_png(tmp_path / "small.png")
     with pytest.raises(Exception, match="description is too long: at most 40 characters"):
@@ -607,6 +666,7 @@ def test_texts_over_their_limits_are_refused(strict_app, tmp_path):
         client.predict("z" * 41, api_name="/chat")
 
 
+@pytest.mark.slow
 def test_too_many_references_are_refused(strict_app, tmp_path):
     from gradio_client import handle_file
 
@@ -619,6 +679,7 @@ def test_too_many_references_are_refused(strict_app, tmp_path):
     assert "2-shot (2 references)" in summary
 
 
+@pytest.mark.slow
 def test_uploads_age_out_of_the_cache(strict_app, tmp_path):
     import time
 
@@ -653,7 +714,10 @@ def test_zero_gpu_start_imports_spaces_first_and_loads_onto_cuda(monkeypatch, tm
     monkeypatch.setattr(torch.cuda, "is_available", lambda: events.append(("cuda?", "spaces" in sys.modules)) or False)
     folder = tmp_path / "tiny"
     torch.manual_seed(0)
-    SIADModel(SIADConfig.tiny()).save_pretrained(folder)
+    model = SIADModel(SIADConfig.tiny())
+    tokens = model.config.llm.max_new_tokens + 24  # the folder's generation_config.json differs from its SIADConfig
+    model.generation_config.max_new_tokens = tokens
+    model.save_pretrained(folder)
     loaded_with = []
     real_load = app.load_model
 
@@ -667,7 +731,8 @@ def test_zero_gpu_start_imports_spaces_first_and_loads_onto_cuda(monkeypatch, tm
     assert events[0] == ("import spaces", None)
     assert all(seen for kind, seen in events if kind == "cuda?")
     assert loaded_with == [("cuda", "bfloat16")]
-    tokens = SIADConfig.tiny().llm.max_new_tokens
+    # the reserved seconds follow the generation config that answers use, not SIADConfig.llm.max_new_tokens
+    assert app.gpu_seconds(tokens, 2) != app.gpu_seconds(SIADConfig.tiny().llm.max_new_tokens, 2)
     assert [e for e in events if e[0] == "gpu"] == [("gpu", app.gpu_seconds(tokens, 2)), ("gpu", app.gpu_seconds(tokens, 1))]
 
 

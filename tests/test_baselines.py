@@ -76,6 +76,7 @@ def test_baselines_from_a_backbone_name_use_its_pretrained_weights():
     assert 0.0 <= result.score <= 1.0 and result.anomaly_map.shape == (40, 52)
 
 
+@pytest.mark.slow
 def test_evaluate_runs_the_baselines_and_refuses_what_they_cannot_do(model_folder, tmp_path):
     from siad import evaluate as ev
 

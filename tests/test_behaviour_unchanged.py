@@ -6,11 +6,13 @@ change of the model or its behaviour records the fixture again, in the same comm
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.behaviour import ROOT, behaviour
 
 
+@pytest.mark.slow
 def test_the_bundled_model_behaves_as_recorded(tmp_path):
     expected = json.loads((ROOT / "tests" / "fixtures" / "v3_expected.json").read_text(encoding="utf-8"))
     threads = torch.get_num_threads()

@@ -153,6 +153,7 @@ def test_cli_from_normal_images_stores_the_threshold(setup, tmp_path, capsys):
     assert sum(r.is_anomalous for r in loaded.detect(sorted(normals.glob("*.png")), "widget", chat=False)) <= 1
 
 
+@pytest.mark.slow
 def test_cli_from_labelled_data_dry_run_and_copy(setup, tmp_path, capsys):
     before = (setup["model"] / "config.json").read_text()
     assert cal.main(["--model", str(setup["model"]), "--dataset", "mvtec", "--root", str(setup["root"]),

@@ -160,6 +160,7 @@ def test_one_process_is_not_distributed(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ one process
+@pytest.mark.slow
 def test_the_llm_answers_each_batch_at_once_in_both_passes(setup, monkeypatch):
     """Algorithm 1 in an evaluation: one generate call per pass per batch, for the whole batch."""
     from siad import SIADModel
@@ -176,6 +177,7 @@ def test_the_llm_answers_each_batch_at_once_in_both_passes(setup, monkeypatch):
     assert [len(batch) for batch in spy.conversations] == [3, 3, 2, 2] * 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_evaluation_resumes_and_gives_the_same_report(setup, tmp_path, monkeypatch, capsys):
     arguments = ["--model", str(setup["model"]), "--dataset", "mvtec", "--root", str(setup["data"]), "--batch-size",
                  "2", "--map-only", "--eval-size", "64", "--no-plots", "--quiet", "--workers", "0"]
@@ -210,6 +212,7 @@ def test_an_interrupted_evaluation_resumes_and_gives_the_same_report(setup, tmp_
     assert ev.main([*arguments, "--out", str(out)]) == 0 and len(calls) == 9  # without --resume: everything again
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_stops_the_evaluation_naming_the_file(setup, tmp_path, capsys):
     import shutil
 
@@ -224,6 +227,7 @@ def test_an_unreadable_image_stops_the_evaluation_naming_the_file(setup, tmp_pat
 
 
 # ------------------------------------------------------------------------------------ several processes
+@pytest.mark.slow
 def test_two_processes_evaluate_exactly_like_one(setup, tmp_path, one_thread):
     """The paper's protocol (both passes, answers, original resolution) on 3 classes of 5 images in
     batches of 2: 9 batches, 5 on rank 0 and 4 on rank 1, class "plate" split between them."""
@@ -249,6 +253,7 @@ def test_two_processes_evaluate_exactly_like_one(setup, tmp_path, one_thread):
     assert not (double / runner.RESUME_FOLDER).exists() and list(cwd.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_more_processes_than_batches_few_shot(setup, tmp_path, one_thread):
     """3 processes, 2 batches (one per class): rank 2 has nothing to do; the references drawn per class
     and seed are the same on every rank, so each seed's report equals the one-process report."""
@@ -285,6 +290,7 @@ def inputs(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_two_processes_predict_the_same_csv_and_overlays(setup, inputs, tmp_path, one_thread):
     arguments = ["--model", str(setup["model"]), "--class", "widget", str(inputs), "--batch-size", "2", "--quiet"]
     single = tmp_path / "one"
@@ -305,6 +311,7 @@ def test_two_processes_predict_the_same_csv_and_overlays(setup, inputs, tmp_path
     assert f"siad [rank 1/2]: predict: cannot score {inputs / 'broken.png'}" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_prediction_resumes_to_the_same_csv(setup, inputs, tmp_path):
     """SIGKILL after the second batch was kept; --resume detects only the images of the batches that
     were not kept, and the CSV (and overlays) equal an uninterrupted run's."""
@@ -349,6 +356,7 @@ def test_a_killed_prediction_resumes_to_the_same_csv(setup, inputs, tmp_path):
     assert not (out / runner.RESUME_FOLDER).exists()
 
 
+@pytest.mark.slow
 def test_a_failure_on_one_rank_stops_both_naming_rank_and_file(setup, tmp_path):
     import shutil
 
@@ -364,6 +372,7 @@ def test_a_failure_on_one_rank_stops_both_naming_rank_and_file(setup, tmp_path):
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_calibrate_to_the_one_process_threshold(setup, tmp_path, one_thread, capsys):
     arguments = ["--model", str(setup["model"]), "--dataset", "mvtec", "--root", str(setup["data"]), "--no-chat",
                  "--batch-size", "2", "--dry-run", "--quiet"]
@@ -374,6 +383,7 @@ def test_two_processes_calibrate_to_the_one_process_threshold(setup, tmp_path, o
     assert [line for line in result.stdout.splitlines() if line.startswith("threshold")] == [single]
 
 
+@pytest.mark.slow
 def test_a_launch_that_accelerate_sees_as_one_process_is_refused(setup, monkeypatch, tmp_path, capsys):
     """torchrun started 2 processes but Accelerate sees 1 (e.g. --device cuda without a GPU): each would
     run everything alone, so the command stops before any work."""
@@ -395,6 +405,7 @@ def test_a_launch_that_accelerate_sees_as_one_process_is_refused(setup, monkeypa
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_accelerate_launch_multi_gpu_runs_two_cpu_processes_and_cpu_runs_one(setup, tmp_path, one_thread):
     """On a machine without MPI `accelerate launch --cpu --num_processes 2` starts one process (which runs
     everything: the same report, `processes` 1); `accelerate launch --multi_gpu --num_processes 2` is

@@ -9,6 +9,7 @@ from siad.encoders import (ImageBindTextEncoder, ImageBindTokenizer, ImageBindVi
                            import_imagebind_model, load_official_checkpoint)
 
 
+@pytest.mark.slow
 def test_imagebind_package_init_is_never_run():
     code = ("import sys; from siad.encoders import import_imagebind_model; import_imagebind_model(); "
             "assert 'imagebind.data' not in sys.modules, 'imagebind.data was imported'; print('ok')")

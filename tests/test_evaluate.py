@@ -131,6 +131,7 @@ def _recompute(model_dir: Path, root: Path, batch_size: int, chat: bool, sigma: 
 
 
 # ------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_evaluate_cli_report_holds_the_numbers_computed(data, cwd):
     """The defaults are the paper's protocol: both passes, original resolution, no smoothing."""
     out = cwd.parent / "report"
@@ -188,6 +189,7 @@ def test_evaluate_cli_report_holds_the_numbers_computed(data, cwd):
     assert "Gain of self-improvement" in md and "I-AUROC (S')" in md
 
 
+@pytest.mark.slow
 def test_evaluate_map_only_is_pass_one_at_224(data, cwd):
     out = cwd.parent / "plain"
     ev.main(["--model", str(data["model"]), "--dataset", "mvtec", "--root", str(data["mvtec"]), "--classes", "plate",
@@ -216,6 +218,7 @@ def test_evaluate_map_only_is_pass_one_at_224(data, cwd):
     assert values["image_auroc"] == pytest.approx(image_auroc(labels, [r.initial_score for r in results]), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_zero_shot_baseline_report_and_uzad_protocol(data, cwd):
     out = cwd.parent / "uzad"
     ev.main(["--protocol", "uzad", "--models", f"mvtec={data['model']}", f"br35h={data['model2']}",
@@ -364,6 +367,7 @@ def test_answer_stats_count_agreement_with_the_verdict():
 
 
 # ------------------------------------------------------------------------------------ few-shot (--shots)
+@pytest.mark.slow
 def test_evaluate_shots_per_seed_and_their_mean(data, cwd, tmp_path):
     """--shots 2 --shot-seeds 0 1: references drawn from train/good per seed (never a test image),
     each seed's report holds the numbers of detect with that seed's bank, the top report their mean."""

@@ -38,6 +38,9 @@ EXAMPLES = ROOT / "examples" / "images"
 BUNDLED = ROOT / "checkpoints" / "siad-mini"
 CLASS = "gear"
 TOLERANCE = 1e-4  # the parity: maps and scores from onnxruntime equal SIADModel.detect's to 1e-4
+# every test exports a model (about 10 s each on a CPU) or checks the parity on the bundled model
+pytestmark = pytest.mark.slow
+
 BLOCK_TORCH = ("import sys\n"
                "class _Block:\n"
                "    def find_spec(self, name, path=None, target=None):\n"

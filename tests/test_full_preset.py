@@ -8,6 +8,9 @@ from siad import SIADConfig, SIADModel
 from siad.config import LLAMA_7B_ARCHITECTURE
 from siad.encoders import filter_official_state_dict, import_imagebind_model
 
+# the full-size smoke: the paper's ImageBind-Huge and LLaMA-7B built with empty weights
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def empty_full_model():

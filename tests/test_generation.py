@@ -129,6 +129,7 @@ def _conversations(hidden: int, seed: int) -> list[list]:
     return convs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("min_new_tokens", [0, 4, 24])
 def test_greedy_answers_are_those_of_the_old_loop(lms, min_new_tokens):
     models, tok, config = lms
@@ -152,6 +153,7 @@ def test_greedy_answers_are_those_of_the_old_loop(lms, min_new_tokens):
     assert reasons_seen == ({"length"} if min_new_tokens == 24 else {"stop", "eos", "length"})
 
 
+@pytest.mark.slow
 def test_min_new_tokens_equal_to_max_gives_exactly_that_many_tokens(lms):
     models, tok, config = lms
     llm = models["trained"]
@@ -170,6 +172,7 @@ def test_min_new_tokens_equal_to_max_gives_exactly_that_many_tokens(lms):
     assert first.shape[1] < 24
 
 
+@pytest.mark.slow
 def test_generation_settings_cap_and_the_base_lm_config_is_ignored(lms):
     models, tok, config = lms
     base = build_generation_config(config.replace(llm=dict(max_new_tokens=20, min_new_tokens=5)), tok)
@@ -196,6 +199,7 @@ def test_generation_settings_cap_and_the_base_lm_config_is_ignored(lms):
         llm.generation_config = saved
 
 
+@pytest.mark.slow
 def test_a_set_cancel_event_stops_after_one_token(lms):
     models, tok, config = lms
     llm = models["random"]
@@ -220,6 +224,7 @@ def test_a_set_cancel_event_stops_after_one_token(lms):
     assert [s.shape[1] for s in sequences] == [16, 1]
 
 
+@pytest.mark.slow
 def test_stage_timer_sees_prefill_and_decode(lms):
     from siad.profiling import StageTimer
 

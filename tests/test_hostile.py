@@ -56,6 +56,7 @@ def _load_in_subprocess(folder: Path, marker: Path) -> subprocess.CompletedProce
                           env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_llm_config_with_auto_map_never_runs_the_folders_code(saved_tiny, tmp_path):
     folder = _copy(saved_tiny, tmp_path)
     config_path = folder / "llm" / "config.json"
@@ -71,6 +72,7 @@ def test_llm_config_with_auto_map_never_runs_the_folders_code(saved_tiny, tmp_pa
     assert "never runs their code" in done.stderr
 
 
+@pytest.mark.slow
 def test_tokenizer_with_auto_map_never_runs_the_folders_code(saved_tiny, tmp_path):
     folder = _copy(saved_tiny, tmp_path)
     path = folder / "llm" / "tokenizer_config.json"

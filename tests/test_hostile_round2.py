@@ -240,6 +240,7 @@ def test_an_oversized_config_is_refused_by_its_size(saved_tiny, tmp_path):
         SIADModel.from_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_a_huge_field_gives_a_short_message():
     from siad.config import SIADConfig as Config
 

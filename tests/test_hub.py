@@ -38,6 +38,7 @@ def _tiny(dtype=torch.float32, **overrides):
     return model
 
 
+@pytest.mark.slow
 def test_round_trip_fp32_is_bit_identical(tmp_path):
     model = _tiny()
     model.save_pretrained(tmp_path / "m")

@@ -213,6 +213,7 @@ def test_map_size_keeps_the_aspect_ratio_within_the_cap():
     assert cropped.shape == map_size((3000, 12000), 10**6) and cropped[:, :100].max() == 0
 
 
+@pytest.mark.slow
 def test_detect_caps_its_maps_and_refuses_an_image_over_the_budget():
     from siad.model import SIADModel
 

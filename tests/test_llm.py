@@ -52,6 +52,7 @@ def test_later_turns_follow_the_vicuna_format():
     assert segments[3:] == ["D. Q1?\n### Assistant:", "A1.\n###", " Human: Q2?\n### Assistant:"]
 
 
+@pytest.mark.slow
 def test_llm_loads_in_the_requested_dtype_from_a_local_folder(tmp_path, tokenizer):
     config = SIADConfig.tiny()
     llm, tok = load_language_model(config)

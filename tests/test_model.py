@@ -52,6 +52,7 @@ def test_forward_backward_and_frozen_parts(fresh_tiny_model):
             assert torch.equal(p, frozen[name]), name
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss():
     model = build_tiny(0, map=dict(si_train_response="target")).train()
     optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-3)
@@ -253,6 +254,7 @@ def test_history_in_gradio_message_parts():
     assert history_turns(history) == [("Is there any anomaly?", "No."), ("Sure?", "")]
 
 
+@pytest.mark.slow
 def test_bfloat16_maps_match_float32_maps():
     """A bf16 copy of a float32 model (1024-d joint space, as ImageBind's) gives maps close to the
     float32 model's: its map head computes in float32, so only the trunk's bf16 rounding remains."""

@@ -8,6 +8,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def test_requirements_files_keep_the_space_pins_and_install_the_test_extra():
     assert "-r requirements.txt" in test and "-e .[test]" in test
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_the_card_template_and_the_command(tmp_path):
     source = tmp_path / "src"
     source.mkdir()

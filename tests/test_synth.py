@@ -46,6 +46,7 @@ def test_same_seed_gives_identical_files(small_set: tuple[Path, dict], tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
 
 
+@pytest.mark.slow
 def test_other_seed_gives_other_images(small_set: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = small_set
     other = tmp_path / "other"
@@ -210,6 +211,7 @@ def test_output_folder_checks(tmp_path: Path) -> None:
     assert (busy / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_cli_small_set_and_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     assert synth.main(["--out", str(out), "--seed", "2", "--small", "--size", "64", "--quiet"]) == 0
@@ -227,6 +229,7 @@ def test_cli_small_set_and_overwrite(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert error.value.code == 2 and "cannot write" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point_writes_only_under_out(tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()

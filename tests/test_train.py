@@ -109,6 +109,7 @@ def _trainable(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / T.WEIGHTS_FILE))
 
 
+@pytest.mark.slow
 def test_three_steps_lower_the_loss_and_write_checkpoints(uninterrupted, pushed):
     rows = T.read_log(uninterrupted / "log.csv")
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -139,6 +140,7 @@ def test_three_steps_lower_the_loss_and_write_checkpoints(uninterrupted, pushed)
     assert all(torch.equal(pushed[0][1][name], value) for name, value in trained.items())
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_root, train_script, uninterrupted,
                                                                  capsys):
     config = _config(tmp_path, data_root)
@@ -179,6 +181,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_
         assert all(torch.equal(state[n], opt_b["state"][k][n]) for n in state)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_exits_cleanly_and_resume_loses_nothing(tmp_path, data_root, train_script,
                                                                                  uninterrupted, capsys):
     """What docker stop, Kubernetes and Slurm send: the step in progress ends, its checkpoint is saved
@@ -230,6 +233,7 @@ def test_dataloader_workers_ignore_stop_signals():
     assert [batch.tolist() for batch in loader] == [[0, 1], [2, 3]]
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tmp_path, data_root, train_script, uninterrupted):
     config = _config(tmp_path, data_root, train={"lr": 5e-4})
     with pytest.raises(SystemExit, match=r"settings differ .*train\.lr"):
@@ -349,6 +353,7 @@ def test_lr_schedule():
     assert T.lr_factor(100, 100, "cosine", 10) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(tmp_path, data_root, train_script):
     """A loss that turns NaN or infinite (here lr=1e20) stops the run with exit status 1 and a message;
     no final model is written and every checkpoint on disk holds finite weights."""
@@ -362,6 +367,7 @@ def test_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(tmp
         assert all(torch.isfinite(t).all() for t in _trainable(checkpoint).values()), checkpoint
 
 
+@pytest.mark.slow
 def test_non_finite_trainable_weights_are_never_checkpointed(tmp_path):
     weights = [("a", torch.ones(3)), ("b", torch.tensor([1.0, float("inf")]))]
     with pytest.raises(T.TrainingError, match=r"1 of 2 trainable tensors hold NaN or infinite values \(\['b'\]\)"):
@@ -392,6 +398,7 @@ def _same_final_weights(run: Path, reference: Path) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", [T.WEIGHTS_FILE, T.STATE_FILE])
 def test_resume_falls_back_past_an_unreadable_newest_checkpoint(tmp_path, data_root, train_script, uninterrupted,
                                                                  capsys, broken):
@@ -410,6 +417,7 @@ def test_resume_falls_back_past_an_unreadable_newest_checkpoint(tmp_path, data_r
     assert T.checkpoint_problem(run / "checkpoints" / "step-000003") is None  # rewritten by the resumed run
 
 
+@pytest.mark.slow
 def test_resume_with_no_readable_checkpoint_says_so(tmp_path, data_root, train_script, uninterrupted, no_model):
     run = tmp_path / "copy"
     shutil.copytree(uninterrupted / "checkpoints", run / "checkpoints")
@@ -423,6 +431,7 @@ def test_resume_with_no_readable_checkpoint_says_so(tmp_path, data_root, train_s
         train_script.main(["--config", str(config), "--resume-from", str(run / "checkpoints" / "step-000002")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [T.WEIGHTS_FILE, T.STATE_FILE, "optimizer.pt", "training_state-rank0.pt"])
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
 def test_checkpoint_problem_names_the_unreadable_file(tmp_path, uninterrupted, name, damage):
@@ -446,6 +455,7 @@ def test_state_json_without_its_fields_is_refused_by_name(tmp_path):
         T.read_state(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_said_plainly_leaves_no_partial_folder_and_resume_works(tmp_path, data_root, train_script,
                                                                                  uninterrupted, monkeypatch, capsys):
     """A full disk used to surface as torch's cryptic "unexpected pos" and leave the partial folder."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib import colormaps
@@ -11,15 +13,66 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from siad import visualize as vis
 
 
-def test_colorize_is_matplotlibs_jet_on_an_absolute_scale():
+def test_colorize_is_jet_on_an_absolute_scale():
     values = np.array([[0.0, 0.25, 0.5, 1.0], [1.7, -3.0, 0.75, 0.999]], dtype=np.float32)
     colours = vis.colorize(values)
     assert colours.shape == (2, 4, 3) and colours.dtype == np.uint8
-    jet = colormaps["jet"]
+    table = vis.jet_table()
     for value, colour in zip(np.clip(values, 0, 1).ravel(), colours.reshape(-1, 3)):
-        expected = np.round(np.array(jet(int(round(value * 255)))[:3]) * 255)
-        assert np.array_equal(colour, expected)
+        assert np.array_equal(colour, table[int(round(value * 255))])
     assert tuple(colours[0, 0]) == (0, 0, 128) and tuple(colours[0, 3]) == (128, 0, 0)  # dark blue .. dark red
+
+
+def test_the_jet_table_is_opencvs_jet_in_rgb_and_close_to_matplotlibs():
+    import cv2
+
+    table = vis.jet_table()
+    assert table.shape == (256, 3) and table.dtype == np.uint8 and not table.flags.writeable
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[None], cv2.COLORMAP_JET)[0]
+    assert np.array_equal(table, bgr[:, ::-1])
+    # jet's course: blue, cyan, yellow, red at an eighth, three, five and seven eighths of the scale
+    for value, hue in ((0.125, (0, 0, 255)), (0.375, (0, 255, 255)), (0.625, (255, 255, 0)), (0.875, (255, 0, 0))):
+        assert np.abs(table[round(value * 255)].astype(int) - hue).max() <= 8, value
+    matplotlib_jet = np.round(colormaps["jet"](np.arange(256))[:, :3] * 255)
+    assert np.abs(table.astype(int) - matplotlib_jet).max() <= 34  # the figures' jet, as the overlays had it
+
+
+@pytest.mark.slow
+def test_overlays_need_no_matplotlib(tmp_path):
+    """`siad detect --out` and `siad predict` write their overlays with matplotlib unimportable (the base
+    install); only `siad evaluate`'s figures ask for the [plots] extra."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from siad import SIADConfig, SIADModel
+    from siad.image import load_rgb
+
+    root = Path(vis.__file__).resolve().parents[1]
+    image = root / "examples" / "images" / "gear_missing.png"
+    torch.manual_seed(0)
+    model = SIADModel(SIADConfig.tiny()).eval()
+    model.save_pretrained(tmp_path / "tiny")
+    code = ("import sys\n"
+            "sys.modules['matplotlib'] = None  # import matplotlib fails, find_spec('matplotlib') is None\n"
+            "from siad.cli import main\n"
+            f"assert main(['detect', '--model', {str(tmp_path / 'tiny')!r}, '--class', 'gear', {str(image)!r}, "
+            f"'--no-chat', '--out', {str(tmp_path / 'detect')!r}]) == 0\n"
+            f"assert main(['predict', '--model', {str(tmp_path / 'tiny')!r}, '--class', 'gear', {str(image)!r}, "
+            f"'--no-chat', '--quiet', '--workers', '0', '--out', {str(tmp_path / 'predict')!r}]) == 0\n"
+            "assert main(['evaluate', '--model', 'm', '--out', 'o']) == 2\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count('pip install "siad-llm[plots]"') == 1 and "siad evaluate" in done.stderr  # evaluate only
+    assert "plots" not in done.stdout
+    rgb = load_rgb(image).rgb
+    expected = vis.overlay(rgb, model.detect([rgb], ["gear"], chat=False)[0].anomaly_map)
+    for folder in ("detect", "predict"):
+        written = np.asarray(Image.open(tmp_path / folder / "gear_missing_overlay.png").convert("RGB"))
+        assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1, folder  # the jet overlay
 
 
 def test_overlay_blends_with_alpha():
