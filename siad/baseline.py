@@ -60,12 +60,6 @@ ZERO_SHOT_LOGIT_SCALE = 100.0  # CLIP's: softmax(100 * cos)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def has_llm(detector: Detector) -> bool:
-    """Whether the detector answers in words: `detector.can_answer`. Kept only for engineer A's
-    siad.evaluate (issue 18) until the merge; new code reads `detector.can_answer`."""
-    return detector.can_answer
-
-
 def parse_dtype(name: str) -> torch.dtype:
     """"float32" / "bfloat16" / "float16" -> the torch dtype (ValueError otherwise)."""
     if name not in DTYPES:

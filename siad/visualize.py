@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+import cv2
 import numpy as np
+
+from siad.metrics import image_auroc
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.legend import Legend
@@ -41,8 +44,6 @@ def jet_table() -> np.ndarray:
     """The "jet" colour map as a read-only 256 x 3 uint8 RGB lookup table: OpenCV's `COLORMAP_JET`
     (MATLAB's jet: dark blue, blue, cyan, yellow, red, dark red; within 34 levels of matplotlib's
     "jet" in every entry), so that overlays need no matplotlib."""
-    import cv2
-
     bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), cv2.COLORMAP_JET)[0]
     table = np.ascontiguousarray(bgr[:, ::-1])
     table.flags.writeable = False
@@ -52,8 +53,6 @@ def jet_table() -> np.ndarray:
 def fit_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
     """An H x W float map at height x width for display: unchanged when it already is; pixel-area
     averaging when it shrinks (a full-size map over a downscaled upload), else bilinear."""
-    import cv2
-
     values = np.asarray(anomaly_map, dtype=np.float32)
     if values.shape == (height, width):
         return values
@@ -98,9 +97,10 @@ def overlay_with_scale(image: np.ndarray, anomaly_map: np.ndarray, alpha: float 
     """`overlay(image, anomaly_map, alpha)` drawn with a jet colour bar (0 to 1) and an optional
     title, as an RGB uint8 picture (for the app). The picture's longer side is at most about
     `max_side_px` pixels plus the colour bar; the image keeps its aspect ratio."""
+    # deferred: matplotlib is the optional [plots] extra (overlays need only OpenCV)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.cm import ScalarMappable  # (the same extra)
+    from matplotlib.colors import ListedColormap, Normalize  # (the same extra)
 
     blended = overlay(image, anomaly_map, alpha)
     height, width = blended.shape[:2]
@@ -148,7 +148,7 @@ def roc_curve(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.n
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib is the optional [plots] extra
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
@@ -162,8 +162,6 @@ def _literal_legend(legend: "Legend") -> None:
 def plot_roc(path: str | Path, title: str, curves: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> Path:
     """ROC curves of one class, one line per entry of `curves` (name -> (labels, scores)), the
     AUROC in the legend. Entries whose labels hold one class only are left out."""
-    from siad.metrics import image_auroc
-
     fig = _figure(4.6, 4.4)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from siad import SIADConfig, SIADModel
-from siad.baseline import BackboneBaseline, has_llm, load_detector
+from siad.baseline import BackboneBaseline, load_detector
 from siad.modules import AnomalyMapHead
 from siad.references import (fuse_stage_maps, reference_distances, reference_maps, self_reference_distances,
                              self_reference_maps)
@@ -31,7 +31,7 @@ def _images(count, seed=0):
 def test_the_self_reference_baseline_is_the_mean_of_the_models_self_reference_maps(model_folder):
     baseline = load_detector(f"self-reference:{model_folder}")
     model = SIADModel.from_pretrained(model_folder).eval()
-    assert isinstance(baseline, BackboneBaseline) and not has_llm(baseline)
+    assert isinstance(baseline, BackboneBaseline) and not baseline.can_answer
     assert baseline.config.map.threshold == 0.5  # the trained model's threshold does not belong to it
     images = _images(2)
     results = baseline.detect(images, "widget")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from siad import SIADConfig, SIADModel
-from siad.baseline import has_llm, load_detector
+from siad.baseline import load_detector
 from siad.config import SIADConfig as Config
 from siad.detection import Detector, detect_in_batches
 from siad.references import ReferenceBank
@@ -36,7 +36,6 @@ def test_every_detector_is_a_detector_and_behaves_as_its_flags_say(detectors, ki
     assert isinstance(detector.config, Config) and isinstance(detector.name, str) and detector.name
     can_answer, takes_references = FLAGS[kind]
     assert (detector.can_answer, detector.takes_references) == (can_answer, takes_references)
-    assert has_llm(detector) is can_answer  # the wrapper kept for siad.evaluate until the merge
     if takes_references:
         bank = detector.build_references(IMAGES[:2], "widget")
         assert isinstance(bank, ReferenceBank) and bank.num_shots == 2

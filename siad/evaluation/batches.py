@@ -38,8 +38,9 @@ class EvalBatch:
 
 def resize_map(anomaly_map: np.ndarray, size: int) -> np.ndarray:
     """An H x W float map -> size x size float32: bilinear (align_corners=False), antialiased when shrinking."""
-    import torch  # deferred: only --eval-size resizes maps, and `import siad.evaluate` stays without torch
-    import torch.nn.functional as F
+    # deferred: only --eval-size resizes maps, and `import siad.evaluate` stays without torch
+    import torch
+    import torch.nn.functional as F  # (the same deferral)
 
     source = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))[None, None]
     if source.shape[-2:] == (size, size):

@@ -35,26 +35,9 @@ def uzad_protocol() -> dict[str, str]:
     return {spec.name: spec.uzad_source for spec in dataset_specs() if spec.uzad_source is not None}
 
 
-def can_answer(detector: Detector) -> bool:
-    """`Detector.can_answer`: whether an LLM answers (and so self-improvement's pass 2 exists)."""
-    from siad.baseline import has_llm  # deferred: siad.baseline imports torch and the encoders
-
-    return has_llm(detector)
-
-
-def takes_references(detector: Detector) -> bool:
-    """`Detector.takes_references`: whether few-shot references make a bank (SIAD models and
-    patchcore:; not the zero-shot and self-reference baselines)."""
-    from siad.baseline import BackboneBaseline, ZeroShotBaseline  # deferred: siad.baseline imports torch
-
-    if isinstance(detector, ZeroShotBaseline):
-        return False
-    return not isinstance(detector, BackboneBaseline) or detector.method == "patchcore"
-
-
 def passes_for(detector: Detector, settings: EvalSettings) -> tuple[str, ...]:
     """The passes an evaluation reports: pass 2 only with the LLM and self-improvement."""
-    if settings.chat and settings.self_improve and can_answer(detector) and detector.config.map.use_self_improvement:
+    if settings.chat and settings.self_improve and detector.can_answer and detector.config.map.use_self_improvement:
         return PASSES
     return PASSES[:1]
 
@@ -81,7 +64,7 @@ def evaluate_samples(detector: Detector, samples: Sequence[Sample], *, dataset: 
         raise ValueError(f"no images in the {settings.split} split of {dataset}")
     run = run or RunOptions()
     processes = run.processes
-    answers = can_answer(detector)
+    answers = detector.can_answer
     chat = settings.chat and answers
     passes = passes_for(detector, settings)
     groups = group_by_class(samples)
@@ -180,7 +163,7 @@ def evaluate_few_shot(detector: Detector, samples: Sequence[Sample], train_sampl
     the evaluation, the other ranks None)."""
     if settings.shots < 1:
         raise ValueError("evaluate_few_shot needs settings.shots >= 1")
-    if not takes_references(detector):
+    if not detector.takes_references:
         raise ValueError("--shots needs a detector that takes references (a SIAD model or patchcore:...); "
                          f"{detector.name} takes none")
     pools = reference_pools(samples, train_samples)
