@@ -130,7 +130,7 @@ def test_every_figure_of_the_v2_card_has_its_complete_command():
     import importlib.util
     import shlex
 
-    from siad.evaluate import _parser as evaluate_parser
+    from siad.evaluation.cli import _parser as evaluate_parser
 
     card = (ROOT / "checkpoints" / "siad-mini-v2" / "README.md").read_text(encoding="utf-8")
     tables = _markdown_tables(card)
