@@ -34,7 +34,7 @@ import numpy as np
 
 from siad import __version__
 from siad.config import SIADConfig
-from siad.detection import (DetectionResult, batch_results, check_finite_maps, detect_in_batches, detection_inputs,
+from siad.detection import (DetectionResult, batch_results, check_finite_maps, detect_arguments, detect_in_batches,
                             normalise_class_name, shot_mode)
 from siad.image import ImageInput, PreparedImage, encoder_inputs
 
@@ -285,10 +285,8 @@ class ExportedDetector:
         if references is not None:
             raise ValueError(f"references cannot be given to an exported graph: {self.path} is {self.mode}, and a "
                              "bank goes into the graph when it is exported (siad export --references ...)")
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-        items, names, _ = detection_inputs(images, self.class_name if class_names is None else class_names,
-                                           descriptions)
+        items, names, _ = detect_arguments(images, self.class_name if class_names is None else class_names,
+                                           descriptions, batch_size=batch_size, score_smoothing_sigma=None)
         for name in dict.fromkeys(names):
             if name != normalise_class_name(self.class_name):
                 raise ValueError(f"{self.path} was exported for class {self.class_name!r}, not {name!r}: export the "

@@ -145,14 +145,13 @@ def detect_in_batches(count: int, batch_size: int, detect_batch: Callable[[slice
 
 def batch_results(config: "SIADConfig", sizes: Sequence[tuple[int, int]], class_names: Sequence[str],
                   modes: Sequence[str], maps: Any, scores: Any, *, initial: tuple[Any, Any] | None = None,
-                  answers: Sequence[str] | None = None, initial_answers: Sequence[str] | None = None,
-                  threshold: float | None = None) -> list[DetectionResult]:
+                  answers: Sequence[str] | None = None,
+                  initial_answers: Sequence[str] | None = None) -> list[DetectionResult]:
     """One `DetectionResult` per image of a batch: maps B x S x S (numpy or torch) and scores B of the final
     pass, brought to each image's size (`siad.image.map_to_original`: config.vision.resize_mode,
     config.map.max_map_pixels); initial: pass 1's maps and scores when a second pass ran (None: the result's
-    initial map is its map); the verdict compares the score with `threshold` (default config.map.threshold)."""
+    initial map is its map); the verdict compares the score with config.map.threshold."""
     mode, cap = config.vision.resize_mode, config.map.max_map_pixels
-    limit = config.map.threshold if threshold is None else threshold
     results = []
     for b, size in enumerate(sizes):
         first_map = map_to_original((maps if initial is None else initial[0])[b], size, mode, cap)
@@ -162,7 +161,7 @@ def batch_results(config: "SIADConfig", sizes: Sequence[tuple[int, int]], class_
             anomaly_map=final_map, score=score, answer=None if answers is None else answers[b],
             initial_map=first_map, initial_score=score if initial is None else float(initial[1][b]),
             initial_answer=None if initial_answers is None else initial_answers[b],
-            is_anomalous=score >= limit, class_name=class_names[b], mode=modes[b]))
+            is_anomalous=score >= config.map.threshold, class_name=class_names[b], mode=modes[b]))
     return results
 
 

@@ -32,8 +32,6 @@ import torch.nn.functional as F
 from siad.encoders.base import VisionBackbone, VisionFeatures
 from siad.weights import safe_torch_load
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
 EMBEDDING_DIM = 1280
 
